@@ -1,0 +1,222 @@
+"""pynetdicom event handlers: thin edges between DIMSE messages and the archive."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+)
+
+from services.dicom_scp.retrieve import ArchivedInstance, contexts_for
+from storage.archive import Archive
+from storage.index.models import Instance
+from storage.index.query import FindQuery, build_select, find
+from vna.dicom.attributes import UNIQUE_KEY, Level
+from vna.dicom.matching import InvalidQuery, Universal
+from vna.settings import Settings
+
+log = logging.getLogger("vna.scp")
+
+PATIENT_ROOT = {
+    str(PatientRootQueryRetrieveInformationModelFind),
+    str(PatientRootQueryRetrieveInformationModelGet),
+    str(PatientRootQueryRetrieveInformationModelMove),
+}
+
+# C-STORE failure statuses (PS3.4 B.2.3)
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_DUPLICATE_CONFLICT = 0xC001
+# C-FIND/C-GET/C-MOVE
+STATUS_PENDING = 0xFF00
+STATUS_CANCEL = 0xFE00
+STATUS_IDENTIFIER_MISMATCH = 0xA900
+STATUS_UNABLE_TO_PROCESS = 0xC000
+
+
+def _status(code: int, comment: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]
+    return ds
+
+
+def _level(event: Any) -> tuple[Level | None, Dataset]:
+    ident: Dataset = event.identifier
+    raw = str(ident.get("QueryRetrieveLevel", "") or "").strip().upper()
+    try:
+        level = Level(raw)
+    except ValueError:
+        return None, ident
+    model = str(event.request.AffectedSOPClassUID)
+    if level is Level.PATIENT and model not in PATIENT_ROOT:
+        return None, ident
+    return level, ident
+
+
+def _items(ident: Dataset) -> list[tuple[str, Any]]:
+    out = []
+    for elem in ident:
+        if not elem.keyword or elem.tag.group in (0x0000, 0x0002):
+            continue
+        out.append((elem.keyword, None if elem.VR == "SQ" else elem.value))
+    return out
+
+
+class DicomService:
+    """The handlers of one SCP process, bound to its archive and settings."""
+
+    def __init__(self, settings: Settings, archive: Archive) -> None:
+        self.settings = settings
+        self.archive = archive
+        self.peers = settings.peers
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_FIND, self.on_find),
+            (evt.EVT_C_GET, self.on_get),
+            (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_REJECTED, self.on_rejected),
+        ]
+
+    def on_rejected(self, event: Any) -> None:
+        log.warning("association from %s (%s) rejected: calling AE title not allowed",
+                    event.assoc.requestor.ae_title, event.assoc.requestor.address)
+
+    # -- C-STORE --------------------------------------------------------------------------
+
+    def on_store(self, event: Any) -> Dataset | int:
+        calling = event.assoc.requestor.ae_title
+        try:
+            result = self.archive.store_file(
+                event.dataset_path, source_aet=calling, move=True,
+                expected_sop_instance_uid=str(event.request.AffectedSOPInstanceUID))
+        except Exception:
+            log.exception("C-STORE from %s failed", calling)
+            return _status(STATUS_OUT_OF_RESOURCES, "archive unavailable")
+        if result.ok:
+            return STATUS_SUCCESS
+        log.warning("C-STORE from %s refused (%s): %s", calling, result.sop_instance_uid,
+                    result.reason)
+        if result.outcome == "conflict":
+            return _status(STATUS_DUPLICATE_CONFLICT, result.reason)
+        reason = result.reason or ""
+        code = STATUS_CANNOT_UNDERSTAND if reason.startswith("not ") else STATUS_DATASET_MISMATCH
+        return _status(code, reason)
+
+    # -- C-FIND ---------------------------------------------------------------------------
+
+    def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        level, ident = _level(event)
+        if level is None:
+            yield _status(STATUS_IDENTIFIER_MISMATCH, "invalid QueryRetrieveLevel"), None
+            return
+        try:
+            q = FindQuery.from_identifier(level, _items(ident))
+            with self.archive.index.read_session() as s:
+                matches = find(s, q)
+        except InvalidQuery as exc:
+            yield _status(STATUS_UNABLE_TO_PROCESS, str(exc)), None
+            return
+        except Exception:
+            log.exception("C-FIND failed")
+            yield _status(STATUS_UNABLE_TO_PROCESS, "query failed"), None
+            return
+        for match in matches:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            yield STATUS_PENDING, self._response(level, ident, match)
+
+    def _response(self, level: Level, ident: Dataset, match: dict[str, Any]) -> Dataset:
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.QueryRetrieveLevel = level.value
+        ds.RetrieveAETitle = self.settings.dicom_aet
+        for elem in ident:
+            kw = elem.keyword
+            if not kw or kw in ("QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"):
+                continue
+            if elem.VR == "SQ":
+                setattr(ds, kw, [])
+                continue
+            value = match.get(kw)
+            setattr(ds, kw, "" if value is None and elem.VR not in ("US", "UL", "SS", "SL")
+                    else value)
+        return ds
+
+    # -- C-GET / C-MOVE -------------------------------------------------------------------
+
+    def _instances(self, level: Level, ident: Dataset) -> list[ArchivedInstance]:
+        q = FindQuery.from_identifier(Level.IMAGE, _items(ident))
+        unique = UNIQUE_KEY[level].keyword
+        if isinstance(q.matchers.get(unique, Universal()), Universal):
+            raise InvalidQuery(f"{unique} is required at {level.value} level")
+        # Retrieval uses the unique keys only (PS3.4 C.4.2.2.1)
+        q.matchers = {k: m for k, m in q.matchers.items()
+                      if k in {a.keyword for a in UNIQUE_KEY.values()}}
+        stmt = build_select(q).with_only_columns(
+            Instance.storage_key, Instance.sop_class_uid, Instance.sop_instance_uid,
+            Instance.transfer_syntax_uid)
+        with self.archive.index.read_session() as s:
+            rows = s.execute(stmt).all()
+        return [ArchivedInstance(self.archive.store, r.storage_key, r.sop_class_uid,
+                                 r.sop_instance_uid, r.transfer_syntax_uid) for r in rows]
+
+    def _retrieve(self, event: Any) -> tuple[list[ArchivedInstance] | None, Dataset | None]:
+        level, ident = _level(event)
+        if level is None:
+            return None, _status(STATUS_IDENTIFIER_MISMATCH, "invalid QueryRetrieveLevel")
+        try:
+            return self._instances(level, ident), None
+        except InvalidQuery as exc:
+            return None, _status(STATUS_IDENTIFIER_MISMATCH, str(exc))
+
+    def on_get(self, event: Any) -> Iterator[Any]:
+        instances, error = self._retrieve(event)
+        if instances is None:
+            yield 1
+            yield error, None
+            return
+        yield len(instances)
+        for inst in instances:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            yield STATUS_PENDING, inst
+
+    def on_move(self, event: Any) -> Iterator[Any]:
+        dest = event.move_destination
+        dest = (dest.decode("ascii", "replace") if isinstance(dest, bytes) else str(dest)).strip()
+        peer = self.peers.get(dest)
+        if peer is None:
+            log.warning("C-MOVE to unknown destination %r refused", dest)
+            yield None, None
+            return
+        instances, error = self._retrieve(event)
+        if instances is None:
+            yield peer.host, peer.port
+            yield 1
+            yield error, None
+            return
+        pairs = {(str(i.SOPClassUID), i._vna_ts) for i in instances}
+        yield peer.host, peer.port, {"contexts": contexts_for(pairs),
+                                     "ae_title": peer.ae_title}
+        yield len(instances)
+        for inst in instances:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            yield STATUS_PENDING, inst
+

@@ -1,0 +1,191 @@
+"""The DICOM service: one AE, served by several processes on one port.
+
+A pynetdicom SCP does not scale with threads (the GIL), so `serve` starts
+VNA_DICOM_PROCESSES processes that each bind the port with SO_REUSEPORT; the kernel
+spreads incoming associations over them. Every accepted socket gets TCP_NODELAY
+(pynetdicom sets none, which costs ~40 ms per message with Nagle's algorithm), and
+received datasets are written by pynetdicom straight to a file on the archive's disk,
+which the archive renames into place instead of copying.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, AllStoragePresentationContexts, _config
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from services.dicom_scp.handlers import DicomService
+from services.dicom_scp.retrieve import install_send_as_stored
+from storage.archive import Archive
+from vna.dicom.net import enable_client_tcp_nodelay
+from vna.settings import Settings
+
+log = logging.getLogger("vna.scp")
+
+TRANSFER_SYNTAXES = [str(ts) for ts in AllTransferSyntaxes if "JPIP" not in ts.name]
+
+QR_MODELS = [
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+]
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, sharing its port with sibling processes."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock, addr = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, addr
+
+
+def build_ae(settings: Settings) -> AE:
+    """The AE with everything the Conformance Statement lists."""
+    ae = AE(ae_title=settings.dicom_aet)
+    ae.maximum_pdu_size = settings.dicom_max_pdu
+    ae.maximum_associations = 64
+    ae.network_timeout = 120
+    ae.dimse_timeout = 120
+    ae.add_supported_context(Verification)
+    for cx in AllStoragePresentationContexts:
+        # scp_role: a C-GET requestor may act as Storage SCP on this association.
+        ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES,
+                                 scu_role=True, scp_role=True)
+    for model in QR_MODELS:
+        ae.add_supported_context(model)
+    allowed = settings.allowed_aets
+    if allowed:
+        ae.require_calling_aet = sorted(allowed)
+    # Peers we connect to as SCU (C-MOVE destinations) are proposed per request.
+    return ae
+
+
+def configure_process(settings: Settings) -> None:
+    """Process-wide pynetdicom settings of an SCP process."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.LOG_HANDLER_LEVEL = "none"
+    settings.incoming_dir.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(settings.incoming_dir.resolve())
+    install_send_as_stored()
+    enable_client_tcp_nodelay()
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def run_server_process(settings: Settings, ready: Any = None) -> None:
+    """One SCP process: serve associations until SIGTERM."""
+    configure_process(settings)
+    archive = Archive(settings)
+    service = DicomService(settings, archive)
+    ae = build_ae(settings)
+    server = ae.make_server((settings.dicom_host, settings.dicom_port),
+                            evt_handlers=service.handlers(), server_class=ReusePortServer)
+    ae._servers.append(server)  # so that server.shutdown() finds itself
+
+    def _stop(_sig: int, _frame: FrameType | None) -> None:
+        # shutdown() waits for serve_forever; run it off the signal frame.
+        import threading
+
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+    if ready is not None:
+        ready.set()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        archive.index.dispose()
+
+
+def _clean_incoming(settings: Settings) -> None:
+    """Received but unacknowledged leftovers of a crashed process: never archived, drop them."""
+    d = settings.incoming_dir
+    if d.is_dir():
+        for p in d.iterdir():
+            if p.is_file():
+                p.unlink(missing_ok=True)
+
+
+def serve(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> int:
+    """Supervise VNA_DICOM_PROCESSES SCP processes; restart any that dies; stop on a signal."""
+    _clean_incoming(settings)
+    if not settings.allowed_aets:
+        log.warning("VNA_DICOM_ALLOWED_AETS is empty: any calling AE title may associate")
+    ctx = multiprocessing.get_context("spawn")
+    n = settings.scp_processes
+    stopping = False
+
+    def start_one() -> Any:
+        ready = ctx.Event()
+        proc = ctx.Process(target=run_server_process, args=(settings, ready),
+                           name="vna-scp", daemon=False)
+        proc.start()
+        return proc, ready
+
+    procs = [start_one() for _ in range(n)]
+    for proc, ready in procs:
+        if not ready.wait(60):
+            log.error("an SCP process did not start")
+    log.info("DICOM service %s listening on %s:%d (%d processes)", settings.dicom_aet,
+             settings.dicom_host, settings.dicom_port, n)
+    if on_ready:
+        on_ready()
+
+    def _stop(_sig: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stopping:
+        time.sleep(0.2)
+        for i, (proc, _ready) in enumerate(procs):
+            if not proc.is_alive() and not stopping:
+                log.error("SCP process %d exited with %s; restarting", proc.pid, proc.exitcode)
+                procs[i] = start_one()
+    for proc, _ in procs:
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for proc, _ in procs:
+        proc.join(max(0.1, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from vna.settings import get_settings
+
+    sys.exit(serve(get_settings()))

@@ -1,0 +1,37 @@
+"""The Celery app of the workers.
+
+Broker: VNA_BROKER_URL (Redis in production). Without one, kombu's filesystem transport
+under VNA_DATA_DIR/broker, which needs no server and works across the processes that
+share one data dir.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from vna.settings import Settings, get_settings
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("vna", broker=settings.resolved_broker_url, include=["services.worker.tasks"])
+    conf: dict[str, object] = {
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": True,
+    }
+    if settings.resolved_broker_url.startswith("filesystem://"):
+        folder = (settings.data_dir / "broker").resolve()
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    app.conf.update(conf)
+    return app
+

@@ -1,0 +1,233 @@
+"""The one place C-FIND (and later QIDO-RS) queries become SQL.
+
+Matchers from `vna.dicom.matching` are applied as bound parameters only; computed
+return keys (NumberOf...Related..., ModalitiesInStudy) come from grouped queries over
+the matched rows' ids, so their cost does not grow with the size of the archive.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from storage.index.models import Instance, Patient, Series, Study
+from vna.dicom.attributes import (
+    BY_KEYWORD,
+    COMPUTED_KEYS,
+    IndexedAttribute,
+    Level,
+    from_index_value,
+)
+from vna.dicom.matching import (
+    AnyOf,
+    InvalidQuery,
+    Matcher,
+    Range,
+    Single,
+    Universal,
+    Wildcard,
+    parse_matcher,
+)
+
+MODELS: dict[Level, Any] = {
+    Level.PATIENT: Patient,
+    Level.STUDY: Study,
+    Level.SERIES: Series,
+    Level.IMAGE: Instance,
+}
+
+
+@dataclass
+class FindQuery:
+    """A C-FIND request reduced to what the index needs."""
+
+    level: Level
+    matchers: dict[str, Matcher] = field(default_factory=dict)
+    return_keys: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_identifier(cls, level: Level, items: Iterable[tuple[str, Any]]) -> FindQuery:
+        q = cls(level)
+        for keyword, value in items:
+            if keyword in ("QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"):
+                continue
+            if keyword == "ModalitiesInStudy":
+                if level.depth < Level.STUDY.depth:
+                    continue
+                q.return_keys.append(keyword)
+                vals = [str(v).strip() for v in _as_list(value) if str(v).strip()]
+                if vals and vals != ["*"]:
+                    q.matchers[keyword] = AnyOf(tuple(vals))
+                continue
+            if keyword in COMPUTED_KEYS:
+                if COMPUTED_KEYS[keyword] == level:
+                    q.return_keys.append(keyword)
+                continue
+            attr = BY_KEYWORD.get(keyword)
+            if attr is None or attr.level.depth > level.depth:
+                q.return_keys.append(keyword)  # answered empty
+                continue
+            q.return_keys.append(keyword)
+            m = parse_matcher(attr, value)
+            if not isinstance(m, Universal):
+                q.matchers[keyword] = m
+        return q
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [v for v in str(value).split("\\")]
+
+
+def _predicate(attr: IndexedAttribute, m: Matcher) -> ColumnElement[bool]:
+    model = MODELS[attr.level]
+    if attr.case_insensitive and hasattr(model, attr.column + "_upper"):
+        col = getattr(model, attr.column + "_upper")
+        m = _upper(m)
+    else:
+        col = getattr(model, attr.column)
+    return _apply(col, m)
+
+
+def _apply(col: Any, m: Matcher) -> ColumnElement[bool]:
+    if isinstance(m, Single):
+        return col == m.value  # type: ignore[no-any-return]
+    if isinstance(m, Wildcard):
+        return col.like(m.like, escape="\\")  # type: ignore[no-any-return]
+    if isinstance(m, AnyOf):
+        return col.in_(m.values)  # type: ignore[no-any-return]
+    if isinstance(m, Range):
+        parts = []
+        if m.low is not None:
+            parts.append(col >= m.low)
+        if m.high is not None:
+            parts.append(col <= m.high)
+        return and_(*parts)
+    raise InvalidQuery(f"unsupported matcher {m!r}")
+
+
+def _upper(m: Matcher) -> Matcher:
+    if isinstance(m, Single):
+        return Single(m.value.upper())
+    if isinstance(m, Wildcard):
+        return Wildcard(m.like.upper())
+    if isinstance(m, AnyOf):
+        return AnyOf(tuple(v.upper() for v in m.values))
+    return m
+
+
+def _base_select(level: Level) -> Select[Any]:
+    """The matched level's rows joined to every level above it."""
+    models = [Patient, Study, Series, Instance][: level.depth + 1]
+    stmt = select(*models)
+    if level.depth >= 1:
+        stmt = stmt.join(Study, Study.patient_fk == Patient.id)
+    if level.depth >= 2:
+        stmt = stmt.join(Series, Series.study_fk == Study.id)
+    if level.depth >= 3:
+        stmt = stmt.join(Instance, Instance.series_fk == Series.id)
+    return stmt
+
+
+def build_select(q: FindQuery) -> Select[Any]:
+    stmt = _base_select(q.level)
+    for keyword, m in q.matchers.items():
+        if keyword == "ModalitiesInStudy":
+            assert isinstance(m, AnyOf)
+            wild = [v for v in m.values if "*" in v or "?" in v]
+            plain = [v for v in m.values if v not in wild]
+            conds = []
+            if plain:
+                conds.append(Series.modality.in_(plain))
+            conds += [Series.modality.like(parse_like(v), escape="\\") for v in wild]
+            sub = select(Series.id).where(Series.study_fk == Study.id, or_(*conds))
+            stmt = stmt.where(exists(sub))
+            continue
+        stmt = stmt.where(_predicate(BY_KEYWORD[keyword], m))
+    return stmt.order_by(MODELS[q.level].id)
+
+
+def parse_like(value: str) -> str:
+    from vna.dicom.matching import wildcard_to_like
+
+    return wildcard_to_like(value)
+
+
+def find(session: Session, q: FindQuery, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """Run a C-FIND query: one dict (keyword -> value) per match, return keys only."""
+    stmt = build_select(q)
+    if limit:
+        stmt = stmt.limit(limit)
+    rows = session.execute(stmt).all()
+    own = MODELS[q.level]
+    computed = [k for k in q.return_keys if k in COMPUTED_KEYS or k == "ModalitiesInStudy"]
+    ids = [getattr(r, own.__name__).id for r in rows]
+    extra = _computed(session, q.level, computed, ids) if computed and ids else {}
+    results = []
+    for row in rows:
+        objs = {m: getattr(row, MODELS[m].__name__) for m in MODELS if m.depth <= q.level.depth}
+        out: dict[str, Any] = {}
+        for key in q.return_keys:
+            attr = BY_KEYWORD.get(key)
+            if attr is not None and attr.level.depth <= q.level.depth:
+                out[key] = from_index_value(attr, getattr(objs[attr.level], attr.column))
+            elif key in computed:
+                out[key] = extra.get(key, {}).get(objs[q.level].id)
+            else:
+                out[key] = None
+        results.append(out)
+    return results
+
+
+def _computed(session: Session, level: Level, keys: Sequence[str],
+              ids: list[int]) -> dict[str, dict[int, Any]]:
+    out: dict[str, dict[int, Any]] = {}
+
+    def counts(stmt: Select[Any]) -> dict[int, int]:
+        return {k: v for k, v in session.execute(stmt).all()}
+
+    for key in keys:
+        if key == "NumberOfPatientRelatedStudies":
+            out[key] = counts(select(Study.patient_fk, func.count(Study.id))
+                              .where(Study.patient_fk.in_(ids)).group_by(Study.patient_fk))
+        elif key == "NumberOfPatientRelatedSeries":
+            out[key] = counts(select(Study.patient_fk, func.count(Series.id))
+                              .join(Series, Series.study_fk == Study.id)
+                              .where(Study.patient_fk.in_(ids)).group_by(Study.patient_fk))
+        elif key == "NumberOfPatientRelatedInstances":
+            out[key] = counts(select(Study.patient_fk, func.count(Instance.id))
+                              .join(Series, Series.study_fk == Study.id)
+                              .join(Instance, Instance.series_fk == Series.id)
+                              .where(Study.patient_fk.in_(ids)).group_by(Study.patient_fk))
+        elif key == "NumberOfStudyRelatedSeries":
+            out[key] = counts(select(Series.study_fk, func.count(Series.id))
+                              .where(Series.study_fk.in_(ids)).group_by(Series.study_fk))
+        elif key == "NumberOfStudyRelatedInstances":
+            out[key] = counts(select(Series.study_fk, func.count(Instance.id))
+                              .join(Instance, Instance.series_fk == Series.id)
+                              .where(Series.study_fk.in_(ids)).group_by(Series.study_fk))
+        elif key == "NumberOfSeriesRelatedInstances":
+            out[key] = counts(select(Instance.series_fk, func.count(Instance.id))
+                              .where(Instance.series_fk.in_(ids)).group_by(Instance.series_fk))
+        elif key in ("ModalitiesInStudy", "SOPClassesInStudy"):
+            col = Series.modality if key == "ModalitiesInStudy" else Instance.sop_class_uid
+            stmt = select(Series.study_fk, col).where(Series.study_fk.in_(ids))
+            if key == "SOPClassesInStudy":
+                stmt = stmt.join(Instance, Instance.series_fk == Series.id)
+            values: dict[int, set[str]] = defaultdict(set)
+            for sid, v in session.execute(stmt.distinct()).all():
+                if v:
+                    values[sid].add(v)
+            out[key] = {sid: sorted(v) for sid, v in values.items()}
+    for key in keys:
+        if key.startswith("NumberOf"):
+            out[key] = {i: out[key].get(i, 0) for i in ids}
+    return out

@@ -1,0 +1,246 @@
+"""Object storage: one interface, two backends (local filesystem and S3 via the minio SDK).
+
+Keys are deterministic, derived from the UID hierarchy (see `storage.keys`), so the same
+SOP Instance always lands at the same key and a re-sent copy overwrites nothing new.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from vna.settings import Settings
+
+
+class ObjectNotFound(KeyError):
+    pass
+
+
+class ObjectStore(ABC):
+    """Where archived bytes live. Implementations must make `put_file` atomic."""
+
+    @abstractmethod
+    def put_file(self, key: str, src: Path, *, move: bool = False, durable: bool = True) -> None:
+        """Store the file at `src` under `key`. With `move`, `src` may be consumed.
+
+        With `durable` the object is on stable storage when this returns; otherwise the
+        caller must call `make_durable` before acknowledging it.
+        """
+
+    @abstractmethod
+    def make_durable(self, keys: Iterable[str]) -> None:
+        """Flush objects written with `durable=False` to stable storage."""
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """A readable binary stream of the object."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        """A local file with the object's bytes, valid inside the `with` block."""
+        fd, name = tempfile.mkstemp(suffix=".dcm")
+        try:
+            with os.fdopen(fd, "wb") as out, self.open(key) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            yield Path(name)
+        finally:
+            os.unlink(name)
+
+    def read(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileObjectStore(ObjectStore):
+    """Objects as files under a root directory; writes are temp file + fsync + rename."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root.resolve()
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.root / ".tmp"
+        self._tmp.mkdir(exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        p = (self.root / key).resolve()
+        if not p.is_relative_to(self.root) or p == self.root:
+            raise ValueError(f"object key {key!r} escapes the store")
+        return p
+
+    def put_file(self, key: str, src: Path, *, move: bool = False, durable: bool = True) -> None:
+        dest = self.path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        sync = self.fsync and durable
+        if move and _same_device(src, self.root):
+            if sync:
+                _fsync_file(src)
+            os.replace(src, dest)
+        else:
+            fd, tmp = tempfile.mkstemp(dir=self._tmp)
+            try:
+                with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+                    shutil.copyfileobj(inp, out, 1 << 20)
+                    if sync:
+                        out.flush()
+                        os.fsync(out.fileno())
+                os.replace(tmp, dest)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        if sync:
+            _fsync_dir(dest.parent)
+
+    def make_durable(self, keys: Iterable[str]) -> None:
+        if not self.fsync:
+            return
+        dirs: set[Path] = set()
+        for key in keys:
+            p = self.path(key)
+            _fsync_file(p)
+            dirs.add(p.parent)
+        for d in dirs:
+            _fsync_dir(d)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self.path(key), "rb")
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            self.path(key).unlink()
+
+    @contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        p = self.path(key)
+        if not p.is_file():
+            raise ObjectNotFound(key)
+        yield p
+
+
+class S3ObjectStore(ObjectStore):
+    """Objects in an S3 bucket (MinIO in production), through the minio SDK.
+
+    A successful PUT is durable by the server's contract, so `make_durable` has nothing to do.
+    """
+
+    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str,
+                 *, secure: bool = False) -> None:
+        from minio import Minio
+
+        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
+                            secure=secure)
+        self.bucket = bucket
+        if not self.client.bucket_exists(bucket):
+            from minio.error import S3Error
+
+            try:
+                self.client.make_bucket(bucket)
+            except S3Error as exc:  # another process made it first
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def put_file(self, key: str, src: Path, *, move: bool = False, durable: bool = True) -> None:
+        self.client.fput_object(self.bucket, key, str(src),
+                                content_type="application/dicom")
+        if move:
+            with contextlib.suppress(OSError):
+                os.unlink(src)
+
+    def make_durable(self, keys: Iterable[str]) -> None:
+        return None
+
+    def open(self, key: str) -> BinaryIO:
+        from minio.error import S3Error
+
+        try:
+            resp = self.client.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                raise ObjectNotFound(key) from exc
+            raise
+        return _ResponseReader(resp)
+
+    def exists(self, key: str) -> bool:
+        from minio.error import S3Error
+
+        try:
+            self.client.stat_object(self.bucket, key)
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
+            raise
+
+    def delete(self, key: str) -> None:
+        self.client.remove_object(self.bucket, key)
+
+
+class _ResponseReader:
+    """A urllib3 response as a closable binary file object (released on close)."""
+
+    def __init__(self, resp: object) -> None:
+        self._resp = resp
+
+    def read(self, n: int = -1) -> bytes:
+        return self._resp.read(None if n < 0 else n)  # type: ignore[attr-defined, no-any-return]
+
+    def close(self) -> None:
+        self._resp.close()  # type: ignore[attr-defined]
+        self._resp.release_conn()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> _ResponseReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+def make_object_store(settings: Settings) -> ObjectStore:
+    """The configured backend (VNA_STORAGE)."""
+    if settings.storage == "s3":
+        return S3ObjectStore(settings.s3_endpoint, settings.s3_access_key,
+                             settings.s3_secret_key, settings.s3_bucket,
+                             secure=settings.s3_secure)
+    return FileObjectStore(settings.objects_dir, fsync=settings.fsync)

@@ -1,0 +1,204 @@
+"""Object store and index, on both backends (filesystem + SQLite, SeaweedFS S3 + PostgreSQL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from storage.archive import Archive
+from storage.index.models import Instance, Patient, Series, Study
+from storage.index.query import FindQuery, find
+from storage.migrate import current, upgrade
+from storage.objectstore import FileObjectStore, ObjectNotFound
+from tests.conftest import Backend
+from tests.factory import dataset_bytes, make_instance, write
+from vna.dicom.attributes import Level
+
+
+@pytest.fixture
+def archive(backend: Backend) -> Archive:
+    settings = backend.settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    a = Archive(settings)
+    yield a
+    a.index.dispose()
+
+
+def counts(a: Archive) -> dict[str, int]:
+    with a.index.read_session() as s:
+        return {m.__tablename__: s.execute(select(func.count()).select_from(m)).scalar_one()
+                for m in (Patient, Study, Series, Instance)}
+
+
+def test_migration_at_head(archive: Archive) -> None:
+    assert current(archive.index.url) == "0001"
+
+
+def test_object_store_roundtrip(archive: Archive, tmp_path: Path) -> None:
+    store = archive.store
+    src = tmp_path / "x.bin"
+    src.write_bytes(b"hello" * 1000)
+    store.put_file("dicom/1.2/3.4/5.6.dcm", src)
+    assert store.exists("dicom/1.2/3.4/5.6.dcm")
+    assert store.read("dicom/1.2/3.4/5.6.dcm") == b"hello" * 1000
+    with store.local_copy("dicom/1.2/3.4/5.6.dcm") as p:
+        assert p.read_bytes() == b"hello" * 1000
+    store.delete("dicom/1.2/3.4/5.6.dcm")
+    assert not store.exists("dicom/1.2/3.4/5.6.dcm")
+    with pytest.raises(ObjectNotFound):
+        store.open("dicom/1.2/3.4/5.6.dcm")
+
+
+def test_file_store_refuses_escaping_keys(tmp_path: Path) -> None:
+    store = FileObjectStore(tmp_path / "objects")
+    src = tmp_path / "x"
+    src.write_bytes(b"x")
+    with pytest.raises(ValueError):
+        store.put_file("../outside", src)
+    assert not (tmp_path / "outside").exists()
+
+
+def test_store_and_duplicate(archive: Archive, tmp_path: Path) -> None:
+    ds = make_instance()
+    path = write(ds, tmp_path / "a.dcm")
+    r1 = archive.store_file(path, source_aet="MOD1")
+    assert r1.outcome == "stored"
+    r2 = archive.store_file(path, source_aet="MOD1")
+    assert r2.outcome == "duplicate"
+    assert counts(archive) == {"patient": 1, "study": 1, "series": 1, "instance": 1}
+    with archive.index.read_session() as s:
+        inst = s.execute(select(Instance)).scalar_one()
+    assert inst.source_aet == "MOD1"
+    assert inst.size == path.stat().st_size
+    assert len(inst.sha256) == 64
+    assert inst.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+    stored = archive.store.read(inst.storage_key)
+    assert stored[inst.dataset_offset:] == dataset_bytes(path)
+
+
+def test_conflicting_content_same_uid_is_refused(archive: Archive, tmp_path: Path) -> None:
+    ds = make_instance()
+    a = write(ds, tmp_path / "a.dcm")
+    ds.StudyDescription = "SOMETHING ELSE"
+    b = write(ds, tmp_path / "b.dcm")
+    assert archive.store_file(a, source_aet="X").outcome == "stored"
+    r = archive.store_file(b, source_aet="X")
+    assert r.outcome == "conflict"
+    with archive.index.read_session() as s:
+        inst = s.execute(select(Instance)).scalar_one()
+    assert archive.store.read(inst.storage_key)[inst.dataset_offset:] == dataset_bytes(a)
+
+
+@pytest.mark.parametrize("missing", ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
+def test_missing_uid_leaves_nothing(archive: Archive, tmp_path: Path, missing: str) -> None:
+    ds = make_instance()
+    delattr(ds, missing)
+    path = tmp_path / "bad.dcm"
+    ds.preamble = b"\0" * 128
+    ds.save_as(path, enforce_file_format=False)
+    r = archive.store_file(path, source_aet="X")
+    assert r.outcome == "refused" and missing in (r.reason or "")
+    assert counts(archive) == {"patient": 0, "study": 0, "series": 0, "instance": 0}
+
+
+def test_not_dicom_is_refused(archive: Archive, tmp_path: Path) -> None:
+    p = tmp_path / "x.dcm"
+    p.write_bytes(b"this is not DICOM at all" * 10)
+    r = archive.store_file(p, source_aet="X")
+    assert r.outcome == "refused"
+    assert counts(archive)["instance"] == 0
+
+
+def test_batch_store(archive: Archive, tmp_path: Path) -> None:
+    study = "1.2.826.0.1.3680043.8.498.1"
+    paths = [write(make_instance(study_uid=study, series_uid=study + ".1",
+                                 instance_number=i), tmp_path / f"{i}.dcm") for i in range(20)]
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"\0" * 300)
+    results = archive.store_files([*paths, paths[0], bad], source_aet="IMPORT")
+    assert [r.outcome for r in results] == ["stored"] * 20 + ["duplicate", "refused"]
+    assert counts(archive) == {"patient": 1, "study": 1, "series": 1, "instance": 20}
+
+
+def _populate(archive: Archive, tmp_path: Path) -> dict[str, str]:
+    uids = {"s1": "1.2.3.1", "s2": "1.2.3.2", "s3": "1.2.3.3"}
+    specs = [
+        # patient, name, study, series, modality, date, time, n
+        ("P1", "Doe^John", "s1", "1.2.3.1.1", "CT", "20240110", "083000", 3),
+        ("P1", "Doe^John", "s1", "1.2.3.1.2", "SR", "20240110", "083000", 1),
+        ("P1", "Doe^John", "s2", "1.2.3.2.1", "MR", "20240220", "141500", 2),
+        ("P2", "Smith^Anna", "s3", "1.2.3.3.1", "CT", "20231231", "235959", 1),
+    ]
+    i = 0
+    for pid, name, study, series, mod, date, time, n in specs:
+        for k in range(n):
+            i += 1
+            ds = make_instance(patient_id=pid, patient_name=name, study_uid=uids[study],
+                               series_uid=series, sop_uid=f"{series}.{k + 1}", modality=mod,
+                               study_date=date, study_time=time, accession=f"A{study}")
+            assert archive.store_file(write(ds, tmp_path / f"{i}.dcm"),
+                                      source_aet="T").outcome == "stored"
+    return uids
+
+
+def q(archive: Archive, level: Level, **keys: object) -> list[dict[str, object]]:
+    with archive.index.read_session() as s:
+        return find(s, FindQuery.from_identifier(level, list(keys.items())))
+
+
+def test_find_levels_and_counts(archive: Archive, tmp_path: Path) -> None:
+    uids = _populate(archive, tmp_path)
+    pats = q(archive, Level.PATIENT, PatientID="P1", PatientName=None,
+             NumberOfPatientRelatedStudies=None, NumberOfPatientRelatedSeries=None,
+             NumberOfPatientRelatedInstances=None)
+    assert pats == [{"PatientID": "P1", "PatientName": "Doe^John",
+                     "NumberOfPatientRelatedStudies": 2, "NumberOfPatientRelatedSeries": 3,
+                     "NumberOfPatientRelatedInstances": 6}]
+    studies = q(archive, Level.STUDY, PatientID="P1", StudyInstanceUID=None,
+                ModalitiesInStudy=None, NumberOfStudyRelatedSeries=None,
+                NumberOfStudyRelatedInstances=None)
+    assert studies == [
+        {"PatientID": "P1", "StudyInstanceUID": uids["s1"], "ModalitiesInStudy": ["CT", "SR"],
+         "NumberOfStudyRelatedSeries": 2, "NumberOfStudyRelatedInstances": 4},
+        {"PatientID": "P1", "StudyInstanceUID": uids["s2"], "ModalitiesInStudy": ["MR"],
+         "NumberOfStudyRelatedSeries": 1, "NumberOfStudyRelatedInstances": 2},
+    ]
+    series = q(archive, Level.SERIES, StudyInstanceUID=uids["s1"], SeriesInstanceUID=None,
+               Modality=None, NumberOfSeriesRelatedInstances=None)
+    assert [(s["Modality"], s["NumberOfSeriesRelatedInstances"]) for s in series] == \
+        [("CT", 3), ("SR", 1)]
+    images = q(archive, Level.IMAGE, SeriesInstanceUID="1.2.3.1.1", SOPInstanceUID=None)
+    assert [i["SOPInstanceUID"] for i in images] == ["1.2.3.1.1.1", "1.2.3.1.1.2", "1.2.3.1.1.3"]
+
+
+def test_find_matching_rules(archive: Archive, tmp_path: Path) -> None:
+    uids = _populate(archive, tmp_path)
+
+    def study_uids(**keys: object) -> list[object]:
+        keys.setdefault("StudyInstanceUID", None)
+        return [r["StudyInstanceUID"] for r in q(archive, Level.STUDY, **keys)]
+
+    assert study_uids(PatientName="doe^*") == [uids["s1"], uids["s2"]]  # PN case-insensitive
+    assert study_uids(PatientName="D?E^JOHN") == [uids["s1"], uids["s2"]]
+    assert study_uids(PatientID="p1") == []  # LO is case-sensitive
+    assert study_uids(StudyDate="20240101-20241231") == [uids["s1"], uids["s2"]]
+    assert study_uids(StudyDate="-20231231") == [uids["s3"]]
+    assert study_uids(StudyDate="20240220") == [uids["s2"]]
+    assert study_uids(StudyTime="14") == [uids["s2"]]
+    assert study_uids(StudyTime="2300-") == [uids["s3"]]
+    assert study_uids(StudyInstanceUID=f"{uids['s1']}\\{uids['s3']}") == [uids["s1"], uids["s3"]]
+    assert study_uids(ModalitiesInStudy="MR") == [uids["s2"]]
+    assert study_uids(ModalitiesInStudy=["SR", "MR"]) == [uids["s1"], uids["s2"]]
+    assert study_uids(AccessionNumber="As*") == [uids["s1"], uids["s2"], uids["s3"]]
+
+
+def test_find_injection_is_just_a_value(archive: Archive, tmp_path: Path) -> None:
+    _populate(archive, tmp_path)
+    assert q(archive, Level.PATIENT, PatientID="' OR '1'='1") == []
+    assert q(archive, Level.PATIENT, PatientID="P%") == []  # % is not a DICOM wildcard
+    assert q(archive, Level.PATIENT, PatientID="P_") == []
+    assert len(q(archive, Level.PATIENT, PatientID="P?")) == 2
+    assert counts(archive)["patient"] == 2

@@ -1,0 +1,3 @@
+"""vna: an enterprise imaging archive."""
+
+__version__ = "0.1.0"

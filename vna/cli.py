@@ -1,0 +1,220 @@
+"""The `vna` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from vna.settings import Settings, get_settings
+
+app = typer.Typer(help="vna: one archive for all images and documents of a region.",
+                  no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="The index database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _prepare_data_dir(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from storage.migrate import upgrade
+
+    upgrade(settings.resolved_database_url, lock_dir=settings.data_dir)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] = "head") -> None:
+    """Create or migrate the index schema (Alembic) to the latest revision."""
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from storage.migrate import current, upgrade
+
+    upgrade(settings.resolved_database_url, revision, lock_dir=settings.data_dir)
+    console.print(f"index at revision {current(settings.resolved_database_url)}")
+
+
+@app.command()
+def scp() -> None:
+    """Run the DICOM service (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)."""
+    settings = get_settings()
+    _logging(settings)
+    _prepare_data_dir(settings)
+    from services.dicom_scp.server import serve
+
+    raise typer.Exit(serve(settings))
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP service (FastAPI under uvicorn)."""
+    settings = get_settings()
+    _logging(settings)
+    _prepare_data_dir(settings)
+    import uvicorn
+
+    from services.xds_api.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
+                log_level=settings.log_level.lower())
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="worker processes")] = 1,
+) -> None:
+    """Run a Celery worker on VNA_BROKER_URL (serverless filesystem transport by default)."""
+    settings = get_settings()
+    _prepare_data_dir(settings)
+    from services.worker.app import make_celery
+
+    celery = make_celery(settings)
+    celery.worker_main(["worker", "--loglevel", settings.log_level.upper(),
+                        "--concurrency", str(concurrency), "--without-gossip",
+                        "--without-mingle", "--pool", "prefork"])
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files and folders", exists=True)],
+    batch: Annotated[int, typer.Option(help="instances per fsync/commit")] = 200,
+) -> None:
+    """Bulk-import DICOM files from a legacy archive through the C-STORE ingest path.
+
+    A file is reported imported only once object and index entry are durable. Exits 1
+    when any file was refused.
+    """
+    settings = get_settings()
+    _prepare_data_dir(settings)
+    from storage.archive import Archive, iter_dicom_files
+
+    files = list(iter_dicom_files(paths))
+    archive = Archive(settings)
+    counts: Counter[str] = Counter()
+    refused: list[tuple[Path, str]] = []
+    nbytes = 0
+    t0 = time.perf_counter()
+    with Progress(TextColumn("[bold]import"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                  console=console, transient=False) as progress:
+        task = progress.add_task("import", total=len(files), rate="")
+        for i in range(0, len(files), batch):
+            chunk = files[i:i + batch]
+            for path, res in zip(chunk, archive.store_files(chunk, source_aet="IMPORT"),
+                                 strict=True):
+                counts[res.outcome] += 1
+                nbytes += res.size if res.ok else 0
+                if not res.ok:
+                    refused.append((path, res.reason or res.outcome))
+            elapsed = time.perf_counter() - t0
+            progress.update(task, advance=len(chunk),
+                            rate=f"{(i + len(chunk)) / max(elapsed, 1e-9):.0f} files/s")
+    elapsed = time.perf_counter() - t0
+    archive.index.dispose()
+    table = Table(title="vna import")
+    table.add_column("result")
+    table.add_column("files", justify="right")
+    table.add_row("imported", str(counts["stored"]))
+    table.add_row("duplicates (already archived)", str(counts["duplicate"]))
+    table.add_row("refused", str(counts["refused"] + counts["conflict"]))
+    console.print(table)
+    console.print(f"{len(files)} files, {nbytes / 1e6:.1f} MB in {elapsed:.1f} s "
+                  f"({len(files) / max(elapsed, 1e-9):.0f} files/s)")
+    for path, reason in refused[:50]:
+        console.print(f"[red]refused[/red] {path}: {reason}")
+    if len(refused) > 50:
+        console.print(f"... and {len(refused) - 50} more refused")
+    if refused:
+        raise typer.Exit(1)
+
+
+def _wait_port(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+@app.command()
+def up() -> None:
+    """Run the whole archive on this machine: DICOM service, HTTP service and a worker.
+
+    Embedded defaults: SQLite index and files under VNA_DATA_DIR, a serverless broker.
+    Ctrl-C stops everything.
+    """
+    settings = get_settings()
+    _logging(settings)
+    _prepare_data_dir(settings)
+    from services.xds_api.security import ensure_admin_token
+
+    token, created = ensure_admin_token(settings)
+    cmd = [sys.executable, "-m", "vna.cli"]
+    children = {
+        name: subprocess.Popen([*cmd, name], start_new_session=True)
+        for name in ("scp", "api", "worker")
+    }
+    ok_dicom = _wait_port(settings.dicom_host, settings.dicom_port, 60)
+    ok_http = _wait_port(settings.http_host, settings.http_port, 60)
+    console.print(f"[bold]vna is up[/bold] (data in {settings.data_dir.resolve()})")
+    console.print(f"  DICOM  {settings.dicom_aet}@{settings.dicom_host}:{settings.dicom_port}"
+                  f"{'' if ok_dicom else '  [red](not answering)[/red]'}")
+    console.print(f"  HTTP   http://{settings.http_host}:{settings.http_port}/health"
+                  f"{'' if ok_http else '  [red](not answering)[/red]'}")
+    console.print(f"  worker celery on {settings.resolved_broker_url.split('://')[0]}://")
+    if created:
+        console.print(f"  admin token (printed once): [bold]{token}[/bold]")
+    else:
+        console.print(f"  admin token: in {settings.data_dir.resolve() / 'admin-token'}")
+    console.print("Ctrl-C stops all.")
+
+    stopping = False
+
+    def _stop(_sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    rc = 0
+    while not stopping:
+        time.sleep(0.3)
+        for name, proc in children.items():
+            if proc.poll() is not None:
+                console.print(f"[red]{name} exited with {proc.returncode}; stopping[/red]")
+                stopping, rc = True, 1
+                break
+    for proc in children.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in children.values():
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    console.print("vna stopped")
+    raise typer.Exit(rc)
+
+
+if __name__ == "__main__":
+    app()

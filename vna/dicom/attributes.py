@@ -1,0 +1,222 @@
+"""DICOM attribute mapping: which attributes the index keeps, at which level, in which column.
+
+One table (`ATTRIBUTES`) drives both directions: extracting index rows from a received
+dataset, and translating a C-FIND identifier into column predicates and return values.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+
+class Level(str, Enum):
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+    @property
+    def depth(self) -> int:
+        return _DEPTH[self]
+
+
+_DEPTH = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
+
+
+@dataclass(frozen=True)
+class IndexedAttribute:
+    """An attribute kept in the index: DICOM keyword, VR, level, column name."""
+
+    keyword: str
+    vr: str
+    level: Level
+    column: str
+    unique_key: bool = False
+
+    @property
+    def case_insensitive(self) -> bool:
+        # PS3.4 C.2.2.2.1: PN matching may be case-insensitive; we do so, as most archives.
+        return self.vr == "PN"
+
+
+def _a(keyword: str, vr: str, level: Level, column: str, unique: bool = False) -> IndexedAttribute:
+    return IndexedAttribute(keyword, vr, level, column, unique)
+
+
+P, ST, SE, IM = Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE
+
+ATTRIBUTES: tuple[IndexedAttribute, ...] = (
+    _a("PatientID", "LO", P, "patient_id", unique=True),
+    _a("IssuerOfPatientID", "LO", P, "issuer_of_patient_id"),
+    _a("PatientName", "PN", P, "patient_name"),
+    _a("PatientBirthDate", "DA", P, "patient_birth_date"),
+    _a("PatientSex", "CS", P, "patient_sex"),
+    _a("StudyInstanceUID", "UI", ST, "study_instance_uid", unique=True),
+    _a("StudyDate", "DA", ST, "study_date"),
+    _a("StudyTime", "TM", ST, "study_time"),
+    _a("AccessionNumber", "SH", ST, "accession_number"),
+    _a("StudyID", "SH", ST, "study_id"),
+    _a("StudyDescription", "LO", ST, "study_description"),
+    _a("ReferringPhysicianName", "PN", ST, "referring_physician_name"),
+    _a("InstitutionName", "LO", ST, "institution_name"),
+    _a("PatientAge", "AS", ST, "patient_age"),
+    _a("SeriesInstanceUID", "UI", SE, "series_instance_uid", unique=True),
+    _a("Modality", "CS", SE, "modality"),
+    _a("SeriesNumber", "IS", SE, "series_number"),
+    _a("SeriesDescription", "LO", SE, "series_description"),
+    _a("SeriesDate", "DA", SE, "series_date"),
+    _a("SeriesTime", "TM", SE, "series_time"),
+    _a("BodyPartExamined", "CS", SE, "body_part_examined"),
+    _a("StationName", "SH", SE, "station_name"),
+    _a("InstitutionalDepartmentName", "LO", SE, "institutional_department_name"),
+    _a("ProtocolName", "LO", SE, "protocol_name"),
+    _a("PerformedProcedureStepStartDate", "DA", SE, "performed_procedure_step_start_date"),
+    _a("PerformedProcedureStepStartTime", "TM", SE, "performed_procedure_step_start_time"),
+    _a("SOPInstanceUID", "UI", IM, "sop_instance_uid", unique=True),
+    _a("SOPClassUID", "UI", IM, "sop_class_uid"),
+    _a("InstanceNumber", "IS", IM, "instance_number"),
+    _a("ContentDate", "DA", IM, "content_date"),
+    _a("ContentTime", "TM", IM, "content_time"),
+    _a("AcquisitionDate", "DA", IM, "acquisition_date"),
+    _a("AcquisitionTime", "TM", IM, "acquisition_time"),
+    _a("Rows", "US", IM, "rows"),
+    _a("Columns", "US", IM, "columns"),
+    _a("NumberOfFrames", "IS", IM, "number_of_frames"),
+)
+
+BY_KEYWORD: dict[str, IndexedAttribute] = {a.keyword: a for a in ATTRIBUTES}
+UNIQUE_KEY: dict[Level, IndexedAttribute] = {a.level: a for a in ATTRIBUTES if a.unique_key}
+
+# Computed return keys (PS3.4 C.6.1.1 / C.6.2.1), answered from counts, not columns.
+COMPUTED_KEYS: dict[str, Level] = {
+    "NumberOfPatientRelatedStudies": P,
+    "NumberOfPatientRelatedSeries": P,
+    "NumberOfPatientRelatedInstances": P,
+    "NumberOfStudyRelatedSeries": ST,
+    "NumberOfStudyRelatedInstances": ST,
+    "ModalitiesInStudy": ST,
+    "SOPClassesInStudy": ST,
+    "NumberOfSeriesRelatedInstances": SE,
+}
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_valid_uid(value: str) -> bool:
+    """A UID per PS3.5 9.1: digits and dots, at most 64 characters."""
+    return 0 < len(value) <= 64 and bool(_UID_RE.match(value))
+
+
+def normalize_time(value: str) -> str | None:
+    """TM to `HHMMSS.ffffff` (missing parts zero) so ranges compare as strings."""
+    v = value.strip().replace(":", "")
+    if not v:
+        return None
+    main, _, frac = v.partition(".")
+    if not main.isdigit() or len(main) % 2 or len(main) > 6 or (frac and not frac.isdigit()):
+        return None
+    return main.ljust(6, "0") + "." + frac[:6].ljust(6, "0")
+
+
+def normalize_date(value: str) -> str | None:
+    v = value.strip().replace(".", "").replace("-", "")
+    return v if len(v) == 8 and v.isdigit() else None
+
+
+def to_index_value(attr: IndexedAttribute, raw: Any) -> Any:
+    """A dataset element value as the index stores it."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, MultiValue):
+        if attr.vr in ("US", "IS", "DA", "TM"):
+            raw = raw[0] if len(raw) else None
+            if raw is None:
+                return None
+        else:
+            raw = "\\".join(str(v) for v in raw)
+    if attr.vr == "US":
+        return int(raw)
+    if attr.vr == "IS":
+        try:
+            return int(raw) if attr.column == "number_of_frames" else str(int(raw))
+        except (TypeError, ValueError):
+            return None
+    text = str(raw).strip()
+    if not text:
+        return None
+    if attr.vr == "DA":
+        return normalize_date(text)
+    if attr.vr == "TM":
+        return normalize_time(text)
+    return text
+
+
+def from_index_value(attr: IndexedAttribute, value: Any) -> Any:
+    """An index value as a DICOM element value (TM back to its stored precision)."""
+    if value is None:
+        return None
+    if attr.vr == "TM":
+        main, _, frac = str(value).partition(".")
+        return main if not frac.strip("0") else f"{main}.{frac.rstrip('0')}"
+    return value
+
+
+@dataclass
+class InstanceHeader:
+    """What the index needs of one SOP Instance, grouped by level."""
+
+    patient: dict[str, Any] = field(default_factory=dict)
+    study: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, Any] = field(default_factory=dict)
+    instance: dict[str, Any] = field(default_factory=dict)
+
+    def for_level(self, level: Level) -> dict[str, Any]:
+        return {P: self.patient, ST: self.study, SE: self.series, IM: self.instance}[level]
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.instance["sop_instance_uid"])
+
+    @property
+    def sop_class_uid(self) -> str:
+        return str(self.instance["sop_class_uid"])
+
+    @property
+    def study_instance_uid(self) -> str:
+        return str(self.study["study_instance_uid"])
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.series["series_instance_uid"])
+
+
+class InvalidInstance(ValueError):
+    """A dataset the archive refuses (missing or malformed identifying attributes)."""
+
+
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def extract_header(ds: Dataset) -> InstanceHeader:
+    """Map a dataset to index rows; refuse it if its identifying UIDs are missing or invalid."""
+    for kw in REQUIRED_UIDS:
+        value = str(ds.get(kw, "") or "").strip()
+        if not value:
+            raise InvalidInstance(f"{kw} is missing")
+        if not is_valid_uid(value):
+            raise InvalidInstance(f"{kw} is not a valid UID")
+    header = InstanceHeader()
+    for attr in ATTRIBUTES:
+        elem = ds.get(attr.keyword)
+        value = to_index_value(attr, elem)
+        header.for_level(attr.level)[attr.column] = value
+        if attr.vr == "PN" and attr.level in (P, ST):
+            header.for_level(attr.level)[attr.column + "_upper"] = value.upper() if value else None
+    header.patient["patient_id"] = header.patient["patient_id"] or ""
+    return header

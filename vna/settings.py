@@ -1,0 +1,120 @@
+"""The one settings object: every VNA_* variable of the SPEC, read from the environment or `.env`."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DicomPeer:
+    """A remote AE we may connect to (a C-MOVE destination)."""
+
+    __slots__ = ("ae_title", "host", "port")
+
+    def __init__(self, ae_title: str, host: str, port: int) -> None:
+        self.ae_title = ae_title
+        self.host = host
+        self.port = port
+
+    def __repr__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def parse_peers(value: str) -> dict[str, DicomPeer]:
+    """Parse `AET@host:port,AET2@host2:port2` into a map keyed by AE title."""
+    peers: dict[str, DicomPeer] = {}
+    for item in (p.strip() for p in value.split(",")):
+        if not item:
+            continue
+        aet, sep, address = item.partition("@")
+        host, colon, port = address.rpartition(":")
+        if not sep or not colon or not aet or not host or not port.isdigit():
+            raise ValueError(f"VNA_DICOM_PEERS entry {item!r} is not of the form AET@host:port")
+        peers[aet.strip()] = DicomPeer(aet.strip(), host.strip(), int(port))
+    return peers
+
+
+class Settings(BaseSettings):
+    """Configuration of every vna process (see the README's configuration table)."""
+
+    model_config = SettingsConfigDict(env_prefix="VNA_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./vna-data")
+    database_url: str | None = None
+    storage: Literal["file", "s3"] = "file"
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "vna"
+    s3_secure: bool = False
+    broker_url: str | None = None
+
+    dicom_aet: str = "VNA"
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = 11112
+    dicom_peers: str = ""
+    dicom_allowed_aets: str = ""
+    dicom_processes: int = Field(default=0, ge=0, description="SCP processes; 0 = 2 x CPUs")
+    dicom_max_pdu: int = Field(default=1 << 20, ge=0, description="max PDU we receive, bytes")
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
+    fsync: bool = True
+    admin_token: str | None = None
+    log_level: str = "INFO"
+
+    @field_validator("dicom_aet")
+    @classmethod
+    def _aet_valid(cls, v: str) -> str:
+        v = v.strip()
+        if not 0 < len(v) <= 16:
+            raise ValueError("VNA_DICOM_AET must be 1 to 16 characters")
+        return v
+
+    @field_validator("dicom_peers")
+    @classmethod
+    def _peers_valid(cls, v: str) -> str:
+        parse_peers(v)
+        return v
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def peers(self) -> dict[str, DicomPeer]:
+        return parse_peers(self.dicom_peers)
+
+    @property
+    def allowed_aets(self) -> frozenset[str]:
+        return frozenset(a.strip() for a in self.dicom_allowed_aets.split(",") if a.strip())
+
+    @property
+    def scp_processes(self) -> int:
+        return self.dicom_processes or 2 * (os.cpu_count() or 1)
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Where received datasets land before they are archived (same disk as objects)."""
+        return self.data_dir / "incoming"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
