@@ -80,7 +80,7 @@ def contexts_for(pairs: set[tuple[str, str]], limit: int = 128) -> list[Presenta
     out: list[PresentationContext] = []
     uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
     for sop_class in sorted({p[0] for p in pairs}):
-        stored = sorted({ts for sc, ts in pairs if sc == sop_class} - set(uncompressed))
+        stored = sorted({ts for sc, ts in pairs if sc == sop_class})
         for ts in stored:
             out.append(_cx(sop_class, [ts]))
         out.append(_cx(sop_class, uncompressed))

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom.multival import MultiValue
 from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -82,7 +83,7 @@ class FindQuery:
 def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | MultiValue):
         return list(value)
     return [v for v in str(value).split("\\")]
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydicom.multival import MultiValue
+
 from vna.dicom.attributes import IndexedAttribute, normalize_date, normalize_time
 
 
@@ -74,7 +76,7 @@ def parse_matcher(attr: IndexedAttribute, raw: object) -> Matcher:
     """Parse the identifier value of `attr` into a matcher."""
     if raw is None:
         return Universal()
-    if isinstance(raw, list | tuple):
+    if isinstance(raw, list | tuple | MultiValue):
         values = [str(v).strip() for v in raw if str(v).strip()]
         if not values:
             return Universal()

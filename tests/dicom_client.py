@@ -1,0 +1,189 @@
+"""A pynetdicom client for the tests: store files as they are, find, get, and a move peer."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from vna.dicom.net import enable_client_tcp_nodelay
+
+# Send files as they are and receive straight to files: the byte-for-byte tests need both.
+_config.STORE_SEND_CHUNKED_DATASET = True
+_config.STORE_RECV_CHUNKED_DATASET = True
+enable_client_tcp_nodelay()
+
+FIND = {"PATIENT": PatientRootQueryRetrieveInformationModelFind,
+        "STUDY": StudyRootQueryRetrieveInformationModelFind}
+GET = {"PATIENT": PatientRootQueryRetrieveInformationModelGet,
+       "STUDY": StudyRootQueryRetrieveInformationModelGet}
+MOVE = {"PATIENT": PatientRootQueryRetrieveInformationModelMove,
+        "STUDY": StudyRootQueryRetrieveInformationModelMove}
+
+
+def file_pairs(paths: Iterable[Path]) -> dict[Path, tuple[str, str]]:
+    out = {}
+    for p in paths:
+        meta, _ = split_dataset(p)
+        out[p] = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+    return out
+
+
+def _cx(sop_class: str, ts: Sequence[str]) -> PresentationContext:
+    cx = PresentationContext()
+    cx.abstract_syntax = sop_class
+    cx.transfer_syntax = list(ts)
+    return cx
+
+
+def associate(port: int, contexts: list[PresentationContext], *, calling: str = "TESTSCU",
+              called: str = "VNA", roles: list[Any] | None = None,
+              handlers: list[Any] | None = None) -> Association:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    assoc = ae.associate("127.0.0.1", port, contexts=contexts, ae_title=called,
+                         ext_neg=roles or [], evt_handlers=handlers or [])
+    return assoc
+
+
+def echo(port: int, calling: str = "TESTSCU") -> Association:
+    assoc = associate(port, [_cx(Verification, ["1.2.840.10008.1.2"])], calling=calling)
+    return assoc
+
+
+def store(port: int, paths: Sequence[Path], *, calling: str = "TESTSCU") -> list[int]:
+    """C-STORE each file as stored on disk; the status of each."""
+    pairs = file_pairs(paths)
+    contexts = [_cx(sc, [ts]) for sc, ts in sorted(set(pairs.values()))]
+    assert len(contexts) <= 128
+    assoc = associate(port, contexts, calling=calling)
+    assert assoc.is_established, "association refused"
+    try:
+        statuses = []
+        for p in paths:
+            rsp = assoc.send_c_store(p)
+            statuses.append(int(rsp.Status) if "Status" in rsp else -1)
+        return statuses
+    finally:
+        assoc.release()
+
+
+def find(port: int, level: str, keys: dict[str, Any], *, model: str = "STUDY") -> \
+        tuple[int, list[Dataset]]:
+    ident = Dataset()
+    ident.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ident, k, v)
+    assoc = associate(port, [_cx(FIND[model], ["1.2.840.10008.1.2.1"])])
+    assert assoc.is_established
+    results, final = [], -1
+    try:
+        for status, ds in assoc.send_c_find(ident, FIND[model]):
+            if status and status.Status in (0xFF00, 0xFF01):
+                results.append(ds)
+            elif status:
+                final = int(status.Status)
+    finally:
+        assoc.release()
+    return final, results
+
+
+@dataclass
+class Received:
+    """Datasets received by a Storage SCP (C-GET requester or C-MOVE destination)."""
+
+    datasets: dict[str, bytes] = field(default_factory=dict)
+    syntaxes: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handler(self, event: Any) -> int:
+        path = Path(event.dataset_path)
+        meta, offset = split_dataset(path)
+        with self.lock:
+            uid = str(event.request.AffectedSOPInstanceUID)
+            self.datasets[uid] = path.read_bytes()[offset:]
+            self.syntaxes[uid] = str(meta.TransferSyntaxUID)
+        return 0x0000
+
+
+def get(port: int, level: str, keys: dict[str, Any], storage: set[tuple[str, str]], *,
+        model: str = "STUDY") -> tuple[Dataset | None, Received]:
+    """C-GET; `storage` is the (SOP class, transfer syntax) pairs we accept as Storage SCP."""
+    ident = Dataset()
+    ident.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ident, k, v)
+    received = Received()
+    contexts = [_cx(GET[model], ["1.2.840.10008.1.2.1"])]
+    contexts += [_cx(sc, [ts]) for sc, ts in sorted(storage)]
+    roles = [build_role(sc, scp_role=True) for sc in sorted({sc for sc, _ in storage})]
+    assert len(contexts) <= 128
+    assoc = associate(port, contexts, roles=roles,
+                      handlers=[(evt.EVT_C_STORE, received.handler)])
+    assert assoc.is_established
+    final = None
+    try:
+        for status, _ in assoc.send_c_get(ident, GET[model]):
+            if status and status.Status not in (0xFF00, 0xFF01):
+                final = status
+    finally:
+        assoc.release()
+    return final, received
+
+
+def move(port: int, level: str, keys: dict[str, Any], destination: str, *,
+         model: str = "STUDY") -> Dataset | None:
+    ident = Dataset()
+    ident.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ident, k, v)
+    assoc = associate(port, [_cx(MOVE[model], ["1.2.840.10008.1.2.1"])])
+    assert assoc.is_established
+    final = None
+    try:
+        for status, _ in assoc.send_c_move(ident, destination, MOVE[model]):
+            if status and status.Status not in (0xFF00, 0xFF01):
+                final = status
+    finally:
+        assoc.release()
+    return final
+
+
+class StoragePeer:
+    """A pynetdicom Storage SCP to act as C-MOVE destination."""
+
+    def __init__(self, port: int, ae_title: str = "PEER") -> None:
+        from pynetdicom import AllStoragePresentationContexts
+        from pydicom.uid import AllTransferSyntaxes
+
+        self.received = Received()
+        ae = AE(ae_title=ae_title)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, [str(t) for t in AllTransferSyntaxes])
+        self.server = ae.start_server(("127.0.0.1", port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self.received.handler)])
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def read_uids(path: Path) -> Dataset:
+    return dcmread(path, stop_before_pixels=True)
