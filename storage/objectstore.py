@@ -185,7 +185,7 @@ class S3ObjectStore(ObjectStore):
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 raise ObjectNotFound(key) from exc
             raise
-        return _ResponseReader(resp)
+        return _ResponseReader(resp)  # type: ignore[return-value]
 
     def exists(self, key: str) -> bool:
         from minio.error import S3Error
@@ -209,7 +209,7 @@ class _ResponseReader:
         self._resp = resp
 
     def read(self, n: int = -1) -> bytes:
-        return self._resp.read(None if n < 0 else n)  # type: ignore[attr-defined, no-any-return]
+        return self._resp.read(None if n < 0 else n)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self._resp.close()  # type: ignore[attr-defined]

@@ -59,6 +59,7 @@ def free_port_pair() -> int:
 @dataclass
 class S3Server:
     endpoint: str
+    bucket: str = "vna-tests"
     access_key: str = "vna"
     secret_key: str = "vna-secret"
 
@@ -74,8 +75,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     proc = subprocess.Popen(
         [weed, "server", f"-dir={d}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
          f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}",
-         f"-filer.port={filer}", "-volume.max=100", "-master.volumeSizeLimitMB=256",
-         "-master.telemetry=false"],
+         f"-filer.port={filer}", "-volume.max=1000", "-master.volumeSizeLimitMB=64",
+         "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+         "-volume.preStopSeconds=0"],
         stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_port(s3, 60)
@@ -175,7 +177,9 @@ def _backend_env(kind: str, data_dir: Path, request: pytest.FixtureRequest) -> d
         env.update({
             "VNA_STORAGE": "s3", "VNA_S3_ENDPOINT": s3.endpoint,
             "VNA_S3_ACCESS_KEY": s3.access_key, "VNA_S3_SECRET_KEY": s3.secret_key,
-            "VNA_S3_BUCKET": "vna-" + uuid.uuid4().hex[:10],
+            # One bucket for the session: SeaweedFS allots volumes per bucket. Tests do not
+            # collide in it, since keys are SOP Instance UIDs and each test has its own index.
+            "VNA_S3_BUCKET": s3.bucket,
             "VNA_DATABASE_URL": request.getfixturevalue("pg_url"),
         })
     return env

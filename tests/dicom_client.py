@@ -171,8 +171,8 @@ class StoragePeer:
     """A pynetdicom Storage SCP to act as C-MOVE destination."""
 
     def __init__(self, port: int, ae_title: str = "PEER") -> None:
-        from pynetdicom import AllStoragePresentationContexts
         from pydicom.uid import AllTransferSyntaxes
+        from pynetdicom import AllStoragePresentationContexts
 
         self.received = Received()
         ae = AE(ae_title=ae_title)

@@ -137,7 +137,7 @@ def test_store_without_uid_refused_and_nothing_left(embedded: Backend, tmp_path:
         assert status == 0xA900
         assert index_count(embedded) == 0
         assert objects_on_disk(embedded) == []
-        assert list((embedded.data_dir / "incoming").iterdir()) == []
+        assert [p for p in (embedded.data_dir / "incoming").rglob("*") if p.is_file()] == []
     finally:
         stop_scp(scp)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.factory import make_instance
 from vna.dicom.attributes import (
     BY_KEYWORD,
     InvalidInstance,
@@ -21,7 +22,6 @@ from vna.dicom.matching import (
     parse_matcher,
     wildcard_to_like,
 )
-from tests.factory import make_instance
 
 
 def m(keyword: str, value: object) -> object:

@@ -90,6 +90,18 @@ def worker(
                         "--without-mingle", "--pool", "prefork"])
 
 
+@app.command()
+def beat() -> None:
+    """Run the Celery beat scheduler (periodic tasks: statistics snapshots, fixity, retention)."""
+    settings = get_settings()
+    _prepare_data_dir(settings)
+    from services.worker.app import make_celery
+
+    celery = make_celery(settings)
+    schedule = settings.data_dir / "celerybeat-schedule"
+    celery.start(["beat", "--loglevel", settings.log_level.upper(), "--schedule", str(schedule)])
+
+
 @app.command("import")
 def import_(
     paths: Annotated[list[Path], typer.Argument(help="DICOM files and folders", exists=True)],

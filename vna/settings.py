@@ -1,4 +1,4 @@
-"""The one settings object: every VNA_* variable of the SPEC, read from the environment or `.env`."""
+"""The one settings object: every VNA_* variable of the SPEC, from the environment or `.env`."""
 
 from __future__ import annotations
 

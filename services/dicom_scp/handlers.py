@@ -91,8 +91,9 @@ class DicomService:
         ]
 
     def on_rejected(self, event: Any) -> None:
-        log.warning("association from %s (%s) rejected: calling AE title not allowed",
-                    event.assoc.requestor.ae_title, event.assoc.requestor.address)
+        log.warning("association from %s (%s) rejected (calling AE title not allowed, "
+                    "or too many associations)", event.assoc.requestor.ae_title,
+                    event.assoc.requestor.address)
 
     # -- C-STORE --------------------------------------------------------------------------
 
@@ -117,7 +118,7 @@ class DicomService:
 
     # -- C-FIND ---------------------------------------------------------------------------
 
-    def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+    def on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         level, ident = _level(event)
         if level is None:
             yield _status(STATUS_IDENTIFIER_MISMATCH, "invalid QueryRetrieveLevel"), None

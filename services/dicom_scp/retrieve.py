@@ -78,7 +78,7 @@ def contexts_for(pairs: set[tuple[str, str]], limit: int = 128) -> list[Presenta
     class, the uncompressed little endian syntaxes to fall back on.
     """
     out: list[PresentationContext] = []
-    uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    uncompressed = [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]
     for sop_class in sorted({p[0] for p in pairs}):
         stored = sorted({ts for sc, ts in pairs if sc == sop_class})
         for ts in stored:
@@ -88,7 +88,8 @@ def contexts_for(pairs: set[tuple[str, str]], limit: int = 128) -> list[Presenta
 
 
 def _cx(sop_class: str, syntaxes: list[str]) -> PresentationContext:
+    """A presentation context proposing `syntaxes` for `sop_class`."""
     cx = PresentationContext()
     cx.abstract_syntax = sop_class
-    cx.transfer_syntax = syntaxes
+    cx.transfer_syntax = list(syntaxes)
     return cx

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -22,7 +23,13 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import (
+    UID,
+    AllTransferSyntaxes,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 from pynetdicom import AE, AllStoragePresentationContexts, _config
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -43,7 +50,26 @@ from vna.settings import Settings
 
 log = logging.getLogger("vna.scp")
 
-TRANSFER_SYNTAXES = [str(ts) for ts in AllTransferSyntaxes if "JPIP" not in ts.name]
+def _preference(ts: UID) -> int:
+    """Our order of preference when a sender offers several syntaxes in one context.
+
+    Explicit VR first (keeps VRs), then lossless compression (smaller, exact), then what is
+    lossy or video (accepted as the sender has it, never asked for), implicit VR last.
+    """
+    if ts == ExplicitVRLittleEndian:
+        return 0
+    name = ts.name.lower()
+    if ts.is_compressed and "lossless" in name and "lossy" not in name or ts == RLELossless:
+        return 1
+    if ts == ImplicitVRLittleEndian:
+        return 4
+    if ts.is_compressed:
+        return 2
+    return 3
+
+
+TRANSFER_SYNTAXES = [str(ts) for ts in sorted(
+    (t for t in AllTransferSyntaxes if "JPIP" not in t.name), key=_preference)]
 
 QR_MODELS = [
     PatientRootQueryRetrieveInformationModelFind,
@@ -80,7 +106,7 @@ def build_ae(settings: Settings) -> AE:
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
         # scp_role: a C-GET requestor may act as Storage SCP on this association.
-        ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES,
+        ae.add_supported_context(str(cx.abstract_syntax), TRANSFER_SYNTAXES,
                                  scu_role=True, scp_role=True)
     for model in QR_MODELS:
         ae.add_supported_context(model)
@@ -95,8 +121,10 @@ def configure_process(settings: Settings) -> None:
     """Process-wide pynetdicom settings of an SCP process."""
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.LOG_HANDLER_LEVEL = "none"
-    settings.incoming_dir.mkdir(parents=True, exist_ok=True)
-    tempfile.tempdir = str(settings.incoming_dir.resolve())
+    # Each process receives into its own folder, so a restart cleans only its own leftovers.
+    incoming = settings.incoming_dir / f"{socket.gethostname()}-{os.getpid()}"
+    incoming.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(incoming.resolve())
     install_send_as_stored()
     enable_client_tcp_nodelay()
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -109,7 +137,8 @@ def run_server_process(settings: Settings, ready: Any = None) -> None:
     service = DicomService(settings, archive)
     ae = build_ae(settings)
     server = ae.make_server((settings.dicom_host, settings.dicom_port),
-                            evt_handlers=service.handlers(), server_class=ReusePortServer)
+                            evt_handlers=service.handlers(),  # type: ignore[arg-type]
+                            server_class=ReusePortServer)
     ae._servers.append(server)  # so that server.shutdown() finds itself
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
@@ -129,12 +158,26 @@ def run_server_process(settings: Settings, ready: Any = None) -> None:
 
 
 def _clean_incoming(settings: Settings) -> None:
-    """Received but unacknowledged leftovers of a crashed process: never archived, drop them."""
+    """Drop what dead SCP processes of this host were receiving: never acknowledged."""
     d = settings.incoming_dir
-    if d.is_dir():
-        for p in d.iterdir():
-            if p.is_file():
-                p.unlink(missing_ok=True)
+    if not d.is_dir():
+        return
+    host = socket.gethostname()
+    for sub in d.iterdir():
+        name, _, pid = sub.name.rpartition("-")
+        if not sub.is_dir() or name != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(sub, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def serve(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> int:
@@ -154,7 +197,7 @@ def serve(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> 
         return proc, ready
 
     procs = [start_one() for _ in range(n)]
-    for proc, ready in procs:
+    for _proc, ready in procs:
         if not ready.wait(60):
             log.error("an SCP process did not start")
     log.info("DICOM service %s listening on %s:%d (%d processes)", settings.dicom_aet,

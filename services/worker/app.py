@@ -24,14 +24,18 @@ def make_celery(settings: Settings | None = None) -> Celery:
     }
     if settings.resolved_broker_url.startswith("filesystem://"):
         folder = (settings.data_dir / "broker").resolve()
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         conf["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            "control_folder": str(folder / "control"),
         }
+        results = (settings.data_dir / "results").resolve()
+        results.mkdir(parents=True, exist_ok=True)
+        conf["result_backend"] = f"file://{results}"
     app.conf.update(conf)
     return app
 

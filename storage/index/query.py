@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.multival import MultiValue
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Integer, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.index.models import Instance, Patient, Series, Study
@@ -33,6 +33,7 @@ from vna.dicom.matching import (
     Universal,
     Wildcard,
     parse_matcher,
+    wildcard_to_like,
 )
 
 MODELS: dict[Level, Any] = {
@@ -58,9 +59,9 @@ class FindQuery:
             if keyword in ("QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"):
                 continue
             if keyword == "ModalitiesInStudy":
-                if level.depth < Level.STUDY.depth:
-                    continue
                 q.return_keys.append(keyword)
+                if level is not Level.STUDY:
+                    continue  # a study attribute: matched and answered at STUDY level only
                 vals = [str(v).strip() for v in _as_list(value) if str(v).strip()]
                 if vals and vals != ["*"]:
                     q.matchers[keyword] = AnyOf(tuple(vals))
@@ -99,12 +100,17 @@ def _predicate(attr: IndexedAttribute, m: Matcher) -> ColumnElement[bool]:
 
 
 def _apply(col: Any, m: Matcher) -> ColumnElement[bool]:
+    if isinstance(col.type, Integer):  # US / IS columns: values were checked to be numbers
+        if isinstance(m, Single):
+            return col == int(m.value)
+        if isinstance(m, AnyOf):
+            return col.in_([int(v) for v in m.values])
     if isinstance(m, Single):
-        return col == m.value  # type: ignore[no-any-return]
+        return col == m.value
     if isinstance(m, Wildcard):
-        return col.like(m.like, escape="\\")  # type: ignore[no-any-return]
+        return col.like(m.like, escape="\\")
     if isinstance(m, AnyOf):
-        return col.in_(m.values)  # type: ignore[no-any-return]
+        return col.in_(m.values)
     if isinstance(m, Range):
         parts = []
         if m.low is not None:
@@ -128,7 +134,7 @@ def _upper(m: Matcher) -> Matcher:
 def _base_select(level: Level) -> Select[Any]:
     """The matched level's rows joined to every level above it."""
     models = [Patient, Study, Series, Instance][: level.depth + 1]
-    stmt = select(*models)
+    stmt: Any = select(*models)
     if level.depth >= 1:
         stmt = stmt.join(Study, Study.patient_fk == Patient.id)
     if level.depth >= 2:
@@ -148,18 +154,12 @@ def build_select(q: FindQuery) -> Select[Any]:
             conds = []
             if plain:
                 conds.append(Series.modality.in_(plain))
-            conds += [Series.modality.like(parse_like(v), escape="\\") for v in wild]
+            conds += [Series.modality.like(wildcard_to_like(v), escape="\\") for v in wild]
             sub = select(Series.id).where(Series.study_fk == Study.id, or_(*conds))
             stmt = stmt.where(exists(sub))
             continue
         stmt = stmt.where(_predicate(BY_KEYWORD[keyword], m))
     return stmt.order_by(MODELS[q.level].id)
-
-
-def parse_like(value: str) -> str:
-    from vna.dicom.matching import wildcard_to_like
-
-    return wildcard_to_like(value)
 
 
 def find(session: Session, q: FindQuery, *, limit: int | None = None) -> list[dict[str, Any]]:
@@ -169,7 +169,7 @@ def find(session: Session, q: FindQuery, *, limit: int | None = None) -> list[di
         stmt = stmt.limit(limit)
     rows = session.execute(stmt).all()
     own = MODELS[q.level]
-    computed = [k for k in q.return_keys if k in COMPUTED_KEYS or k == "ModalitiesInStudy"]
+    computed = [k for k in q.return_keys if COMPUTED_KEYS.get(k) is q.level]
     ids = [getattr(r, own.__name__).id for r in rows]
     extra = _computed(session, q.level, computed, ids) if computed and ids else {}
     results = []
@@ -192,7 +192,7 @@ def _computed(session: Session, level: Level, keys: Sequence[str],
               ids: list[int]) -> dict[str, dict[int, Any]]:
     out: dict[str, dict[int, Any]] = {}
 
-    def counts(stmt: Select[Any]) -> dict[int, int]:
+    def counts(stmt: Any) -> dict[int, int]:
         return {k: v for k, v in session.execute(stmt).all()}
 
     for key in keys:
@@ -224,7 +224,7 @@ def _computed(session: Session, level: Level, keys: Sequence[str],
             if key == "SOPClassesInStudy":
                 stmt = stmt.join(Instance, Instance.series_fk == Series.id)
             values: dict[int, set[str]] = defaultdict(set)
-            for sid, v in session.execute(stmt.distinct()).all():
+            for sid, v in session.execute(stmt.distinct()).tuples():
                 if v:
                     values[sid].add(v)
             out[key] = {sid: sorted(v) for sid, v in values.items()}

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 
-class Level(str, Enum):
+class Level(StrEnum):
     PATIENT = "PATIENT"
     STUDY = "STUDY"
     SERIES = "SERIES"

@@ -46,7 +46,7 @@ Matcher = Universal | Single | Wildcard | Range | AnyOf
 
 
 class InvalidQuery(ValueError):
-    """An identifier value the SCP cannot match (answered with status 0xA900)."""
+    """An identifier value the SCP cannot match (C-FIND answers 0xC000, retrieves 0xA900)."""
 
 
 def wildcard_to_like(value: str) -> str:
@@ -87,6 +87,14 @@ def parse_matcher(attr: IndexedAttribute, raw: object) -> Matcher:
         text = text.rstrip("^").strip()
     if text in ("", "*"):
         return Universal()
+    if attr.vr in ("US", "IS"):
+        values = text.split("\\")
+        if not all(v.strip().lstrip("-").isdigit() for v in values):
+            raise InvalidQuery(f"{attr.keyword}: {text!r} is not a number")
+        if attr.vr == "IS" and attr.column != "number_of_frames":
+            return AnyOf(tuple(str(int(v)) for v in values)) if len(values) > 1 \
+                else Single(str(int(values[0])))
+        return AnyOf(tuple(values)) if len(values) > 1 else Single(values[0].strip())
     if attr.vr in ("DA", "TM") and "-" in text:
         low, _, high = text.partition("-")
         if "-" in high:

@@ -1,12 +1,11 @@
 """dicom index: patient, study, series, instance
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-22 02:46:12.520549
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None

@@ -1,0 +1,111 @@
+"""The command line as users run it: `vna import`, `vna up`, `vna db upgrade`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests import dicom_client as dc
+from tests.conftest import VNA, Backend, free_port, vna_env, wait_port
+from tests.factory import make_instance, write
+
+
+def vna(backend: Backend, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*VNA, *args], env=vna_env(backend.env), capture_output=True,
+                          text=True, timeout=timeout, cwd=backend.data_dir.parent)
+
+
+def test_db_upgrade(backend: Backend) -> None:
+    p = vna(backend, "db", "upgrade")
+    assert p.returncode == 0, p.stderr
+    assert "0001" in p.stderr + p.stdout
+    assert vna(backend, "db", "upgrade").returncode == 0  # idempotent
+
+
+def test_import_folder(backend: Backend, tmp_path: Path) -> None:
+    src = tmp_path / "legacy"
+    study = "1.2.826.0.1.3680043.8.498.4242"
+    for i in range(30):
+        write(make_instance(study_uid=study, series_uid=study + ".1", sop_uid=f"{study}.1.{i}",
+                            instance_number=i), src / "a" / f"{i}.dcm")
+    (src / "notes.txt").write_text("not dicom")
+    bad = make_instance()
+    del bad.StudyInstanceUID
+    bad.preamble = b"\0" * 128
+    bad.save_as(src / "bad.dcm", enforce_file_format=False)
+
+    p = vna(backend, "import", str(src), "--batch", "8")
+    assert p.returncode == 1, p.stderr
+    out = p.stdout + p.stderr
+    assert "imported" in out and "30" in out
+    assert "notes.txt" in out and "bad.dcm" in out and "StudyInstanceUID is missing" in out
+
+    p = vna(backend, "import", str(src / "a"))
+    assert p.returncode == 0, p.stderr
+    assert "duplicates" in p.stdout + p.stderr
+
+    from storage.archive import Archive
+    from storage.index.query import FindQuery, find
+    from vna.dicom.attributes import Level
+
+    a = Archive(backend.settings())
+    with a.index.read_session() as s:
+        res = find(s, FindQuery.from_identifier(Level.STUDY, [
+            ("StudyInstanceUID", study), ("NumberOfStudyRelatedInstances", None)]))
+    a.index.dispose()
+    assert res == [{"StudyInstanceUID": study, "NumberOfStudyRelatedInstances": 30}]
+
+
+def test_import_missing_path_is_an_error(embedded: Backend) -> None:
+    embedded.data_dir.mkdir(parents=True)
+    p = vna(embedded, "import", "/nonexistent/folder")
+    assert p.returncode != 0
+    assert "does not exist" in p.stderr + p.stdout
+
+
+def test_up_runs_everything_and_ctrl_c_stops_it(embedded: Backend, tmp_path: Path) -> None:
+    dport, hport = free_port(), free_port()
+    env = vna_env({**embedded.env, "VNA_DICOM_PORT": str(dport), "VNA_HTTP_PORT": str(hport),
+                   "VNA_DICOM_HOST": "127.0.0.1", "VNA_DICOM_PROCESSES": "1"})
+    embedded.data_dir.mkdir(parents=True)
+    log = tmp_path / "up.log"
+    proc = subprocess.Popen([*VNA, "up"], env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        wait_port(dport, 90)
+        wait_port(hport, 90)
+        deadline = time.monotonic() + 30
+        while "Ctrl-C" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = log.read_text()
+        token = (embedded.data_dir / "admin-token").read_text().strip()
+        assert token in text  # printed once, at first start
+        assert f":{dport}" in text and f":{hport}" in text
+        health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{hport}/health"))
+        assert health["status"] == "ok"
+        assoc = dc.echo(dport)
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+        # The worker is a real Celery process on the serverless broker.
+        from services.worker.app import make_celery
+
+        celery = make_celery(embedded.settings())
+        assert celery.send_task("vna.ping").get(timeout=60) == "pong"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("vna up did not stop on Ctrl-C:\n" + log.read_text())
+    assert rc == 0, log.read_text()
+    for port in (dport, hport):
+        with pytest.raises(TimeoutError):
+            wait_port(port, 1)
+    assert "vna stopped" in log.read_text()
