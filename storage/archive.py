@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,13 +20,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from storage.index.db import Index
 from storage.index.models import Instance, Patient, Series, Study
@@ -95,14 +103,58 @@ def dataset_sha256(stream: Any, offset: int) -> str:
     return h.hexdigest()
 
 
+def read_transfer_syntax(path: Path) -> tuple[str, int]:
+    """Transfer syntax and dataset offset of a Part 10 file, from its group length.
+
+    A direct read of the (explicit VR little endian) file meta; files without a group
+    length element go through pydicom.
+    """
+    with open(path, "rb") as f:
+        head = f.read(144)
+        if len(head) == 144 and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
+            group_len = struct.unpack("<I", head[140:144])[0]
+            meta = f.read(group_len)
+            pos = 0
+            while pos + 8 <= len(meta):
+                group, elem = struct.unpack("<HH", meta[pos:pos + 4])
+                vr = meta[pos + 4:pos + 6]
+                if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
+                    length = struct.unpack("<I", meta[pos + 8:pos + 12])[0]
+                    pos += 12
+                else:
+                    length = struct.unpack("<H", meta[pos + 6:pos + 8])[0]
+                    pos += 8
+                if (group, elem) == (2, 0x0010):
+                    ts = meta[pos:pos + length].rstrip(b"\x00 ").decode("ascii", "replace")
+                    return ts, 144 + group_len
+                pos += length
+    file_meta, offset = split_dataset(path)
+    return str(file_meta.get("TransferSyntaxUID", "") or ""), offset
+
+
+def _before_pixels(tag: Any, _vr: Any, _length: int) -> bool:
+    return int(tag) >= 0x7FE00008  # Float/Double Float/Pixel Data and what follows
+
+
+def read_header(path: Path, ts: str, offset: int) -> Dataset:
+    """The dataset up to the pixel data, read from `offset` with the known transfer syntax
+    (pydicom's dcmread would parse the file meta a second time)."""
+    if ts == DeflatedExplicitVRLittleEndian or not ts.startswith("1.2.840.10008.1.2"):
+        return dcmread(path, stop_before_pixels=True)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return read_dataset(f, is_implicit_VR=ts == ImplicitVRLittleEndian,
+                            is_little_endian=ts != ExplicitVRBigEndian,
+                            stop_when=_before_pixels)
+
+
 def prepare(path: Path) -> tuple[PreparedInstance, str]:
     """Parse and hash a Part 10 file; raises InvalidInstance for what the archive refuses."""
     try:
-        meta, offset = split_dataset(path)
-        ts = str(meta.get("TransferSyntaxUID", "") or "")
+        ts, offset = read_transfer_syntax(path)
         if not ts:
             raise InvalidInstance("not a DICOM Part 10 file (no transfer syntax in file meta)")
-        ds = dcmread(path, stop_before_pixels=True)
+        ds = read_header(path, ts, offset)
     except InvalidInstance:
         raise
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
@@ -123,6 +175,7 @@ class Archive:
         self.settings = settings
         self.index = index or Index(settings.resolved_database_url, fsync=settings.fsync)
         self.store = store or make_object_store(settings)
+        self._parents: dict[tuple[str, str], int] = {}
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -173,10 +226,10 @@ class Archive:
 
     def _duplicate_check(self, prepared: PreparedInstance, data_sha: str) -> StoreResult | None:
         uid = prepared.header.sop_instance_uid
-        with self.index.read_session() as s:
-            row = s.execute(
-                select(Instance.sha256, Instance.dataset_offset, Instance.storage_key)
-                .where(Instance.sop_instance_uid == uid)).first()
+        with self.index.read_engine.connect() as conn:
+            row = conn.execute(
+                select(_I.c.sha256, _I.c.dataset_offset, _I.c.storage_key)
+                .where(_I.c.sop_instance_uid == uid)).first()
         if row is None:
             return None
         if row.sha256 == prepared.sha256:
@@ -189,13 +242,17 @@ class Archive:
                            "an instance with this SOPInstanceUID and other content is archived")
 
     def _commit(self, batch: list[PreparedInstance], source_aet: str | None,
-                data_shas: dict[str, str]) -> list[StoreResult]:
+                data_shas: dict[str, str], *, retry: bool = True) -> list[StoreResult]:
         now = datetime.now(UTC)
+        created: dict[tuple[str, str], int] = {}
         try:
-            with self.index.session() as s:
+            with self.index.engine.begin() as conn:
                 for p in batch:
-                    write_index_rows(s, p, source_aet, now)
+                    write_index_rows(conn, p, source_aet, now, self._parents, created)
         except IntegrityError:
+            self._parents.clear()  # a cached parent may have been deleted meanwhile
+            if retry:
+                return self._commit(batch, source_aet, data_shas, retry=False)
             if len(batch) > 1:  # someone else archived one of them meanwhile: go one by one
                 return [self._commit([p], source_aet, data_shas)[0] for p in batch]
             p = batch[0]
@@ -205,35 +262,69 @@ class Archive:
             for p in batch:
                 self.store.delete(p.key)
             raise
+        if len(self._parents) > 50_000:
+            self._parents.clear()
+        self._parents.update(created)
         return [StoreResult("stored", p.header.sop_instance_uid, size=p.size) for p in batch]
 
 
-def _get_or_create(s: Session, model: Any, unique_col: str, values: dict[str, Any]) -> int:
-    col = getattr(model, unique_col)
-    found = s.execute(select(model.id).where(col == values[unique_col])).scalar()
+_P, _ST, _SE, _I = (m.__table__ for m in (Patient, Study, Series, Instance))
+
+
+def _fit(table: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Values cut to their column's length: non-conformant long strings must not fail ingest."""
+    out = dict(values)
+    for k, v in values.items():
+        if isinstance(v, str):
+            length = getattr(table.c[k].type, "length", None)
+            if length and len(v) > length:
+                out[k] = v[:length]
+    return out
+
+
+def _parent_id(conn: Connection, table: Any, unique_col: str, values: dict[str, Any],
+               cache: dict[tuple[str, str], int], created: dict[tuple[str, str], int]) -> int:
+    """Id of the patient/study/series row with this unique key, inserted if new."""
+    key = (table.name, str(values[unique_col]))
+    found = cache.get(key) or created.get(key)
     if found is not None:
-        return int(found)
-    insert = pg_insert if s.bind is not None and s.bind.dialect.name == "postgresql" \
-        else sqlite_insert
-    s.execute(insert(model).values(**values).on_conflict_do_nothing(index_elements=[unique_col]))
-    return int(s.execute(select(model.id).where(col == values[unique_col])).scalar_one())
+        return found
+    col = table.c[unique_col]
+    row_id = conn.execute(select(table.c.id).where(col == values[unique_col])).scalar()
+    if row_id is None:
+        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        conn.execute(insert(table).values(**_fit(table, values))
+                     .on_conflict_do_nothing(index_elements=[unique_col]))
+        row_id = conn.execute(select(table.c.id).where(col == values[unique_col])).scalar_one()
+    created[key] = int(row_id)
+    return int(row_id)
 
 
-def write_index_rows(s: Session, p: PreparedInstance, source_aet: str | None,
-                     received_at: datetime) -> None:
-    """Insert the instance and, where new, its patient, study and series rows."""
+def write_index_rows(conn: Connection, p: PreparedInstance, source_aet: str | None,
+                     received_at: datetime, cache: dict[tuple[str, str], int] | None = None,
+                     created: dict[tuple[str, str], int] | None = None) -> None:
+    """Insert the instance and, where new, its patient, study and series rows.
+
+    `cache` holds parent ids committed earlier; `created` collects the ones this
+    transaction adds (merged into the cache only after commit).
+    """
+    cache = {} if cache is None else cache
+    created = {} if created is None else created
     h = p.header
-    patient_fk = _get_or_create(s, Patient, "patient_id", h.patient)
-    study_fk = _get_or_create(s, Study, "study_instance_uid",
-                              {**h.study, "patient_fk": patient_fk, "created_at": received_at})
-    series_fk = _get_or_create(s, Series, "series_instance_uid",
-                               {**h.series, "study_fk": study_fk})
-    s.add(Instance(
-        series_fk=series_fk, transfer_syntax_uid=p.transfer_syntax_uid, source_aet=source_aet,
-        received_at=received_at, size=p.size, sha256=p.sha256,
-        dataset_offset=p.dataset_offset, storage_key=p.key, **h.instance,
-    ))
-    s.flush()
+    patient_fk = _parent_id(conn, _P, "patient_id", h.patient, cache, created)
+    study_fk = _parent_id(conn, _ST, "study_instance_uid",
+                          {**h.study, "patient_fk": patient_fk, "created_at": received_at},
+                          cache, created)
+    series_fk = _parent_id(conn, _SE, "series_instance_uid",
+                           {**h.series, "study_fk": study_fk}, cache, created)
+    conn.execute(insert_instance, _fit(_I, {
+        **h.instance, "series_fk": series_fk, "transfer_syntax_uid": p.transfer_syntax_uid,
+        "source_aet": source_aet, "received_at": received_at, "size": p.size,
+        "sha256": p.sha256, "dataset_offset": p.dataset_offset, "storage_key": p.key,
+    }))
+
+
+insert_instance = _I.insert()
 
 
 def iter_dicom_files(paths: Iterable[Path]) -> Iterable[Path]:

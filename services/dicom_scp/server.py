@@ -42,6 +42,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from services.dicom_scp import fastpath
 from services.dicom_scp.handlers import DicomService
 from services.dicom_scp.retrieve import install_send_as_stored
 from storage.archive import Archive
@@ -126,6 +127,7 @@ def configure_process(settings: Settings) -> None:
     incoming.mkdir(parents=True, exist_ok=True)
     tempfile.tempdir = str(incoming.resolve())
     install_send_as_stored()
+    fastpath.install()
     enable_client_tcp_nodelay()
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 

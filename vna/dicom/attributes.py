@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pydicom.datadict import keyword_dict
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 
 
 class Level(StrEnum):
@@ -200,6 +202,8 @@ class InvalidInstance(ValueError):
     """A dataset the archive refuses (missing or malformed identifying attributes)."""
 
 
+_TAGS = tuple((a, Tag(keyword_dict[a.keyword])) for a in ATTRIBUTES)
+
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
@@ -212,11 +216,13 @@ def extract_header(ds: Dataset) -> InstanceHeader:
         if not is_valid_uid(value):
             raise InvalidInstance(f"{kw} is not a valid UID")
     header = InstanceHeader()
-    for attr in ATTRIBUTES:
-        elem = ds.get(attr.keyword)
-        value = to_index_value(attr, elem)
-        header.for_level(attr.level)[attr.column] = value
-        if attr.vr == "PN" and attr.level in (P, ST):
-            header.for_level(attr.level)[attr.column + "_upper"] = value.upper() if value else None
+    levels = {P: header.patient, ST: header.study, SE: header.series, IM: header.instance}
+    for attr, tag in _TAGS:
+        # by tag, and only for present elements: Dataset.get is costly on misses
+        value = to_index_value(attr, ds[tag].value if tag in ds else None)
+        row = levels[attr.level]
+        row[attr.column] = value
+        if attr.vr == "PN":
+            row[attr.column + "_upper"] = value.upper() if value else None
     header.patient["patient_id"] = header.patient["patient_id"] or ""
     return header

@@ -1,0 +1,41 @@
+"""The lean receive path encodes exactly what pynetdicom would."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import create_file_meta, encode
+
+from services.dicom_scp.fastpath import FileMeta, encode_file_meta, encode_store_response
+
+
+@pytest.mark.parametrize("sop_class,sop_uid,ts", [
+    ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5.6", "1.2.840.10008.1.2.1"),
+    ("1.2.840.10008.5.1.4.1.1.7", "1.2.826.0.1.3680043.8.498.123456789012", "1.2.840.10008.1.2"),
+    ("1.2.840.10008.5.1.4.1.1.77.1.4", "9.99", "1.2.840.10008.1.2.4.91"),
+])
+def test_file_meta_identical(sop_class: str, sop_uid: str, ts: str) -> None:
+    ours = encode_file_meta(FileMeta(sop_class, sop_uid, ts))
+    buf = BytesIO()
+    write_file_meta_info(buf, create_file_meta(sop_class_uid=sop_class,
+                                               sop_instance_uid=sop_uid, transfer_syntax=ts))
+    assert ours == buf.getvalue()
+
+
+@pytest.mark.parametrize("status,comment", [(0x0000, None), (0xA900, "SOPInstanceUID is missing"),
+                                            (0xC001, "odd")])
+def test_store_response_identical(status: int, comment: str | None) -> None:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    rsp.AffectedSOPInstanceUID = "1.2.3.4.5"
+    rsp.Status = status
+    if comment:
+        rsp.ErrorComment = comment
+    msg = C_STORE_RSP()
+    msg.primitive_to_message(rsp)
+    assert encode_store_response(rsp) == encode(msg.command_set, True, True)
