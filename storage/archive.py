@@ -246,7 +246,7 @@ class Archive:
         now = datetime.now(UTC)
         created: dict[tuple[str, str], int] = {}
         try:
-            with self.index.engine.begin() as conn:
+            with self.index.begin() as conn:
                 for p in batch:
                     write_index_rows(conn, p, source_aet, now, self._parents, created)
         except IntegrityError:

@@ -7,12 +7,49 @@ instead of failing on a read-to-write upgrade.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+
+class _WriterLock:
+    """One SQLite writer at a time across threads and processes, queued in the kernel.
+
+    SQLite's own busy handler polls with sleeps of 1 to 100 ms; several SCP processes
+    writing at once would spend most of their time there. An flock on a file next to the
+    database wakes the next writer as soon as the lock is free.
+    """
+
+    def __init__(self, url: str) -> None:
+        path = url.split("///", 1)[-1]
+        self.path = (path + ".writer-lock") if path and path != ":memory:" else None
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        if self.path is None:
+            return
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
 
 
 def make_engine(url: str, *, fsync: bool = True, for_writes: bool = True) -> Engine:
@@ -59,6 +96,7 @@ class Index:
         else:
             self.read_engine = self.engine
         self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
+        self._writer = _WriterLock(url) if url.startswith("sqlite") else None
 
     @property
     def dialect(self) -> str:
@@ -67,8 +105,22 @@ class Index:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on error."""
-        with self.sessions() as s, s.begin():
+        with self._write_turn(), self.sessions() as s, s.begin():
             yield s
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A Core connection in one write transaction."""
+        with self._write_turn(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _write_turn(self) -> Iterator[None]:
+        if self._writer is None:
+            yield
+        else:
+            with self._writer:
+                yield
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:

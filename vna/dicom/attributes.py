@@ -7,14 +7,16 @@ dataset, and translating a C-FIND identifier into column predicates and return v
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from pydicom.datadict import keyword_dict
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 
 class Level(StrEnum):
@@ -207,6 +209,32 @@ _TAGS = tuple((a, Tag(keyword_dict[a.keyword])) for a in ATTRIBUTES)
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
+_NUMERIC_OR_DATE = ("US", "IS", "DA", "TM")
+
+
+def _element_value(ds: Dataset, tag: BaseTag, vr: str) -> Any:
+    """An element's value, decoded straight from its raw bytes when that is safe.
+
+    pydicom's general conversion costs more than everything else in an ingest; the
+    index only needs ASCII text and unsigned shorts, so those are decoded here and
+    anything else (e.g. a non-ASCII name) goes through pydicom.
+    """
+    raw = ds.get_item(tag)
+    if raw is None:
+        return None
+    if not isinstance(raw, RawDataElement) or raw.value is None:
+        return ds[tag].value
+    data = raw.value
+    if vr == "US":
+        if len(data) < 2:
+            return None
+        return struct.unpack("<H" if raw.is_little_endian else ">H", data[:2])[0]
+    if not data.isascii():
+        return ds[tag].value
+    text = data.decode("ascii").strip("\x00 ")
+    return text.split("\\", 1)[0] if vr in _NUMERIC_OR_DATE else text
+
+
 def extract_header(ds: Dataset) -> InstanceHeader:
     """Map a dataset to index rows; refuse it if its identifying UIDs are missing or invalid."""
     for kw in REQUIRED_UIDS:
@@ -218,8 +246,7 @@ def extract_header(ds: Dataset) -> InstanceHeader:
     header = InstanceHeader()
     levels = {P: header.patient, ST: header.study, SE: header.series, IM: header.instance}
     for attr, tag in _TAGS:
-        # by tag, and only for present elements: Dataset.get is costly on misses
-        value = to_index_value(attr, ds[tag].value if tag in ds else None)
+        value = to_index_value(attr, _element_value(ds, tag, attr.vr))
         row = levels[attr.level]
         row[attr.column] = value
         if attr.vr == "PN":
