@@ -225,7 +225,8 @@ def start_scp(backend: Backend, **env: str) -> RunningSCP:
     backend.data_dir.mkdir(parents=True, exist_ok=True)
     log = backend.data_dir.parent / f"scp-{port}.log"
     proc = subprocess.Popen([*VNA, "scp"], env=vna_env(full), stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, cwd=backend.data_dir.parent)
+                            stderr=subprocess.STDOUT, cwd=backend.data_dir.parent,
+                            start_new_session=True)  # its own process group, for kill -9
     scp = RunningSCP(port, backend, proc, log)
     try:
         wait_port(port, 60)
