@@ -10,7 +10,7 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode
 
-from services.dicom_scp.fastpath import FileMeta, encode_file_meta, encode_store_response
+from services.dicom_scp.fastpath import FileMeta, encode_file_meta, encode_response
 
 
 @pytest.mark.parametrize("sop_class,sop_uid,ts", [
@@ -38,4 +38,25 @@ def test_store_response_identical(status: int, comment: str | None) -> None:
         rsp.ErrorComment = comment
     msg = C_STORE_RSP()
     msg.primitive_to_message(rsp)
-    assert encode_store_response(rsp) == encode(msg.command_set, True, True)
+    assert encode_response(rsp) == encode(msg.command_set, True, True)
+
+
+@pytest.mark.parametrize("identifier", [None, b"\x10\x00\x20\x00\x04\x00\x00\x00ABCD"])
+def test_find_response_identical(identifier: bytes | None) -> None:
+    from pynetdicom.dimse_messages import C_FIND_RSP
+    from pynetdicom.dimse_primitives import C_FIND
+
+    from services.dicom_scp.fastpath import FastFindResponse
+
+    rsp = C_FIND()
+    rsp.MessageIDBeingRespondedTo = 3
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    rsp.Status = 0xFF00 if identifier else 0x0000
+    rsp.Identifier = BytesIO(identifier) if identifier else None
+    slow, fast = C_FIND_RSP(), FastFindResponse()
+    slow.primitive_to_message(rsp)
+    fast.primitive_to_message(rsp)
+    for max_pdu in (0, 16384, 40):
+        a = [p.presentation_data_value_list for p in slow.encode_msg(1, max_pdu)]
+        b = [p.presentation_data_value_list for p in fast.encode_msg(1, max_pdu)]
+        assert a == b

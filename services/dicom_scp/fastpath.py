@@ -33,7 +33,7 @@ from pynetdicom import association as _association
 from pynetdicom import dimse as _dimse
 from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom import dul as _dul
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 _installed = False
@@ -112,53 +112,72 @@ def _implicit(elem: int, value: bytes) -> bytes:
     return struct.pack("<HHI", 0, elem, len(value)) + value
 
 
-def encode_store_response(rsp: C_STORE) -> bytes | None:
-    """The C-STORE-RSP command set, or None when it holds more than the common fields."""
-    if rsp.OffendingElement is not None:
+_COMMAND_FIELD = {"C_STORE": 0x8001, "C_FIND": 0x8020}
+
+
+def encode_response(rsp: Any) -> bytes | None:
+    """The command set of a C-STORE-RSP or C-FIND-RSP, or None when it holds more than the
+    common fields (then pynetdicom's own encoder is used)."""
+    if getattr(rsp, "OffendingElement", None) is not None:
         return None
+    has_data = bool(getattr(rsp, "Identifier", None))
     parts = []
     if rsp.AffectedSOPClassUID:
         parts.append(_implicit(0x0002, _pad(str(rsp.AffectedSOPClassUID), b"\x00")))
-    parts.append(_implicit(0x0100, struct.pack("<H", 0x8001)))
+    parts.append(_implicit(0x0100, struct.pack("<H", _COMMAND_FIELD[type(rsp).__name__])))
     parts.append(_implicit(0x0120, struct.pack("<H", int(rsp.MessageIDBeingRespondedTo))))
-    parts.append(_implicit(0x0800, struct.pack("<H", 0x0101)))
+    parts.append(_implicit(0x0800, struct.pack("<H", 0x0001 if has_data else 0x0101)))
     parts.append(_implicit(0x0900, struct.pack("<H", int(rsp.Status))))
     if rsp.ErrorComment:
         parts.append(_implicit(0x0902, _pad(str(rsp.ErrorComment), b" ")))
-    if rsp.AffectedSOPInstanceUID:
+    if getattr(rsp, "AffectedSOPInstanceUID", None):
         parts.append(_implicit(0x1000, _pad(str(rsp.AffectedSOPInstanceUID), b"\x00")))
     body = b"".join(parts)
     return _implicit(0x0000, struct.pack("<I", len(body))) + body
 
 
-class FastStoreResponse:
-    """Stands in for pynetdicom's C_STORE_RSP message when the response is a plain one."""
+class FastResponse:
+    """Stands in for pynetdicom's C-STORE-RSP / C-FIND-RSP message for plain responses."""
+
+    original: Any = None
 
     def __init__(self) -> None:
         self.context_id: int | None = None
         self._encoded: bytes | None = None
-        self._fallback: Any = None
+        self._data: bytes = b""
+        self._primitive: Any = None
 
-    def primitive_to_message(self, primitive: C_STORE) -> None:
-        self._encoded = encode_store_response(primitive)
-        if self._encoded is None:
-            self._fallback = _ORIGINAL_STORE_RSP()
-            self._fallback.primitive_to_message(primitive)
+    def primitive_to_message(self, primitive: Any) -> None:
+        self._primitive = primitive
+        self._encoded = encode_response(primitive)
+        identifier = getattr(primitive, "Identifier", None)
+        self._data = identifier.getvalue() if identifier else b""
 
     def encode_msg(self, context_id: int, max_pdu_length: int) -> Iterator[P_DATA]:
         encoded = self._encoded
-        if self._fallback is not None or encoded is None or (
-                max_pdu_length and len(encoded) + 6 > max_pdu_length):
-            if self._fallback is None:
-                raise RuntimeError("C-STORE-RSP fallback missing")
-            yield from self._fallback.encode_msg(context_id, max_pdu_length)
+        if encoded is None or (max_pdu_length and len(encoded) + 6 > max_pdu_length):
+            fallback = self.original()
+            fallback.primitive_to_message(self._primitive)
+            yield from fallback.encode_msg(context_id, max_pdu_length)
             return
         pdata = P_DATA()
         pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
         yield pdata
+        step = (max_pdu_length - 6) if max_pdu_length else max(len(self._data), 1)
+        for start in range(0, len(self._data), step):
+            last = start + step >= len(self._data)
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append(
+                (context_id, (b"\x02" if last else b"\x00") + self._data[start:start + step]))
+            yield pdata
 
 
-_ORIGINAL_STORE_RSP: Any = _dimse_messages.C_STORE_RSP
+class FastStoreResponse(FastResponse):
+    original = _dimse_messages.C_STORE_RSP
+
+
+class FastFindResponse(FastResponse):
+    original = _dimse_messages.C_FIND_RSP
 
 # -- reactors --------------------------------------------------------------------------------
 
@@ -214,6 +233,7 @@ def install() -> None:
         _dimse_messages.write_file_meta_info = _write_file_meta_info
         _dimse_messages.NamedTemporaryFile = _ReceiveFile  # type: ignore[assignment,misc]
         _dimse._RSP_TO_MESSAGE[C_STORE] = FastStoreResponse  # type: ignore[assignment]
+        _dimse._RSP_TO_MESSAGE[C_FIND] = FastFindResponse  # type: ignore[assignment]
         _association.time = _TimeShim(_association_sleep)  # type: ignore[assignment]
         _dul.time = _TimeShim(_dul_sleep)  # type: ignore[assignment]
         _installed = True
