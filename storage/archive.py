@@ -189,6 +189,9 @@ class Archive:
         uid = prepared.header.sop_instance_uid
         if expected_sop_instance_uid and uid != expected_sop_instance_uid:
             return StoreResult("refused", uid, "SOPInstanceUID differs from the C-STORE request")
+        # Fast path: no object at the key means a new instance, no index lookup needed.
+        if move and self.store.put_new(prepared.key, path):
+            return self._commit([prepared], source_aet, {prepared.key: data_sha})[0]
         dup = self._duplicate_check(prepared, data_sha)
         if dup is not None:
             return dup
@@ -324,7 +327,7 @@ def write_index_rows(conn: Connection, p: PreparedInstance, source_aet: str | No
     }))
 
 
-insert_instance = _I.insert()
+insert_instance = Instance.__table__.insert()  # type: ignore[attr-defined]
 
 
 def iter_dicom_files(paths: Iterable[Path]) -> Iterable[Path]:

@@ -34,6 +34,11 @@ class ObjectStore(ABC):
         caller must call `make_durable` before acknowledging it.
         """
 
+    def put_new(self, key: str, src: Path) -> bool | None:
+        """Move `src` to `key` only if nothing is there: True if stored, False if an object
+        exists, None if this backend cannot tell atomically (then nothing was done)."""
+        return None
+
     @abstractmethod
     def make_durable(self, keys: Iterable[str]) -> None:
         """Flush objects written with `durable=False` to stable storage."""
@@ -111,6 +116,22 @@ class FileObjectStore(ObjectStore):
                 raise
         if sync:
             _fsync_dir(dest.parent)
+
+    def put_new(self, key: str, src: Path) -> bool | None:
+        dest = self.path(key)
+        if not _same_device(src, self.root):
+            return None
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if self.fsync:
+            _fsync_file(src)
+        try:
+            os.link(src, dest)  # atomic create-if-absent, unlike rename
+        except FileExistsError:
+            return False
+        os.unlink(src)
+        if self.fsync:
+            _fsync_dir(dest.parent)
+        return True
 
     def make_durable(self, keys: Iterable[str]) -> None:
         if not self.fsync:

@@ -202,3 +202,34 @@ def test_find_injection_is_just_a_value(archive: Archive, tmp_path: Path) -> Non
     assert q(archive, Level.PATIENT, PatientID="P_") == []
     assert len(q(archive, Level.PATIENT, PatientID="P?")) == 2
     assert counts(archive)["patient"] == 2
+
+
+def test_put_new_only_when_absent(archive: Archive, tmp_path: Path) -> None:
+    store = archive.store
+    src = tmp_path / "a"
+    src.write_bytes(b"first")
+    created = store.put_new("dicom/9.9/9.9/9.9.dcm", src)
+    if created is None:  # S3 cannot tell atomically: the archive looks in the index first
+        return
+    assert created is True and not src.exists()
+    src.write_bytes(b"second")
+    assert store.put_new("dicom/9.9/9.9/9.9.dcm", src) is False
+    assert store.read("dicom/9.9/9.9/9.9.dcm") == b"first" and src.exists()
+
+
+def test_orphan_object_without_index_row_is_replaced(archive: Archive, tmp_path: Path) -> None:
+    """An object left by a crash before its index commit does not block the re-send."""
+    ds = make_instance()
+    path = write(ds, tmp_path / "a.dcm")
+    from storage.archive import prepare
+
+    prepared, _ = prepare(path)
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"half-written leftovers")
+    archive.store.put_file(prepared.key, junk)
+    copy = tmp_path / "copy.dcm"
+    copy.write_bytes(path.read_bytes())
+    assert archive.store_file(copy, source_aet="X", move=True).outcome == "stored"
+    with archive.index.read_session() as s:
+        inst = s.execute(select(Instance)).scalar_one()
+    assert archive.store.read(inst.storage_key)[inst.dataset_offset:] == dataset_bytes(path)

@@ -230,8 +230,8 @@ def install() -> None:
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
         _dimse_messages.create_file_meta = _create_file_meta  # type: ignore[assignment]
-        _dimse_messages.write_file_meta_info = _write_file_meta_info
-        _dimse_messages.NamedTemporaryFile = _ReceiveFile  # type: ignore[assignment,misc]
+        _dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[assignment]
+        _dimse_messages.NamedTemporaryFile = _ReceiveFile  # type: ignore[assignment]
         _dimse._RSP_TO_MESSAGE[C_STORE] = FastStoreResponse  # type: ignore[assignment]
         _dimse._RSP_TO_MESSAGE[C_FIND] = FastFindResponse  # type: ignore[assignment]
         _association.time = _TimeShim(_association_sleep)  # type: ignore[assignment]
