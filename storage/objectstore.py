@@ -88,10 +88,11 @@ class FileObjectStore(ObjectStore):
         self._tmp.mkdir(exist_ok=True)
 
     def path(self, key: str) -> Path:
-        p = (self.root / key).resolve()
-        if not p.is_relative_to(self.root) or p == self.root:
+        """The file of `key`; keys are relative paths without `.`/`..` parts or links."""
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise ValueError(f"object key {key!r} escapes the store")
-        return p
+        return self.root.joinpath(*parts)
 
     def put_file(self, key: str, src: Path, *, move: bool = False, durable: bool = True) -> None:
         dest = self.path(key)

@@ -203,6 +203,10 @@ def _association_sleep(seconds: float) -> None:
         with q.not_empty:
             if not q._qsize():  # not qsize(): we hold the queue mutex already
                 q.not_empty.wait(0.005)
+            if q._qsize():
+                # We only looked; Queue.put notifies a single waiter, and that may have been
+                # us while a send_c_*() in another thread waits in get() for this message.
+                q.not_empty.notify()
         return
     _real_sleep(seconds)
 
