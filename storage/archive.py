@@ -175,7 +175,7 @@ class Archive:
         self.settings = settings
         self.index = index or Index(settings.resolved_database_url, fsync=settings.fsync)
         self.store = store or make_object_store(settings)
-        self._parents: dict[tuple[str, str], int] = {}
+        self._parents: dict[tuple[str, ...], int] = {}
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -247,7 +247,7 @@ class Archive:
     def _commit(self, batch: list[PreparedInstance], source_aet: str | None,
                 data_shas: dict[str, str], *, retry: bool = True) -> list[StoreResult]:
         now = datetime.now(UTC)
-        created: dict[tuple[str, str], int] = {}
+        created: dict[tuple[str, ...], int] = {}
         try:
             with self.index.begin() as conn:
                 for p in batch:
@@ -285,27 +285,29 @@ def _fit(table: Any, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _parent_id(conn: Connection, table: Any, unique_col: str, values: dict[str, Any],
-               cache: dict[tuple[str, str], int], created: dict[tuple[str, str], int]) -> int:
+def _parent_id(conn: Connection, table: Any, unique_cols: tuple[str, ...],
+               values: dict[str, Any], cache: dict[tuple[str, ...], int],
+               created: dict[tuple[str, ...], int]) -> int:
     """Id of the patient/study/series row with this unique key, inserted if new."""
-    key = (table.name, str(values[unique_col]))
+    fitted = _fit(table, values)
+    key = (table.name, *(str(fitted[c]) for c in unique_cols))
     found = cache.get(key) or created.get(key)
     if found is not None:
         return found
-    col = table.c[unique_col]
-    row_id = conn.execute(select(table.c.id).where(col == values[unique_col])).scalar()
+    where = [table.c[c] == fitted[c] for c in unique_cols]
+    row_id = conn.execute(select(table.c.id).where(*where)).scalar()
     if row_id is None:
         insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        conn.execute(insert(table).values(**_fit(table, values))
-                     .on_conflict_do_nothing(index_elements=[unique_col]))
-        row_id = conn.execute(select(table.c.id).where(col == values[unique_col])).scalar_one()
+        conn.execute(insert(table).values(**fitted)
+                     .on_conflict_do_nothing(index_elements=list(unique_cols)))
+        row_id = conn.execute(select(table.c.id).where(*where)).scalar_one()
     created[key] = int(row_id)
     return int(row_id)
 
 
 def write_index_rows(conn: Connection, p: PreparedInstance, source_aet: str | None,
-                     received_at: datetime, cache: dict[tuple[str, str], int] | None = None,
-                     created: dict[tuple[str, str], int] | None = None) -> None:
+                     received_at: datetime, cache: dict[tuple[str, ...], int] | None = None,
+                     created: dict[tuple[str, ...], int] | None = None) -> None:
     """Insert the instance and, where new, its patient, study and series rows.
 
     `cache` holds parent ids committed earlier; `created` collects the ones this
@@ -314,11 +316,12 @@ def write_index_rows(conn: Connection, p: PreparedInstance, source_aet: str | No
     cache = {} if cache is None else cache
     created = {} if created is None else created
     h = p.header
-    patient_fk = _parent_id(conn, _P, "patient_id", h.patient, cache, created)
-    study_fk = _parent_id(conn, _ST, "study_instance_uid",
+    patient_fk = _parent_id(conn, _P, ("patient_id", "issuer_of_patient_id"), h.patient,
+                            cache, created)
+    study_fk = _parent_id(conn, _ST, ("study_instance_uid",),
                           {**h.study, "patient_fk": patient_fk, "created_at": received_at},
                           cache, created)
-    series_fk = _parent_id(conn, _SE, "series_instance_uid",
+    series_fk = _parent_id(conn, _SE, ("series_instance_uid",),
                            {**h.series, "study_fk": study_fk}, cache, created)
     conn.execute(insert_instance, _fit(_I, {
         **h.instance, "series_fk": series_fk, "transfer_syntax_uid": p.transfer_syntax_uid,

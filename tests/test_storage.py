@@ -37,6 +37,15 @@ def test_migration_at_head(archive: Archive) -> None:
     assert current(archive.index.url) == "0001"
 
 
+def test_migrations_match_models(archive: Archive) -> None:
+    """`alembic check`: no model change without its migration."""
+    from alembic import command
+
+    from storage.migrate import alembic_config
+
+    command.check(alembic_config(archive.index.url))
+
+
 def test_object_store_roundtrip(archive: Archive, tmp_path: Path) -> None:
     store = archive.store
     src = tmp_path / "x.bin"
@@ -233,3 +242,18 @@ def test_orphan_object_without_index_row_is_replaced(archive: Archive, tmp_path:
     with archive.index.read_session() as s:
         inst = s.execute(select(Instance)).scalar_one()
     assert archive.store.read(inst.storage_key)[inst.dataset_offset:] == dataset_bytes(path)
+
+
+def test_same_patient_id_other_issuer_is_another_patient(archive: Archive,
+                                                         tmp_path: Path) -> None:
+    a = write(make_instance(patient_id="1234", IssuerOfPatientID="HOSP_A"), tmp_path / "a.dcm")
+    b = write(make_instance(patient_id="1234", IssuerOfPatientID="HOSP_B"), tmp_path / "b.dcm")
+    c = write(make_instance(patient_id="1234"), tmp_path / "c.dcm")
+    d = write(make_instance(patient_id="1234", IssuerOfPatientID="HOSP_A"), tmp_path / "d.dcm")
+    for f in (a, b, c, d):
+        assert archive.store_file(f, source_aet="X").outcome == "stored"
+    assert counts(archive)["patient"] == 3
+    res = q(archive, Level.PATIENT, PatientID="1234", IssuerOfPatientID=None,
+            NumberOfPatientRelatedStudies=None)
+    assert sorted((r["IssuerOfPatientID"] or "", r["NumberOfPatientRelatedStudies"])
+                  for r in res) == [("", 1), ("HOSP_A", 2), ("HOSP_B", 1)]

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -23,10 +31,14 @@ UID = String(64)
 
 class Patient(Base):
     __tablename__ = "patient"
+    __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id",
+                                       name="uq_patient_identity"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    patient_id: Mapped[str] = mapped_column(String(64), unique=True)
-    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    # A patient is identified by Patient ID *and* its issuer: a region's hospitals reuse
+    # each other's local IDs. An absent issuer is stored as "".
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), server_default="")
     patient_name: Mapped[str | None] = mapped_column(String(324))
     patient_name_upper: Mapped[str | None] = mapped_column(String(324), index=True)
     patient_birth_date: Mapped[str | None] = mapped_column(String(8))

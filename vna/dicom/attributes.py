@@ -252,4 +252,5 @@ def extract_header(ds: Dataset) -> InstanceHeader:
         if attr.vr == "PN":
             row[attr.column + "_upper"] = value.upper() if value else None
     header.patient["patient_id"] = header.patient["patient_id"] or ""
+    header.patient["issuer_of_patient_id"] = header.patient["issuer_of_patient_id"] or ""
     return header

@@ -18,16 +18,17 @@ def upgrade() -> None:
     op.create_table('patient',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('patient_id', sa.String(length=64), nullable=False),
-    sa.Column('issuer_of_patient_id', sa.String(length=64), nullable=True),
+    sa.Column('issuer_of_patient_id', sa.String(length=64), server_default='', nullable=False),
     sa.Column('patient_name', sa.String(length=324), nullable=True),
     sa.Column('patient_name_upper', sa.String(length=324), nullable=True),
     sa.Column('patient_birth_date', sa.String(length=8), nullable=True),
     sa.Column('patient_sex', sa.String(length=16), nullable=True),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('patient_id')
+    sa.UniqueConstraint('patient_id', 'issuer_of_patient_id', name='uq_patient_identity')
     )
     with op.batch_alter_table('patient', schema=None) as batch_op:
         batch_op.create_index('ix_patient_birth_date', ['patient_birth_date'], unique=False)
+        batch_op.create_index(batch_op.f('ix_patient_patient_id'), ['patient_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_patient_patient_name_upper'), ['patient_name_upper'], unique=False)
 
     op.create_table('study',
