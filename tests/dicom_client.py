@@ -39,6 +39,15 @@ MOVE = {"PATIENT": PatientRootQueryRetrieveInformationModelMove,
         "STUDY": StudyRootQueryRetrieveInformationModelMove}
 
 
+def identifier(level: str, keys: dict[str, Any]) -> Dataset:
+    """A query/retrieve identifier at `level` with these keys."""
+    ident = Dataset()
+    ident.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ident, k, v)
+    return ident
+
+
 def file_pairs(paths: Iterable[Path]) -> dict[Path, tuple[str, str]]:
     out = {}
     for p in paths:
@@ -88,10 +97,7 @@ def store(port: int, paths: Sequence[Path], *, calling: str = "TESTSCU") -> list
 
 def find(port: int, level: str, keys: dict[str, Any], *, model: str = "STUDY") -> \
         tuple[int, list[Dataset]]:
-    ident = Dataset()
-    ident.QueryRetrieveLevel = level
-    for k, v in keys.items():
-        setattr(ident, k, v)
+    ident = identifier(level, keys)
     assoc = associate(port, [_cx(FIND[model], ["1.2.840.10008.1.2.1"])])
     assert assoc.is_established
     results, final = [], -1
@@ -127,10 +133,7 @@ class Received:
 def get(port: int, level: str, keys: dict[str, Any], storage: set[tuple[str, str]], *,
         model: str = "STUDY") -> tuple[Dataset | None, Received]:
     """C-GET; `storage` is the (SOP class, transfer syntax) pairs we accept as Storage SCP."""
-    ident = Dataset()
-    ident.QueryRetrieveLevel = level
-    for k, v in keys.items():
-        setattr(ident, k, v)
+    ident = identifier(level, keys)
     received = Received()
     contexts = [_cx(GET[model], ["1.2.840.10008.1.2.1"])]
     contexts += [_cx(sc, [ts]) for sc, ts in sorted(storage)]
@@ -151,10 +154,7 @@ def get(port: int, level: str, keys: dict[str, Any], storage: set[tuple[str, str
 
 def move(port: int, level: str, keys: dict[str, Any], destination: str, *,
          model: str = "STUDY") -> Dataset | None:
-    ident = Dataset()
-    ident.QueryRetrieveLevel = level
-    for k, v in keys.items():
-        setattr(ident, k, v)
+    ident = identifier(level, keys)
     assoc = associate(port, [_cx(MOVE[model], ["1.2.840.10008.1.2.1"])])
     assert assoc.is_established
     final = None
