@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -39,7 +38,12 @@ from storage.index.db import Index
 from storage.index.models import Instance, Patient, Series, Study
 from storage.keys import dicom_object_key
 from storage.objectstore import ObjectStore, make_object_store
-from vna.dicom.attributes import InstanceHeader, InvalidInstance, extract_header
+from vna.dicom.attributes import (
+    InstanceHeader,
+    InvalidInstance,
+    UnreadableInstance,
+    extract_header,
+)
 from vna.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,7 @@ class StoreResult:
     sop_instance_uid: str | None = None
     reason: str | None = None
     size: int = 0
+    unreadable: bool = False  # refused because the bytes are not DICOM at all
 
     @property
     def ok(self) -> bool:
@@ -76,23 +81,19 @@ class PreparedInstance:
         return dicom_object_key(h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid)
 
 
-def _hash_file(path: Path, offset: int) -> tuple[str, str, int]:
-    """SHA-256 of the whole file and of its dataset part (after the file meta), and size."""
-    whole = hashlib.sha256()
+def _hash_file(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file."""
+    h = hashlib.sha256()
     size = 0
     with open(path, "rb", buffering=0) as f:
-        head = f.read(offset)
-        whole.update(head)
-        size += len(head)
-        data = hashlib.sha256()
         while chunk := f.read(1 << 20):
-            whole.update(chunk)
-            data.update(chunk)
+            h.update(chunk)
             size += len(chunk)
-    return whole.hexdigest(), data.hexdigest(), size
+    return h.hexdigest(), size
 
 
 def dataset_sha256(stream: Any, offset: int) -> str:
+    """SHA-256 of a Part 10 stream's dataset, i.e. without preamble and file meta."""
     h = hashlib.sha256()
     skip = offset
     while chunk := stream.read(1 << 20):
@@ -148,23 +149,18 @@ def read_header(path: Path, ts: str, offset: int) -> Dataset:
                             stop_when=_before_pixels)
 
 
-def prepare(path: Path) -> tuple[PreparedInstance, str]:
+def prepare(path: Path) -> PreparedInstance:
     """Parse and hash a Part 10 file; raises InvalidInstance for what the archive refuses."""
     try:
         ts, offset = read_transfer_syntax(path)
-        if not ts:
-            raise InvalidInstance("not a DICOM Part 10 file (no transfer syntax in file meta)")
-        ds = read_header(path, ts, offset)
-    except InvalidInstance:
-        raise
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError,
-            AttributeError, NotImplementedError) as exc:
-        raise InvalidInstance(f"not readable as DICOM: {exc.__class__.__name__}") from exc
+        ds = read_header(path, ts, offset) if ts else None
     except Exception as exc:  # pydicom raises a variety of errors on malformed data
-        raise InvalidInstance(f"not readable as DICOM: {exc.__class__.__name__}") from exc
+        raise UnreadableInstance(f"not readable as DICOM: {exc.__class__.__name__}") from exc
+    if ds is None:
+        raise UnreadableInstance("not a DICOM Part 10 file (no transfer syntax in file meta)")
     header = extract_header(ds)
-    whole, data, size = _hash_file(path, offset)
-    return PreparedInstance(path, header, ts, whole, size, offset), data
+    sha256, size = _hash_file(path)
+    return PreparedInstance(path, header, ts, sha256, size, offset)
 
 
 class Archive:
@@ -183,69 +179,82 @@ class Archive:
                    expected_sop_instance_uid: str | None = None) -> StoreResult:
         """Archive one Part 10 file durably; the result says what happened."""
         try:
-            prepared, data_sha = prepare(path)
+            prepared = prepare(path)
         except InvalidInstance as exc:
-            return StoreResult("refused", reason=str(exc))
+            return _refused(exc)
         uid = prepared.header.sop_instance_uid
         if expected_sop_instance_uid and uid != expected_sop_instance_uid:
             return StoreResult("refused", uid, "SOPInstanceUID differs from the C-STORE request")
         # Fast path: no object at the key means a new instance, no index lookup needed.
-        if move and self.store.put_new(prepared.key, path):
-            return self._commit([prepared], source_aet, {prepared.key: data_sha})[0]
-        dup = self._duplicate_check(prepared, data_sha)
-        if dup is not None:
-            return dup
-        self.store.put_file(prepared.key, path, move=move)
-        return self._commit([prepared], source_aet, {prepared.key: data_sha})[0]
+        if not (move and self.store.put_new(prepared.key, path)):
+            dup = self._duplicate_check([prepared]).get(uid)
+            if dup is not None:
+                return dup
+            self.store.put_file(prepared.key, path, move=move)
+        return self._commit([prepared], source_aet)[0]
 
     def store_files(self, paths: Sequence[Path], *, source_aet: str | None) -> list[StoreResult]:
-        """Archive a batch: one fsync pass and one index transaction for all of them."""
+        """Archive a batch: one index lookup, one fsync pass and one transaction for all."""
         results: list[StoreResult | None] = [None] * len(paths)
-        todo: list[tuple[int, PreparedInstance]] = []
-        data_shas: dict[str, str] = {}
+        prepared: dict[int, PreparedInstance] = {}
+        seen: set[str] = set()
         for i, path in enumerate(paths):
             try:
-                prepared, data_sha = prepare(path)
+                p = prepare(path)
             except InvalidInstance as exc:
-                results[i] = StoreResult("refused", reason=str(exc))
+                results[i] = _refused(exc)
                 continue
-            if prepared.key in data_shas:  # the same instance twice in one batch
-                results[i] = StoreResult("duplicate", prepared.header.sop_instance_uid,
-                                         size=prepared.size)
+            if p.key in seen:  # the same instance twice in one batch
+                results[i] = StoreResult("duplicate", p.header.sop_instance_uid, size=p.size)
                 continue
-            dup = self._duplicate_check(prepared, data_sha)
+            seen.add(p.key)
+            prepared[i] = p
+        duplicates = self._duplicate_check(list(prepared.values()))
+        todo: list[tuple[int, PreparedInstance]] = []
+        for i, p in prepared.items():
+            dup = duplicates.get(p.header.sop_instance_uid)
             if dup is not None:
                 results[i] = dup
-                continue
-            self.store.put_file(prepared.key, path, durable=False)
-            data_shas[prepared.key] = data_sha
-            todo.append((i, prepared))
+            else:
+                self.store.put_file(p.key, p.path, durable=False)
+                todo.append((i, p))
         if todo:
-            self.store.make_durable(data_shas)
-            committed = self._commit([p for _, p in todo], source_aet, data_shas)
+            self.store.make_durable(p.key for _, p in todo)
+            committed = self._commit([p for _, p in todo], source_aet)
             for (i, _), res in zip(todo, committed, strict=True):
                 results[i] = res
         return [r for r in results if r is not None]
 
-    def _duplicate_check(self, prepared: PreparedInstance, data_sha: str) -> StoreResult | None:
-        uid = prepared.header.sop_instance_uid
-        with self.index.read_engine.connect() as conn:
-            row = conn.execute(
-                select(_I.c.sha256, _I.c.dataset_offset, _I.c.storage_key)
-                .where(_I.c.sop_instance_uid == uid)).first()
-        if row is None:
-            return None
-        if row.sha256 == prepared.sha256:
-            return StoreResult("duplicate", uid, size=prepared.size)
-        with self.store.open(row.storage_key) as f:
-            stored = dataset_sha256(f, row.dataset_offset)
-        if stored == data_sha:
-            return StoreResult("duplicate", uid, size=prepared.size)
-        return StoreResult("conflict", uid,
-                           "an instance with this SOPInstanceUID and other content is archived")
+    def _duplicate_check(self, batch: Sequence[PreparedInstance]) -> dict[str, StoreResult]:
+        """Duplicate or conflict results for the instances of `batch` already archived.
 
-    def _commit(self, batch: list[PreparedInstance], source_aet: str | None,
-                data_shas: dict[str, str], *, retry: bool = True) -> list[StoreResult]:
+        Same SHA-256 of the object: duplicate. Otherwise the dataset bytes (without the file
+        meta, which senders write differently) decide; they are hashed only in this case.
+        """
+        by_uid = {p.header.sop_instance_uid: p for p in batch}
+        if not by_uid:
+            return {}
+        with self.index.read_engine.connect() as conn:
+            rows = conn.execute(
+                select(_I.c.sop_instance_uid, _I.c.sha256, _I.c.dataset_offset,
+                       _I.c.storage_key).where(_I.c.sop_instance_uid.in_(by_uid))).all()
+        out: dict[str, StoreResult] = {}
+        for row in rows:
+            p = by_uid[row.sop_instance_uid]
+            same = row.sha256 == p.sha256
+            if not same:
+                with self.store.open(row.storage_key) as stored, open(p.path, "rb") as new:
+                    same = dataset_sha256(stored, row.dataset_offset) == \
+                        dataset_sha256(new, p.dataset_offset)
+            out[row.sop_instance_uid] = StoreResult(
+                "duplicate", row.sop_instance_uid, size=p.size) if same else StoreResult(
+                "conflict", row.sop_instance_uid,
+                "an instance with this SOPInstanceUID and other content is archived")
+        return out
+
+    def _commit(self, batch: list[PreparedInstance], source_aet: str | None, *,
+                retry: bool = True) -> list[StoreResult]:
+        """Write the index rows of objects already stored; on failure remove the objects."""
         now = datetime.now(UTC)
         created: dict[tuple[str, ...], int] = {}
         try:
@@ -255,12 +264,11 @@ class Archive:
         except IntegrityError:
             self._parents.clear()  # a cached parent may have been deleted meanwhile
             if retry:
-                return self._commit(batch, source_aet, data_shas, retry=False)
+                return self._commit(batch, source_aet, retry=False)
             if len(batch) > 1:  # someone else archived one of them meanwhile: go one by one
-                return [self._commit([p], source_aet, data_shas)[0] for p in batch]
-            p = batch[0]
-            dup = self._duplicate_check(p, data_shas[p.key])
-            return [dup or StoreResult("conflict", p.header.sop_instance_uid, "index conflict")]
+                return [self._commit([p], source_aet)[0] for p in batch]
+            # Another association archived this SOP Instance UID while we wrote it.
+            return [self._concurrent_result(batch[0])]
         except BaseException:
             for p in batch:
                 self.store.delete(p.key)
@@ -269,6 +277,20 @@ class Archive:
             self._parents.clear()
         self._parents.update(created)
         return [StoreResult("stored", p.header.sop_instance_uid, size=p.size) for p in batch]
+
+    def _concurrent_result(self, p: PreparedInstance) -> StoreResult:
+        uid = p.header.sop_instance_uid
+        with self.index.read_engine.connect() as conn:
+            sha = conn.execute(select(_I.c.sha256)
+                               .where(_I.c.sop_instance_uid == uid)).scalar()
+        if sha == p.sha256:
+            return StoreResult("duplicate", uid, size=p.size)
+        return StoreResult("conflict", uid, "archived concurrently with other content")
+
+
+def _refused(exc: InvalidInstance) -> StoreResult:
+    return StoreResult("refused", reason=str(exc),
+                       unreadable=isinstance(exc, UnreadableInstance))
 
 
 _P, _ST, _SE, _I = (m.__table__ for m in (Patient, Study, Series, Instance))
@@ -287,18 +309,21 @@ def _fit(table: Any, values: dict[str, Any]) -> dict[str, Any]:
 
 def _parent_id(conn: Connection, table: Any, unique_cols: tuple[str, ...],
                values: dict[str, Any], cache: dict[tuple[str, ...], int],
-               created: dict[tuple[str, ...], int]) -> int:
-    """Id of the patient/study/series row with this unique key, inserted if new."""
-    fitted = _fit(table, values)
-    key = (table.name, *(str(fitted[c]) for c in unique_cols))
+               created: dict[tuple[str, ...], int], **parents: Any) -> int:
+    """Id of the patient/study/series row with this unique key, inserted if new.
+
+    Most instances belong to a known series: the cache answers before anything is built.
+    """
+    unique = _fit(table, {c: values[c] for c in unique_cols})
+    key = (table.name, *unique.values())
     found = cache.get(key) or created.get(key)
     if found is not None:
         return found
-    where = [table.c[c] == fitted[c] for c in unique_cols]
+    where = [table.c[c] == v for c, v in unique.items()]
     row_id = conn.execute(select(table.c.id).where(*where)).scalar()
     if row_id is None:
         insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        conn.execute(insert(table).values(**fitted)
+        conn.execute(insert(table).values(**_fit(table, {**values, **parents}))
                      .on_conflict_do_nothing(index_elements=list(unique_cols)))
         row_id = conn.execute(select(table.c.id).where(*where)).scalar_one()
     created[key] = int(row_id)
@@ -306,23 +331,20 @@ def _parent_id(conn: Connection, table: Any, unique_cols: tuple[str, ...],
 
 
 def write_index_rows(conn: Connection, p: PreparedInstance, source_aet: str | None,
-                     received_at: datetime, cache: dict[tuple[str, ...], int] | None = None,
-                     created: dict[tuple[str, ...], int] | None = None) -> None:
+                     received_at: datetime, cache: dict[tuple[str, ...], int],
+                     created: dict[tuple[str, ...], int]) -> None:
     """Insert the instance and, where new, its patient, study and series rows.
 
     `cache` holds parent ids committed earlier; `created` collects the ones this
     transaction adds (merged into the cache only after commit).
     """
-    cache = {} if cache is None else cache
-    created = {} if created is None else created
     h = p.header
     patient_fk = _parent_id(conn, _P, ("patient_id", "issuer_of_patient_id"), h.patient,
                             cache, created)
-    study_fk = _parent_id(conn, _ST, ("study_instance_uid",),
-                          {**h.study, "patient_fk": patient_fk, "created_at": received_at},
-                          cache, created)
-    series_fk = _parent_id(conn, _SE, ("series_instance_uid",),
-                           {**h.series, "study_fk": study_fk}, cache, created)
+    study_fk = _parent_id(conn, _ST, ("study_instance_uid",), h.study, cache, created,
+                          patient_fk=patient_fk, created_at=received_at)
+    series_fk = _parent_id(conn, _SE, ("series_instance_uid",), h.series, cache, created,
+                           study_fk=study_fk)
     conn.execute(insert_instance, _fit(_I, {
         **h.instance, "series_fk": series_fk, "transfer_syntax_uid": p.transfer_syntax_uid,
         "source_aet": source_aet, "received_at": received_at, "size": p.size,

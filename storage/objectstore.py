@@ -7,6 +7,7 @@ SOP Instance always lands at the same key and a re-sent copy overwrites nothing 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -98,11 +99,7 @@ class FileObjectStore(ObjectStore):
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         sync = self.fsync and durable
-        if move and _same_device(src, self.root):
-            if sync:
-                _fsync_file(src)
-            os.replace(src, dest)
-        else:
+        if not (move and self._move(src, dest, sync)):
             fd, tmp = tempfile.mkstemp(dir=self._tmp)
             try:
                 with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
@@ -118,10 +115,20 @@ class FileObjectStore(ObjectStore):
         if sync:
             _fsync_dir(dest.parent)
 
+    def _move(self, src: Path, dest: Path, sync: bool) -> bool:
+        """Rename `src` into place; False if it is on another file system."""
+        if sync:
+            _fsync_file(src)
+        try:
+            os.replace(src, dest)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            raise
+        return True
+
     def put_new(self, key: str, src: Path) -> bool | None:
         dest = self.path(key)
-        if not _same_device(src, self.root):
-            return None
         dest.parent.mkdir(parents=True, exist_ok=True)
         if self.fsync:
             _fsync_file(src)
@@ -129,6 +136,10 @@ class FileObjectStore(ObjectStore):
             os.link(src, dest)  # atomic create-if-absent, unlike rename
         except FileExistsError:
             return False
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:  # another file system: let put_file copy it
+                return None
+            raise
         os.unlink(src)
         if self.fsync:
             _fsync_dir(dest.parent)
@@ -250,13 +261,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _same_device(a: Path, b: Path) -> bool:
-    try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
-    except OSError:
-        return False
 
 
 def make_object_store(settings: Settings) -> ObjectStore:

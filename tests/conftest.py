@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,11 +248,20 @@ def stop_scp(scp: RunningSCP) -> None:
             scp.proc.wait()
 
 
+@contextmanager
+def running_scp(backend: Backend, **env: str) -> Iterator[RunningSCP]:
+    """`vna scp` on this backend for the duration of the block."""
+    running = start_scp(backend, **env)
+    try:
+        yield running
+    finally:
+        stop_scp(running)
+
+
 @pytest.fixture
 def scp(backend: Backend) -> Iterator[RunningSCP]:
-    running = start_scp(backend)
-    yield running
-    stop_scp(running)
+    with running_scp(backend) as running:
+        yield running
 
 
 @pytest.fixture

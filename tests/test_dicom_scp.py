@@ -17,7 +17,7 @@ from services.dicom_scp.server import TRANSFER_SYNTAXES
 from storage.archive import Archive
 from storage.index.models import Instance
 from tests import dicom_client as dc
-from tests.conftest import Backend, RunningSCP, free_port, start_scp, stop_scp
+from tests.conftest import Backend, RunningSCP, free_port, running_scp, start_scp, stop_scp
 from tests.factory import dataset_bytes, make_instance, write
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -94,11 +94,8 @@ def test_pydicom_files_roundtrip_byte_for_byte(scp: RunningSCP) -> None:
 @pytest.mark.parametrize("round_no", range(1, len(CORPUS)))
 def test_pydicom_variants_roundtrip_byte_for_byte(embedded: Backend, round_no: int) -> None:
     """The other transfer-syntax variants, each round in a fresh embedded archive."""
-    scp = start_scp(embedded)
-    try:
+    with running_scp(embedded) as scp:
         _roundtrip(scp, CORPUS[round_no])
-    finally:
-        stop_scp(scp)
 
 
 def test_corpus_covers_the_spec_transfer_syntaxes() -> None:
@@ -124,8 +121,7 @@ def test_echo_and_duplicate(scp: RunningSCP, tmp_path: Path) -> None:
 @pytest.mark.parametrize("missing", ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
 def test_store_without_uid_refused_and_nothing_left(embedded: Backend, tmp_path: Path,
                                                      missing: str) -> None:
-    scp = start_scp(embedded)
-    try:
+    with running_scp(embedded) as scp:
         ds = make_instance()
         sop_uid = ds.SOPInstanceUID
         delattr(ds, missing)
@@ -138,13 +134,10 @@ def test_store_without_uid_refused_and_nothing_left(embedded: Backend, tmp_path:
         assert index_count(embedded) == 0
         assert objects_on_disk(embedded) == []
         assert [p for p in (embedded.data_dir / "incoming").rglob("*") if p.is_file()] == []
-    finally:
-        stop_scp(scp)
 
 
 def test_store_uid_mismatch_and_conflict(embedded: Backend, tmp_path: Path) -> None:
-    scp = start_scp(embedded)
-    try:
+    with running_scp(embedded) as scp:
         ds = make_instance()
         good = write(ds, tmp_path / "good.dcm")
         ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"  # C-STORE request says otherwise
@@ -155,14 +148,11 @@ def test_store_uid_mismatch_and_conflict(embedded: Backend, tmp_path: Path) -> N
         conflict = write(ds2, tmp_path / "conflict.dcm")
         assert dc.store(scp.port, [good, bad, conflict]) == [0, 0xA900, 0xC001]
         assert index_count(embedded) == 1
-    finally:
-        stop_scp(scp)
 
 
 def test_store_garbage_dataset_refused(embedded: Backend, tmp_path: Path) -> None:
     """A dataset that cannot be parsed: refused, nothing archived, association survives."""
-    scp = start_scp(embedded)
-    try:
+    with running_scp(embedded) as scp:
         ds = make_instance()
         f = write(ds, tmp_path / "x.dcm")
         meta, off = split_dataset(f)
@@ -172,8 +162,6 @@ def test_store_garbage_dataset_refused(embedded: Backend, tmp_path: Path) -> Non
         first, second = dc.store(scp.port, [broken, f])
         assert first in (0xA900, 0xC000) and second == 0
         assert index_count(embedded) == 1
-    finally:
-        stop_scp(scp)
 
 
 def test_find_over_the_wire(scp: RunningSCP, tmp_path: Path) -> None:
@@ -266,15 +254,12 @@ def test_get_requires_unique_key(scp: RunningSCP) -> None:
 
 
 def test_allowed_aets_reject_at_association(embedded: Backend) -> None:
-    scp = start_scp(embedded, VNA_DICOM_ALLOWED_AETS="GOODAE,OTHER")
-    try:
+    with running_scp(embedded, VNA_DICOM_ALLOWED_AETS="GOODAE,OTHER") as scp:
         bad = dc.echo(scp.port, calling="EVIL")
         assert bad.is_rejected
         good = dc.echo(scp.port, calling="GOODAE")
         assert good.is_established
         good.release()
-    finally:
-        stop_scp(scp)
     assert "EVIL" in scp.logtext()
 
 
@@ -332,8 +317,7 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(backend: Backend,
             assoc.abort()
         scp.proc.wait(10)
     assert 100 <= len(acknowledged) < 300
-    scp = start_scp(backend)
-    try:
+    with running_scp(backend) as scp:
         status, res = dc.find(scp.port, "IMAGE", {"StudyInstanceUID": study,
                                                   "SeriesInstanceUID": study + ".1",
                                                   "SOPInstanceUID": ""})
@@ -345,7 +329,5 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(backend: Backend,
         for uid in acknowledged:
             i = int(uid.rsplit(".", 1)[1])
             assert received.datasets[uid] == dataset_bytes(files[i])
-    finally:
-        stop_scp(scp)
     incoming = backend.data_dir / "incoming"
     assert [p for p in incoming.rglob("*") if p.is_file()] == []

@@ -144,7 +144,7 @@ def import_(
     table.add_column("files", justify="right")
     table.add_row("imported", str(counts["stored"]))
     table.add_row("duplicates (already archived)", str(counts["duplicate"]))
-    table.add_row("refused", str(counts["refused"] + counts["conflict"]))
+    table.add_row("refused", str(len(refused)))
     console.print(table)
     console.print(f"{len(files)} files, {nbytes / 1e6:.1f} MB in {elapsed:.1f} s "
                   f"({len(files) / max(elapsed, 1e-9):.0f} files/s)")

@@ -17,6 +17,7 @@ module changes exactly these, without touching the protocol logic:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import select
@@ -35,9 +36,6 @@ from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom import dul as _dul
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
-
-_installed = False
-_lock = threading.Lock()
 
 # -- file meta -----------------------------------------------------------------------------
 
@@ -225,19 +223,15 @@ def _dul_sleep(seconds: float) -> None:
     _real_sleep(seconds)
 
 
+@functools.cache
 def install() -> None:
-    """Install the lean receive path in this process (idempotent)."""
-    global _installed
-    with _lock:
-        if _installed:
-            return
-        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-        pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
-        _dimse_messages.create_file_meta = _create_file_meta  # type: ignore[assignment]
-        _dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[assignment]
-        _dimse_messages.NamedTemporaryFile = _ReceiveFile  # type: ignore[assignment]
-        _dimse._RSP_TO_MESSAGE[C_STORE] = FastStoreResponse  # type: ignore[assignment]
-        _dimse._RSP_TO_MESSAGE[C_FIND] = FastFindResponse  # type: ignore[assignment]
-        _association.time = _TimeShim(_association_sleep)  # type: ignore[assignment]
-        _dul.time = _TimeShim(_dul_sleep)  # type: ignore[assignment]
-        _installed = True
+    """Install the lean receive path in this process (once)."""
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    _dimse_messages.create_file_meta = _create_file_meta  # type: ignore[assignment]
+    _dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[assignment]
+    _dimse_messages.NamedTemporaryFile = _ReceiveFile  # type: ignore[assignment]
+    _dimse._RSP_TO_MESSAGE[C_STORE] = FastStoreResponse  # type: ignore[assignment]
+    _dimse._RSP_TO_MESSAGE[C_FIND] = FastFindResponse  # type: ignore[assignment]
+    _association.time = _TimeShim(_association_sleep)  # type: ignore[assignment]
+    _dul.time = _TimeShim(_dul_sleep)  # type: ignore[assignment]

@@ -111,10 +111,10 @@ class DicomService:
         log.warning("C-STORE from %s refused (%s): %s", calling, result.sop_instance_uid,
                     result.reason)
         if result.outcome == "conflict":
-            return _status(STATUS_DUPLICATE_CONFLICT, result.reason)
-        reason = result.reason or ""
-        code = STATUS_CANNOT_UNDERSTAND if reason.startswith("not ") else STATUS_DATASET_MISMATCH
-        return _status(code, reason)
+            code = STATUS_DUPLICATE_CONFLICT
+        else:
+            code = STATUS_CANNOT_UNDERSTAND if result.unreadable else STATUS_DATASET_MISMATCH
+        return _status(code, result.reason)
 
     # -- C-FIND ---------------------------------------------------------------------------
 
@@ -190,12 +190,7 @@ class DicomService:
             yield 1
             yield error, None
             return
-        yield len(instances)
-        for inst in instances:
-            if event.is_cancelled:
-                yield STATUS_CANCEL, None
-                return
-            yield STATUS_PENDING, inst
+        yield from _sub_operations(event, instances)
 
     def on_move(self, event: Any) -> Iterator[Any]:
         dest = event.move_destination
@@ -214,10 +209,15 @@ class DicomService:
         pairs = {(str(i.SOPClassUID), i._vna_ts) for i in instances}
         yield peer.host, peer.port, {"contexts": contexts_for(pairs),
                                      "ae_title": peer.ae_title}
-        yield len(instances)
-        for inst in instances:
-            if event.is_cancelled:
-                yield STATUS_CANCEL, None
-                return
-            yield STATUS_PENDING, inst
+        yield from _sub_operations(event, instances)
+
+
+def _sub_operations(event: Any, instances: list[ArchivedInstance]) -> Iterator[Any]:
+    """The count, then one pending C-STORE sub-operation per instance, until cancelled."""
+    yield len(instances)
+    for inst in instances:
+        if event.is_cancelled:
+            yield STATUS_CANCEL, None
+            return
+        yield STATUS_PENDING, inst
 

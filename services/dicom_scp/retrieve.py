@@ -10,7 +10,7 @@ decoded and handed to pynetdicom, which converts between the uncompressed syntax
 
 from __future__ import annotations
 
-import threading
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -22,9 +22,6 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from storage.objectstore import ObjectStore
-
-_patch_lock = threading.Lock()
-_patched = False
 
 
 class ArchivedInstance(Dataset):
@@ -47,28 +44,24 @@ def _accepts(assoc: Association, sop_class: str, ts: str) -> bool:
     return False
 
 
+@functools.cache
 def install_send_as_stored() -> None:
-    """Wrap Association.send_c_store (idempotent) so ArchivedInstances go out as stored."""
-    global _patched
-    with _patch_lock:
-        if _patched:
-            return
-        _config.STORE_SEND_CHUNKED_DATASET = True
-        original: Callable[..., Any] = Association.send_c_store
+    """Wrap Association.send_c_store (once) so ArchivedInstances go out as stored."""
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    original: Callable[..., Any] = Association.send_c_store
 
-        def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Any:
-            if not isinstance(dataset, ArchivedInstance):
-                return original(self, dataset, *args, **kwargs)
-            store: ObjectStore = dataset._vna_store
-            key: str = dataset._vna_key
-            with store.local_copy(key) as path:
-                if _accepts(self, str(dataset.SOPClassUID), dataset._vna_ts):
-                    return original(self, path, *args, **kwargs)
-                decoded = dcmread(path)
-            return original(self, decoded, *args, **kwargs)
+    def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(dataset, ArchivedInstance):
+            return original(self, dataset, *args, **kwargs)
+        store: ObjectStore = dataset._vna_store
+        key: str = dataset._vna_key
+        with store.local_copy(key) as path:
+            if _accepts(self, str(dataset.SOPClassUID), dataset._vna_ts):
+                return original(self, path, *args, **kwargs)
+            decoded = dcmread(path)
+        return original(self, decoded, *args, **kwargs)
 
-        Association.send_c_store = send_c_store  # type: ignore[method-assign]
-        _patched = True
+    Association.send_c_store = send_c_store  # type: ignore[method-assign]
 
 
 def contexts_for(pairs: set[tuple[str, str]], limit: int = 128) -> list[PresentationContext]:

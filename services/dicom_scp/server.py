@@ -16,10 +16,9 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -143,11 +142,13 @@ def run_server_process(settings: Settings, ready: Any = None) -> None:
                             server_class=ReusePortServer)
     ae._servers.append(server)  # so that server.shutdown() finds itself
 
-    def _stop(_sig: int, _frame: FrameType | None) -> None:
-        # shutdown() waits for serve_forever; run it off the signal frame.
-        import threading
+    stopping = threading.Event()
 
-        threading.Thread(target=server.shutdown, daemon=True).start()
+    def _stop(_sig: int, _frame: FrameType | None) -> None:
+        # shutdown() waits for serve_forever: run it off the signal frame, and only once.
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
@@ -182,7 +183,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def serve(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> int:
+def serve(settings: Settings) -> int:
     """Supervise VNA_DICOM_PROCESSES SCP processes; restart any that dies; stop on a signal."""
     _clean_incoming(settings)
     if not settings.allowed_aets:
@@ -204,8 +205,6 @@ def serve(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> 
             log.error("an SCP process did not start")
     log.info("DICOM service %s listening on %s:%d (%d processes)", settings.dicom_aet,
              settings.dicom_host, settings.dicom_port, n)
-    if on_ready:
-        on_ready()
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
         nonlocal stopping
@@ -229,8 +228,3 @@ def serve(settings: Settings, *, on_ready: Callable[[], None] | None = None) -> 
             proc.kill()
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from vna.settings import get_settings
-
-    sys.exit(serve(get_settings()))

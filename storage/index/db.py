@@ -1,8 +1,9 @@
 """The one engine and session factory of the index, for SQLite and PostgreSQL.
 
 SQLite runs in WAL mode so that several processes (SCP workers, API, worker) share one
-file; write transactions start with BEGIN IMMEDIATE so two writers queue on the lock
-instead of failing on a read-to-write upgrade.
+file; write transactions start with BEGIN IMMEDIATE (no read-to-write upgrade failures)
+and queue on a kernel file lock before that (see `_WriterLock`). Writes go through
+`Index.begin()`, reads through `Index.read_session()`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import fcntl
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -90,37 +91,23 @@ class Index:
     def __init__(self, url: str, *, fsync: bool = True) -> None:
         self.url = url
         self.engine = make_engine(url, fsync=fsync)
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         if url.startswith("sqlite"):
             self.read_engine = make_engine(url, fsync=fsync, for_writes=False)
         else:
             self.read_engine = self.engine
         self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
-        self._writer = _WriterLock(url) if url.startswith("sqlite") else None
+        self._writer: AbstractContextManager[None] = (
+            _WriterLock(url) if url.startswith("sqlite") else nullcontext())
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on error."""
-        with self._write_turn(), self.sessions() as s, s.begin():
-            yield s
-
-    @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A Core connection in one write transaction."""
-        with self._write_turn(), self.engine.begin() as conn:
+        """A Core connection in one write transaction: committed on success."""
+        with self._writer, self.engine.begin() as conn:
             yield conn
-
-    @contextmanager
-    def _write_turn(self) -> Iterator[None]:
-        if self._writer is None:
-            yield
-        else:
-            with self._writer:
-                yield
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:

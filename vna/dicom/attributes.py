@@ -204,6 +204,10 @@ class InvalidInstance(ValueError):
     """A dataset the archive refuses (missing or malformed identifying attributes)."""
 
 
+class UnreadableInstance(InvalidInstance):
+    """Bytes that do not parse as a DICOM Part 10 dataset at all."""
+
+
 _TAGS = tuple((a, Tag(keyword_dict[a.keyword])) for a in ATTRIBUTES)
 
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
