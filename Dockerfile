@@ -11,6 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# libmagic: what a document really is (MIME sniffing of uploads).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libmagic1 \
+ && rm -rf /var/lib/apt/lists/*
+
 # A fixed, unprivileged uid/gid so that volume ownership is predictable.
 ARG VNA_UID=10001
 ARG VNA_GID=10001

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite talks to: DCMTK (the independent DICOM peer),
-# PostgreSQL and Redis. Safe to run again; does nothing that is already done.
+# libmagic (MIME sniffing), PostgreSQL and Redis. Safe to run again; does nothing that is already done.
 set -euo pipefail
 
 need_apt=()
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
+# libmagic sniffs uploaded documents' MIME types (python-magic loads it)
+ldconfig -p 2>/dev/null | grep 'libmagic\.so\.1' >/dev/null || need_apt+=(libmagic1)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

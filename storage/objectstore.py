@@ -15,9 +15,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from vna.settings import Settings
+
+STREAM_CHUNK = 1 << 20
+
+
+class Readable(Protocol):
+    """Where streamed bytes come from: `read(n)` returns up to n bytes, b"" at the end, and
+    raises if the producer failed (then nothing may be left behind)."""
+
+    def read(self, n: int, /) -> bytes: ...
 
 
 class ObjectNotFound(KeyError):
@@ -41,12 +50,21 @@ class ObjectStore(ABC):
         return None
 
     @abstractmethod
+    def put_stream(self, key: str, data: Readable, *, content_type: str) -> None:
+        """Store a stream of unknown length under `key`, in constant memory. Durable when it
+        returns; if `data.read` raises, no object and no partial upload remains."""
+
+    @abstractmethod
     def make_durable(self, keys: Iterable[str]) -> None:
         """Flush objects written with `durable=False` to stable storage."""
 
     @abstractmethod
     def open(self, key: str) -> BinaryIO:
         """A readable binary stream of the object."""
+
+    @abstractmethod
+    def open_range(self, key: str, start: int, length: int) -> BinaryIO:
+        """A readable stream of `length` bytes of the object from offset `start`."""
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
@@ -115,6 +133,25 @@ class FileObjectStore(ObjectStore):
         if sync:
             _fsync_dir(dest.parent)
 
+    def put_stream(self, key: str, data: Readable, *, content_type: str) -> None:
+        dest = self.path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := data.read(STREAM_CHUNK):
+                    out.write(chunk)
+                if self.fsync:
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if self.fsync:
+            _fsync_dir(dest.parent)
+
     def _move(self, src: Path, dest: Path, sync: bool) -> bool:
         """Rename `src` into place; False if it is on another file system."""
         if sync:
@@ -162,6 +199,11 @@ class FileObjectStore(ObjectStore):
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
 
+    def open_range(self, key: str, start: int, length: int) -> BinaryIO:
+        f = self.open(key)
+        f.seek(start)
+        return _Limited(f, length)  # type: ignore[return-value]
+
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
@@ -206,14 +248,30 @@ class S3ObjectStore(ObjectStore):
             with contextlib.suppress(OSError):
                 os.unlink(src)
 
+    # Parts of a streamed upload: minio keeps up to 3 in flight plus the one being read, so
+    # a stream of any size costs about 4 x this in memory.
+    STREAM_PART = 16 << 20
+
+    def put_stream(self, key: str, data: Readable, *, content_type: str) -> None:
+        # On a failed read minio aborts the multipart upload; a single-part stream is
+        # only sent once it has been read whole.
+        self.client.put_object(self.bucket, key, data, length=-1,  # type: ignore[arg-type]
+                               part_size=self.STREAM_PART, content_type=content_type)
+
     def make_durable(self, keys: Iterable[str]) -> None:
         return None
 
     def open(self, key: str) -> BinaryIO:
+        return self._get(key)
+
+    def open_range(self, key: str, start: int, length: int) -> BinaryIO:
+        return self._get(key, start, length)
+
+    def _get(self, key: str, offset: int = 0, length: int = 0) -> BinaryIO:
         from minio.error import S3Error
 
         try:
-            resp = self.client.get_object(self.bucket, key)
+            resp = self.client.get_object(self.bucket, key, offset=offset, length=length)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 raise ObjectNotFound(key) from exc
@@ -249,6 +307,29 @@ class _ResponseReader:
         self._resp.release_conn()  # type: ignore[attr-defined]
 
     def __enter__(self) -> _ResponseReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Limited:
+    """At most `remaining` bytes of an open file."""
+
+    def __init__(self, f: BinaryIO, remaining: int) -> None:
+        self._f = f
+        self._remaining = remaining
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._remaining if n < 0 else min(n, self._remaining)
+        data = self._f.read(n) if n else b""
+        self._remaining -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> _Limited:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -133,9 +134,9 @@ def pg_server() -> str:
     return PG_ADMIN_URL
 
 
-@pytest.fixture
-def pg_url(pg_server: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test."""
+@contextmanager
+def fresh_database(pg_server: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped afterwards."""
     import sqlalchemy as sa
 
     name = "vna_t_" + uuid.uuid4().hex[:12]
@@ -152,6 +153,13 @@ def pg_url(pg_server: str) -> Iterator[str]:
                 {"n": name})
             c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test."""
+    with fresh_database(pg_server) as url:
+        yield url
 
 
 # -- backends ----------------------------------------------------------------------------
@@ -171,7 +179,8 @@ class Backend:
                            if k.startswith("VNA_")})
 
 
-def _backend_env(kind: str, data_dir: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+def _backend_env(kind: str, data_dir: Path, request: pytest.FixtureRequest,
+                 database_url: str | None = None) -> dict[str, str]:
     env = {"VNA_DATA_DIR": str(data_dir), "VNA_LOG_LEVEL": "WARNING"}
     if kind == "s3-postgres":
         s3: S3Server = request.getfixturevalue("s3_server")
@@ -181,7 +190,7 @@ def _backend_env(kind: str, data_dir: Path, request: pytest.FixtureRequest) -> d
             # One bucket for the session: SeaweedFS allots volumes per bucket. Tests do not
             # collide in it, since keys are SOP Instance UIDs and each test has its own index.
             "VNA_S3_BUCKET": s3.bucket,
-            "VNA_DATABASE_URL": request.getfixturevalue("pg_url"),
+            "VNA_DATABASE_URL": database_url or request.getfixturevalue("pg_url"),
         })
     return env
 
@@ -190,6 +199,19 @@ def _backend_env(kind: str, data_dir: Path, request: pytest.FixtureRequest) -> d
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     data_dir = tmp_path / "vna-data"
     return Backend(request.param, _backend_env(request.param, data_dir, request), data_dir)
+
+
+@pytest.fixture(scope="module", params=["file-sqlite", "s3-postgres"])
+def module_backend(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    """A backend shared by the tests of one module (one server start per backend)."""
+    data_dir = tmp_path_factory.mktemp(request.param) / "vna-data"
+    with contextlib.ExitStack() as stack:
+        url = None
+        if request.param == "s3-postgres":
+            url = stack.enter_context(fresh_database(request.getfixturevalue("pg_server")))
+        yield Backend(request.param, _backend_env(request.param, data_dir, request, url),
+                      data_dir)
 
 
 @pytest.fixture

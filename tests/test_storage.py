@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from storage.archive import Archive
 from storage.index.models import Instance, Patient, Series, Study
 from storage.index.query import FindQuery, find
 from storage.migrate import current, upgrade
-from storage.objectstore import FileObjectStore, ObjectNotFound, S3ObjectStore
+from storage.objectstore import FileObjectStore, ObjectNotFound, ObjectStore, S3ObjectStore
 from tests.conftest import Backend
 from tests.factory import dataset_bytes, make_instance, write
 from vna.dicom.attributes import Level
@@ -34,7 +35,7 @@ def counts(a: Archive) -> dict[str, int]:
 
 
 def test_migration_at_head(archive: Archive) -> None:
-    assert current(archive.index.url) == "0001"
+    assert current(archive.index.url) == "0002"
 
 
 def test_migrations_match_models(archive: Archive) -> None:
@@ -59,6 +60,58 @@ def test_object_store_roundtrip(archive: Archive, tmp_path: Path) -> None:
     assert not store.exists("dicom/1.2/3.4/5.6.dcm")
     with pytest.raises(ObjectNotFound):
         store.open("dicom/1.2/3.4/5.6.dcm")
+
+
+class _Stream:
+    """`total` bytes in 1 MiB reads; raises after `fail_after` bytes, as an aborted upload."""
+
+    def __init__(self, total: int, fail_after: int | None = None) -> None:
+        self.total, self.fail_after, self.sent = total, fail_after, 0
+        self.block = bytes(range(256)) * 4096
+
+    def read(self, n: int = -1) -> bytes:
+        if self.fail_after is not None and self.sent >= self.fail_after:
+            raise ConnectionError("client went away")
+        n = min(len(self.block), self.total - self.sent, n if n >= 0 else len(self.block))
+        self.sent += n
+        return self.block[:n]
+
+
+def _leftovers(store: ObjectStore, prefix: str) -> list[str]:
+    if isinstance(store, FileObjectStore):
+        return [str(p) for p in store.root.rglob("*") if p.is_file()
+                and (p.is_relative_to(store.root / prefix) or p.parent == store.root / ".tmp")]
+    s3 = store.client  # type: ignore[attr-defined]
+    return [o.object_name for o in s3.list_objects(store.bucket, prefix=prefix,  # type: ignore[attr-defined]
+                                                   recursive=True)] + [
+        u.object_name for u in s3._list_multipart_uploads(  # noqa: SLF001
+            store.bucket, prefix=prefix).uploads]  # type: ignore[attr-defined]
+
+
+def test_put_stream_and_ranges(archive: Archive) -> None:
+    """A stream of unknown length larger than one S3 part, then byte ranges of it."""
+    store = archive.store
+    key = f"documents/test/{uuid.uuid4()}"
+    total = 40 << 20
+    store.put_stream(key, _Stream(total), content_type="video/mp4")
+    expected = (bytes(range(256)) * 4096)
+    with store.open_range(key, (1 << 20) - 10, 20) as f:
+        assert f.read() == expected[-10:] + expected[:10]
+    with store.open(key) as f:
+        size = 0
+        while chunk := f.read(1 << 20):
+            size += len(chunk)
+    assert size == total
+    store.delete(key)
+
+
+def test_aborted_put_stream_leaves_nothing(archive: Archive) -> None:
+    prefix = f"documents/aborted-{uuid.uuid4()}/"
+    for fail_after in (3 << 20, 40 << 20):  # within the first part, and after parts went up
+        with pytest.raises(ConnectionError):
+            archive.store.put_stream(prefix + str(fail_after), _Stream(100 << 20, fail_after),
+                                     content_type="video/mp4")
+    assert _leftovers(archive.store, prefix) == []
 
 
 def test_file_store_refuses_escaping_keys(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ app = typer.Typer(help="vna: one archive for all images and documents of a regio
                   no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="The index database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+token_app = typer.Typer(help="Bearer tokens of the HTTP API.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 console = Console(stderr=True)
 
 
@@ -50,6 +52,38 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] 
     console.print(f"index at revision {current(settings.resolved_database_url)}")
 
 
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="admin, uploader, viewer or reviewer")],
+    department: Annotated[list[str] | None, typer.Option(
+        help="limit to this department (practiceSettingCode); repeatable")] = None,
+    label: Annotated[str | None, typer.Option(help="what the token is for")] = None,
+) -> None:
+    """Create an API token and print it (once: only its hash is kept)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from vna.access import Role
+    from vna.documents.entry import Code
+
+    try:
+        the_role = Role(role)
+        departments = [TypeAdapter(Code).validate_python(d) for d in department or []]
+    except (ValueError, ValidationError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    settings = get_settings()
+    _prepare_data_dir(settings)
+    from storage.index.db import Index
+    from storage.index.tokens import Tokens
+
+    index = Index(settings.resolved_database_url, fsync=settings.fsync)
+    secret, row = Tokens(index).create(the_role, departments, label=label, created_by="cli")
+    index.dispose()
+    console.print(f"token {row.id}: role {row.role}, departments "
+                  f"{', '.join(row.departments) or 'all'}")
+    print(secret)
+
+
 @app.command()
 def scp() -> None:
     """Run the DICOM service (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)."""
@@ -71,8 +105,10 @@ def api() -> None:
 
     from services.xds_api.app import create_app
 
+    # The audit middleware writes the access log with route templates: uvicorn's own
+    # access log would put patient IDs from URLs into the logs.
     uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
-                log_level=settings.log_level.lower())
+                log_level=settings.log_level.lower(), access_log=False)
 
 
 @app.command()

@@ -39,6 +39,17 @@ def parse_peers(value: str) -> dict[str, DicomPeer]:
     return peers
 
 
+# What a region's departments and patients upload: reports, recordings, video, photos.
+DEFAULT_DOCUMENT_MIME_TYPES = (
+    "application/pdf",
+    "audio/wav", "audio/mpeg", "audio/mp4",
+    "video/mp4", "video/quicktime", "video/webm",
+    "image/jpeg", "image/png", "image/heic", "image/tiff",
+)
+# 2.25.<UUID as integer> (ISO/IEC 9834-8), uuid5 of a fixed name: a stable default.
+DEFAULT_REPOSITORY_UNIQUE_ID = "2.25.295450431852382569509119793770638522218"
+
+
 class Settings(BaseSettings):
     """Configuration of every vna process (see the README's configuration table)."""
 
@@ -67,6 +78,14 @@ class Settings(BaseSettings):
 
     fsync: bool = True
     admin_token: str | None = None
+    max_upload_bytes: int = Field(default=20 << 30, gt=0,
+                                  description="largest document accepted, bytes (413 above)")
+    document_mime_types: str = Field(
+        default=",".join(DEFAULT_DOCUMENT_MIME_TYPES),
+        description="MIME types accepted as documents, comma-separated")
+    repository_unique_id: str = Field(
+        default=DEFAULT_REPOSITORY_UNIQUE_ID,
+        description="XDS repositoryUniqueId of this archive (an OID)")
     log_level: str = "INFO"
 
     @field_validator("dicom_aet")
@@ -92,6 +111,11 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
+
+    @property
+    def allowed_document_mime_types(self) -> frozenset[str]:
+        return frozenset(m.strip().lower() for m in self.document_mime_types.split(",")
+                         if m.strip())
 
     @property
     def peers(self) -> dict[str, DicomPeer]:

@@ -1,4 +1,5 @@
-"""The HTTP service: FastAPI app factory. Documents, DICOMweb and stats mount here."""
+"""The HTTP service: FastAPI app factory. Documents, tokens and audit mount here; DICOMweb
+and statistics will."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 import vna
+from services.xds_api import admin, documents
+from services.xds_api.audit import AuditMiddleware
+from services.xds_api.security import ensure_admin_token
 from storage.index.db import Index
+from storage.index.documents import Documents
+from storage.index.tokens import AuditTrail, Tokens
+from storage.objectstore import make_object_store
 from vna.settings import Settings, get_settings
 
 
@@ -17,7 +24,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     index = Index(settings.resolved_database_url, fsync=settings.fsync)
     app = FastAPI(title="vna", version=vna.__version__,
-                  description="Enterprise imaging archive: DICOM and XDS-style documents")
+                  description="Enterprise imaging archive: DICOM and XDS-style documents. "
+                              "Every endpoint but /health needs `Authorization: Bearer`.")
+    app.state.settings = settings
+    app.state.index = index
+    app.state.store = make_object_store(settings)
+    app.state.documents = Documents(index)
+    app.state.tokens = Tokens(index)
+    app.state.audit = AuditTrail(index)
+    app.state.tokens.install_bootstrap(ensure_admin_token(settings)[0])
+    app.include_router(documents.router)
+    app.include_router(admin.router)
+    app.add_middleware(AuditMiddleware, trail=app.state.audit)
 
     @app.get("/health", tags=["operations"])
     def health() -> Any:

@@ -1,16 +1,23 @@
-"""Bearer tokens. The bootstrap admin token: VNA_ADMIN_TOKEN, or generated once per data dir."""
+"""Bearer tokens at the HTTP edge: the bootstrap admin token and the per-route check.
+
+Every route but /health declares its `Action` through `authorize(action)`; that one
+dependency authenticates the token, checks the role and opens the audit record, so a
+route cannot forget any of the three.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
+from dataclasses import dataclass
 
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from vna.access import Action, Principal
 from vna.settings import Settings
 
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+_bearer = HTTPBearer(auto_error=False, description="an API token (`vna token create`)")
 
 
 def ensure_admin_token(settings: Settings) -> tuple[str, bool]:
@@ -20,9 +27,65 @@ def ensure_admin_token(settings: Settings) -> tuple[str, bool]:
     path = settings.data_dir / "admin-token"
     if path.exists():
         return path.read_text().strip(), False
-    token = secrets.token_urlsafe(32)
+    token = "vna_" + secrets.token_urlsafe(32)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another vna process made it first
+        return path.read_text().strip(), False
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token, True
+
+
+@dataclass
+class AuditContext:
+    """What the audit middleware records for this request; routes fill in the patient."""
+
+    action: Action
+    route: str
+    principal: Principal | None = None
+    patient_id: str | None = None
+    resource: str | None = None
+
+
+def audit_context(request: Request) -> AuditContext:
+    ctx = getattr(request.state, "audit", None)
+    assert isinstance(ctx, AuditContext), "route without authorize()"
+    return ctx
+
+
+def authorize(action: Action) -> Depends:  # type: ignore[valid-type]
+    """A dependency: the caller's `Principal`, or 401/403. Opens the audit record first, so
+    refused attempts are recorded too."""
+
+    def dependency(request: Request,
+                   credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+                   ) -> Principal:
+        route = getattr(request.scope.get("route"), "path", request.url.path)
+        params = request.path_params
+        ctx = AuditContext(action, route, resource=params.get("uniqueId"),
+                           patient_id=(params.get("patientId")
+                                       or request.query_params.get("patientId")))
+        if ctx.patient_id is not None:
+            ctx.patient_id = ctx.patient_id[:128]
+        request.state.audit = ctx
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPException(401, "a bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+        principal = request.app.state.tokens.authenticate(credentials.credentials)
+        if principal is None:
+            raise HTTPException(401, "the token is unknown or revoked",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        ctx.principal = principal
+        if not principal.may(action):
+            raise HTTPException(403, f"role {principal.role.value} may not {action.value}")
+        return principal
+
+    return Depends(dependency)
+
+
+def require_department(principal: Principal, code: str | None) -> None:
+    if not principal.in_department(code):
+        raise HTTPException(403, f"this token is limited to departments "
+                                 f"{sorted(principal.departments)}")

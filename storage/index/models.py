@@ -1,4 +1,5 @@
-"""The index: Patient / Study / Series / SOP Instance, as C-FIND matches and returns them.
+"""The index: Patient / Study / Series / SOP Instance, as C-FIND matches and returns them;
+DocumentEntry for everything that is not DICOM; API tokens and the audit trail.
 
 Strings are stored as DICOM gives them after decoding (trailing padding stripped);
 dates as `YYYYMMDD`, times normalised to `HHMMSS.ffffff` so that range matching is a
@@ -11,12 +12,15 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -117,3 +121,84 @@ class Instance(Base):
 
 
 Index("ix_patient_birth_date", Patient.patient_birth_date)
+
+
+class Document(Base):
+    """An XDS DocumentEntry and where its bytes are. Versions are rows: a replacement is a
+    new row whose `replaces` names the old one, which becomes Deprecated."""
+
+    __tablename__ = "document"
+    __table_args__ = (
+        Index("ix_document_patient_status_time", "patient_id", "availability_status",
+              "creation_time"),
+        Index("ix_document_department_time", "practice_setting_code", "creation_time"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unique_id: Mapped[str] = mapped_column(String(64), unique=True)
+    entry_uuid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(128))
+    class_code: Mapped[str] = mapped_column(String(64), index=True)
+    type_code: Mapped[str | None] = mapped_column(String(64))
+    practice_setting_code: Mapped[str] = mapped_column(String(64))
+    healthcare_facility_type_code: Mapped[str | None] = mapped_column(String(64))
+    title: Mapped[str | None] = mapped_column(String(256))
+    author: Mapped[str | None] = mapped_column(String(256))
+    creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    service_start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    service_stop_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    confidentiality_code: Mapped[str] = mapped_column(String(64))
+    language_code: Mapped[str] = mapped_column(String(32))
+    mime_type: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    repository_unique_id: Mapped[str] = mapped_column(String(64))
+    availability_status: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    filename: Mapped[str | None] = mapped_column(String(255))
+    storage_key: Mapped[str] = mapped_column(String(256))
+    submission_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    submitted_by: Mapped[str] = mapped_column(String(32))  # token id
+    version: Mapped[int] = mapped_column(SmallInteger, server_default="1")
+    replaces: Mapped[str | None] = mapped_column(String(64))
+    replaced_by: Mapped[str | None] = mapped_column(String(64))
+    review_decision: Mapped[str | None] = mapped_column(String(16))
+    review_reason: Mapped[str | None] = mapped_column(Text)
+    reviewed_by: Mapped[str | None] = mapped_column(String(32))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiToken(Base):
+    """A bearer token of the HTTP API. Only its SHA-256 is kept; `id` is what logs and the
+    audit trail name."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    departments: Mapped[list[str]] = mapped_column(JSON)
+    label: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str | None] = mapped_column(String(32))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEvent(Base):
+    """One read or write of patient data over HTTP: who (token, role), what, when, outcome."""
+
+    __tablename__ = "audit_event"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    token_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(8))
+    route: Mapped[str] = mapped_column(String(128))
+    patient_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    resource: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[int] = mapped_column(SmallInteger)
+    outcome: Mapped[str] = mapped_column(String(16))
+    client: Mapped[str | None] = mapped_column(String(64))

@@ -224,7 +224,7 @@ def _computed(session: Session, level: Level, keys: Sequence[str],
             if key == "SOPClassesInStudy":
                 stmt = stmt.join(Instance, Instance.series_fk == Series.id)
             values: dict[int, set[str]] = defaultdict(set)
-            for sid, v in session.execute(stmt.distinct()).tuples():
+            for sid, v in session.execute(stmt.distinct()).all():
                 if v:
                     values[sid].add(v)
             out[key] = {sid: sorted(v) for sid, v in values.items()}

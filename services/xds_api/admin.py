@@ -1,0 +1,91 @@
+"""Admin routes: API tokens and the audit trail."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from services.xds_api.security import audit_context, authorize
+from storage.index.models import ApiToken
+from vna.access import Action, Principal, Role
+from vna.documents.entry import CODE_PATTERN, PATIENT_ID_PATTERN
+
+router = APIRouter(prefix="/api/v1", tags=["admin"])
+
+
+class TokenRequest(BaseModel):
+    role: Role
+    departments: list[Annotated[str, Field(pattern=CODE_PATTERN)]] = []
+    label: Annotated[str, Field(max_length=128)] | None = None
+
+
+class TokenInfo(BaseModel):
+    id: str
+    role: Role
+    departments: list[str]
+    label: str | None
+    createdAt: datetime
+    createdBy: str | None
+    revokedAt: datetime | None
+
+    @classmethod
+    def of(cls, row: ApiToken) -> TokenInfo:
+        return cls(id=row.id, role=Role(row.role), departments=row.departments or [],
+                   label=row.label, createdAt=_aware(row.created_at),
+                   createdBy=row.created_by, revokedAt=row.revoked_at and
+                   _aware(row.revoked_at))
+
+
+class CreatedToken(TokenInfo):
+    token: str  # shown once; only its hash is kept
+
+
+def _aware(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+
+
+@router.post("/tokens", status_code=201, response_model=CreatedToken)
+def create_token(request: Request, body: TokenRequest,
+                 principal: Principal = authorize(Action.TOKEN_CREATE)) -> Any:
+    """A new bearer token with a role, optionally limited to departments (empty: all)."""
+    secret, row = request.app.state.tokens.create(body.role, body.departments,
+                                                  label=body.label,
+                                                  created_by=principal.token_id)
+    audit_context(request).resource = row.id
+    return CreatedToken(**TokenInfo.of(row).model_dump(), token=secret)
+
+
+@router.get("/tokens", response_model=list[TokenInfo])
+def list_tokens(request: Request, _: Principal = authorize(Action.TOKEN_LIST)) -> Any:
+    return [TokenInfo.of(r) for r in request.app.state.tokens.list()]
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def revoke_token(request: Request, token_id: str,
+                 _: Principal = authorize(Action.TOKEN_REVOKE)) -> None:
+    audit_context(request).resource = token_id
+    if not request.app.state.tokens.revoke(token_id):
+        raise HTTPException(404, f"no active token {token_id}")
+
+
+@router.get("/audit")
+def list_audit(
+    request: Request,
+    _: Principal = authorize(Action.AUDIT_LIST),
+    tokenId: str | None = None,
+    patientId: Annotated[str | None, Query(pattern=PATIENT_ID_PATTERN)] = None,
+    action: Action | None = None,
+    since: Annotated[datetime | None, Query(alias="from")] = None,
+    until: Annotated[datetime | None, Query(alias="to")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    """Who read or wrote which patient's data, when, and how it ended; newest first."""
+    audit_context(request).patient_id = patientId
+    events = request.app.state.audit.list(
+        token_id=tokenId, patient_id=patientId, action=action and action.value,
+        since=since, until=until, limit=limit, offset=offset)
+    return {"limit": limit, "offset": offset, "events": events}

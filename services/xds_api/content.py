@@ -1,0 +1,101 @@
+"""Serving a document's bytes: single byte ranges (what audio/video players seek with),
+ETag / If-None-Match / If-Range, and a Content-Disposition that cannot carry a path."""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import unicodedata
+from collections.abc import Iterator
+from urllib.parse import quote
+
+from fastapi import HTTPException
+from starlette.responses import Response, StreamingResponse
+
+from storage.objectstore import STREAM_CHUNK, ObjectStore
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+class RangeNotSatisfiable(ValueError):
+    pass
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive byte range a `Range` header asks for, or None for the whole file.
+
+    Several ranges in one request are answered with the whole file (RFC 9110 lets a server
+    ignore Range); players ask for one range at a time. An unsatisfiable range raises.
+    """
+    if not header:
+        return None
+    header = header.strip().replace(" ", "")
+    if "," in header or not header.startswith("bytes="):
+        return None
+    m = _RANGE.match(header)
+    if m is None or m.group(1) == m.group(2) == "":
+        raise RangeNotSatisfiable(f"malformed Range {header!r}")
+    first, last = m.group(1), m.group(2)
+    if first == "":  # suffix: the last N bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise RangeNotSatisfiable("empty suffix range")
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        raise RangeNotSatisfiable(f"range {header} is outside the {size} bytes of the document")
+    return start, end
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+def content_disposition(filename: str | None, unique_id: str, mime_type: str) -> str:
+    """`inline` with an ASCII fallback name and the UTF-8 original (RFC 6266)."""
+    name = filename or (unique_id + (mimetypes.guess_extension(mime_type) or ""))
+    name = name.replace("\\", "_").replace("/", "_")
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    ascii_name = re.sub(r'[^A-Za-z0-9._\- ()]', "_", ascii_name).strip() or "document"
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def content_response(store: ObjectStore, *, key: str, size: int, sha256: str, mime_type: str,
+                     filename: str | None, unique_id: str, range_header: str | None,
+                     if_none_match: str | None, if_range: str | None) -> Response:
+    etag = f'"{sha256}"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, no-cache",
+               "X-Content-Type-Options": "nosniff",
+               "Content-Disposition": content_disposition(filename, unique_id, mime_type)}
+    if etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    if if_range is not None and if_range.strip() != etag:
+        range_header = None  # the client's copy is stale: send the whole document
+    try:
+        byte_range = parse_range(range_header, size)
+    except RangeNotSatisfiable as exc:
+        raise HTTPException(416, str(exc), headers={"Content-Range": f"bytes */{size}"}) \
+            from None
+    start, end = byte_range if byte_range else (0, size - 1)
+    length = end - start + 1 if size else 0
+    headers["Content-Length"] = str(length)
+    status = 200
+    if byte_range is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    stream = store.open_range(key, start, length) if length else None
+
+    def body() -> Iterator[bytes]:
+        if stream is None:
+            return
+        try:
+            while chunk := stream.read(STREAM_CHUNK):
+                yield chunk
+        finally:
+            stream.close()
+
+    return StreamingResponse(body(), status_code=status, media_type=mime_type, headers=headers)

@@ -1,0 +1,142 @@
+"""API tokens (only their SHA-256 is stored) and the audit trail of patient-data access."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+
+from storage.index.db import Index
+from storage.index.models import ApiToken, AuditEvent
+from vna.access import Principal, Role
+
+BOOTSTRAP_TOKEN_ID = "admin"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token_secret() -> str:
+    """256 bits of randomness: a plain SHA-256 of it is safe to store (no salt needed)."""
+    return "vna_" + secrets.token_urlsafe(32)
+
+
+class Tokens:
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def create(self, role: Role, departments: Iterable[str] = (), *, label: str | None = None,
+               created_by: str | None = None) -> tuple[str, ApiToken]:
+        """A new token: the secret (shown once) and its stored row."""
+        secret = new_token_secret()
+        row = dict(id="t" + secrets.token_hex(6), token_sha256=hash_token(secret),
+                   role=role.value, departments=sorted(set(departments)), label=label,
+                   created_at=datetime.now(UTC), created_by=created_by)
+        with self.index.begin() as conn:
+            conn.execute(insert(ApiToken).values(**row))
+        return secret, ApiToken(**row)
+
+    def install_bootstrap(self, secret: str) -> None:
+        """Make `secret` the bootstrap admin token (VNA_ADMIN_TOKEN or the generated one),
+        replacing an earlier bootstrap token."""
+        digest = hash_token(secret)
+        with self.index.begin() as conn:
+            current = conn.execute(select(ApiToken.token_sha256).where(
+                ApiToken.id == BOOTSTRAP_TOKEN_ID)).scalar()
+            if current is not None and hmac.compare_digest(current, digest):
+                return
+            conn.execute(delete(ApiToken).where(ApiToken.id == BOOTSTRAP_TOKEN_ID))
+            conn.execute(insert(ApiToken).values(
+                id=BOOTSTRAP_TOKEN_ID, token_sha256=digest, role=Role.ADMIN.value,
+                departments=[], label="bootstrap (VNA_ADMIN_TOKEN)",
+                created_at=datetime.now(UTC)))
+
+    def authenticate(self, secret: str) -> Principal | None:
+        with self.index.read_session() as s:
+            row = s.scalars(select(ApiToken).where(
+                ApiToken.token_sha256 == hash_token(secret),
+                ApiToken.revoked_at.is_(None))).first()
+        if row is None:
+            return None
+        return Principal(row.id, Role(row.role), frozenset(row.departments or ()))
+
+    def list(self) -> list[ApiToken]:
+        with self.index.read_session() as s:
+            return list(s.scalars(select(ApiToken).order_by(ApiToken.created_at)))
+
+    def revoke(self, token_id: str) -> bool:
+        with self.index.begin() as conn:
+            done = conn.execute(update(ApiToken).where(
+                ApiToken.id == token_id, ApiToken.revoked_at.is_(None)).values(
+                revoked_at=datetime.now(UTC)))
+        return done.rowcount == 1
+
+
+@dataclass
+class AuditRecord:
+    """One HTTP access to patient data, as the audit middleware saw it."""
+
+    action: str
+    method: str
+    route: str
+    status: int
+    principal: Principal | None = None
+    patient_id: str | None = None
+    resource: str | None = None
+    client: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        if self.status < 400:
+            return "success"
+        if self.status in (401, 403):
+            return "denied"
+        if self.status == 499:
+            return "aborted"
+        return "refused" if self.status < 500 else "error"
+
+
+class AuditTrail:
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def record(self, rec: AuditRecord) -> None:
+        p = rec.principal
+        with self.index.begin() as conn:
+            conn.execute(insert(AuditEvent).values(
+                at=datetime.now(UTC), token_id=p.token_id if p else None,
+                role=p.role.value if p else None, action=rec.action, method=rec.method,
+                route=rec.route, patient_id=rec.patient_id, resource=rec.resource,
+                status=rec.status, outcome=rec.outcome, client=rec.client))
+
+    def list(self, *, token_id: str | None = None, patient_id: str | None = None,
+             action: str | None = None, since: datetime | None = None,
+             until: datetime | None = None, limit: int = 100,
+             offset: int = 0) -> list[dict[str, Any]]:
+        stmt = select(AuditEvent)
+        if token_id:
+            stmt = stmt.where(AuditEvent.token_id == token_id)
+        if patient_id:
+            stmt = stmt.where(AuditEvent.patient_id == patient_id)
+        if action:
+            stmt = stmt.where(AuditEvent.action == action)
+        if since:
+            stmt = stmt.where(AuditEvent.at >= since)
+        if until:
+            stmt = stmt.where(AuditEvent.at <= until)
+        stmt = stmt.order_by(AuditEvent.id.desc()).limit(limit).offset(offset)
+        with self.index.read_session() as s:
+            rows = s.scalars(stmt).all()
+        return [{
+            "id": r.id, "at": r.at if r.at.tzinfo else r.at.replace(tzinfo=UTC),
+            "tokenId": r.token_id, "role": r.role, "action": r.action, "method": r.method,
+            "route": r.route, "patientId": r.patient_id, "resource": r.resource,
+            "status": r.status, "outcome": r.outcome, "client": r.client,
+        } for r in rows]

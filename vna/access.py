@@ -1,0 +1,88 @@
+"""Who may do what: roles, department limits and which documents a role may see.
+
+The HTTP edge authenticates a bearer token into a `Principal`; these rules decide. Kept
+free of HTTP so that the matrix in docs/api.md and the tests read from one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from vna.documents.entry import AvailabilityStatus
+
+
+class Role(StrEnum):
+    ADMIN = "admin"  # everything, tokens and the audit trail included
+    UPLOADER = "uploader"  # stores and replaces documents; reads nothing back
+    VIEWER = "viewer"  # finds and opens approved documents, studies and timelines
+    REVIEWER = "reviewer"  # a viewer who also approves or rejects patients' uploads
+
+
+class Action(StrEnum):
+    """What a request does to patient data; recorded in the audit trail under this name."""
+
+    DOCUMENT_CREATE = "document.create"
+    DOCUMENT_REPLACE = "document.replace"
+    DOCUMENT_FIND = "document.find"
+    DOCUMENT_READ = "document.read"
+    DOCUMENT_CONTENT = "document.content"
+    DOCUMENT_REVIEW = "document.review"
+    TIMELINE_READ = "timeline.read"
+    TOKEN_CREATE = "token.create"
+    TOKEN_LIST = "token.list"
+    TOKEN_REVOKE = "token.revoke"
+    AUDIT_LIST = "audit.list"
+
+
+_READERS = frozenset({Role.ADMIN, Role.VIEWER, Role.REVIEWER})
+_WRITERS = frozenset({Role.ADMIN, Role.UPLOADER})
+ALLOWED_ROLES: dict[Action, frozenset[Role]] = {
+    Action.DOCUMENT_CREATE: _WRITERS,
+    Action.DOCUMENT_REPLACE: _WRITERS,
+    Action.DOCUMENT_FIND: _READERS,
+    Action.DOCUMENT_READ: _READERS,
+    Action.DOCUMENT_CONTENT: _READERS,
+    Action.DOCUMENT_REVIEW: frozenset({Role.ADMIN, Role.REVIEWER}),
+    Action.TIMELINE_READ: _READERS,
+    Action.TOKEN_CREATE: frozenset({Role.ADMIN}),
+    Action.TOKEN_LIST: frozenset({Role.ADMIN}),
+    Action.TOKEN_REVOKE: frozenset({Role.ADMIN}),
+    Action.AUDIT_LIST: frozenset({Role.ADMIN}),
+}
+
+# Which availability statuses each role may see at all. Rejected uploads are kept for the
+# audit trail and shown to nobody but admins.
+_VISIBLE: dict[Role, frozenset[AvailabilityStatus]] = {
+    Role.ADMIN: frozenset(AvailabilityStatus),
+    Role.REVIEWER: frozenset({AvailabilityStatus.APPROVED, AvailabilityStatus.DEPRECATED,
+                              AvailabilityStatus.SUBMITTED}),
+    Role.VIEWER: frozenset({AvailabilityStatus.APPROVED, AvailabilityStatus.DEPRECATED}),
+    Role.UPLOADER: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated token: its id (for the audit trail), role and departments."""
+
+    token_id: str
+    role: Role
+    departments: frozenset[str] = frozenset()  # empty: every department
+
+    def may(self, action: Action) -> bool:
+        return self.role in ALLOWED_ROLES[action]
+
+    def in_department(self, practice_setting_code: str | None) -> bool:
+        return not self.departments or practice_setting_code in self.departments
+
+    def departments_within(self, codes: Iterable[str]) -> bool:
+        return not self.departments or set(codes) <= self.departments
+
+    def sees(self, status: AvailabilityStatus | str) -> bool:
+        return AvailabilityStatus(status) in _VISIBLE[self.role]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
