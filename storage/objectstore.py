@@ -11,6 +11,7 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -99,12 +100,28 @@ def _fsync_dir(path: Path) -> None:
 class FileObjectStore(ObjectStore):
     """Objects as files under a root directory; writes are temp file + fsync + rename."""
 
+    # A temp file nobody has written to for this long belongs to a process that died
+    # mid-write (kill -9, power cut); writers touch theirs with every chunk.
+    STALE_TEMP_SECONDS = 3600
+
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root.resolve()
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(exist_ok=True)
+        self.sweep_stale_temp()
+
+    def sweep_stale_temp(self, max_age: float | None = None) -> int:
+        """Remove temp files left by writers that died; returns how many."""
+        cutoff = time.time() - (self.STALE_TEMP_SECONDS if max_age is None else max_age)
+        removed = 0
+        for entry in os.scandir(self._tmp):
+            with contextlib.suppress(OSError):
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
 
     def path(self, key: str) -> Path:
         """The file of `key`; keys are relative paths without `.`/`..` parts or links."""

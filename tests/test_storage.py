@@ -114,6 +114,20 @@ def test_aborted_put_stream_leaves_nothing(archive: Archive) -> None:
     assert _leftovers(archive.store, prefix) == []
 
 
+def test_stale_temp_files_of_dead_writers_are_swept(tmp_path: Path) -> None:
+    import os
+    import time
+
+    store = FileObjectStore(tmp_path / "objects")
+    stale, fresh = store.root / ".tmp" / "tmpdead", store.root / ".tmp" / "tmpbusy"
+    stale.write_bytes(b"half an upload")
+    fresh.write_bytes(b"being written")
+    old = time.time() - 2 * FileObjectStore.STALE_TEMP_SECONDS
+    os.utime(stale, (old, old))
+    FileObjectStore(tmp_path / "objects")  # as at the next start of any vna process
+    assert not stale.exists() and fresh.exists()
+
+
 def test_file_store_refuses_escaping_keys(tmp_path: Path) -> None:
     store = FileObjectStore(tmp_path / "objects")
     src = tmp_path / "x"
