@@ -265,7 +265,7 @@ def drop_database(name_or_url: str) -> None:
 class Weed:
     """A one-process SeaweedFS (master, volume, filer, S3) in its own temp dir."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, volume_size_limit_mb: int = 1024) -> None:
         self.dir = make_tempdir(workdir, "weed-")
         self.log = self.dir / "weed.log"
         self.s3_port = free_port(plus_10000=True)
@@ -275,7 +275,8 @@ class Weed:
             [_venv_tool("weed"), "server", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1",
              "-ip.bind=127.0.0.1", "-s3", f"-s3.port={self.s3_port}",
              f"-master.port={ports[0]}", f"-volume.port={ports[1]}", f"-filer.port={ports[2]}",
-             "-master.telemetry=false", "-volume.max=100", "-master.volumeSizeLimitMB=1024",
+             "-master.telemetry=false", "-volume.max=100",
+             f"-master.volumeSizeLimitMB={volume_size_limit_mb}",
              "-s3.port.iceberg=0", "-s3.port.lance=0",  # fixed default ports: would clash
              "-volume.preStopSeconds=0"],
             env=dict(os.environ), log=self.log, group=True)

@@ -265,15 +265,18 @@ class S3ObjectStore(ObjectStore):
             with contextlib.suppress(OSError):
                 os.unlink(src)
 
-    # Parts of a streamed upload: minio keeps up to 3 in flight plus the one being read, so
-    # a stream of any size costs about 4 x this in memory.
-    STREAM_PART = 16 << 20
+    # A streamed upload holds STREAM_PARALLEL parts in flight plus the one being read (and
+    # a transient copy of it): about 50 MB whatever the size. 8 MiB parts allow objects of
+    # up to 80 GiB (S3 allows 10,000 parts).
+    STREAM_PART = 8 << 20
+    STREAM_PARALLEL = 2
 
     def put_stream(self, key: str, data: Readable, *, content_type: str) -> None:
         # On a failed read minio aborts the multipart upload; a single-part stream is
         # only sent once it has been read whole.
         self.client.put_object(self.bucket, key, data, length=-1,  # type: ignore[arg-type]
-                               part_size=self.STREAM_PART, content_type=content_type)
+                               part_size=self.STREAM_PART, content_type=content_type,
+                               num_parallel_uploads=self.STREAM_PARALLEL)
 
     def make_durable(self, keys: Iterable[str]) -> None:
         return None

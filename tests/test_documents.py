@@ -391,6 +391,25 @@ def test_every_access_is_audited(api: RunningAPI, patient: str) -> None:
     assert patient not in log  # no patient IDs in the logs
 
 
+def test_download_cut_off_by_the_client_is_audited_as_aborted(api: RunningAPI,
+                                                             patient: str) -> None:
+    content = make_mp4() + bytes(range(256)) * (6 << 12)  # ~6 MiB: more than socket buffers
+    uid = stored(api, content, meta(patient, classCode="video"))["uniqueId"]
+    with socket.create_connection(("127.0.0.1", api.port)) as s:
+        s.sendall((f"GET /api/v1/documents/{uid}/content HTTP/1.1\r\nHost: x\r\n"
+                   f"Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n").encode())
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+
+    def aborted() -> bool:
+        events = api.client().get("/api/v1/audit", params={
+            "patientId": patient, "action": "document.content"}).json()["events"]
+        return bool(events) and events[0]["outcome"] == "aborted"
+
+    assert wait_for(aborted)
+    r = api.client().get(f"/api/v1/documents/{uid}/content")  # the server is fine
+    assert r.status_code == 200 and r.content == content
+
+
 # -- bad input: a clear 4xx and an unchanged archive -----------------------------------------
 
 ELF = b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 8 + b"\x02\x00\x3e\x00" + b"\x00" * 4000

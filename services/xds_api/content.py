@@ -3,10 +3,14 @@ ETag / If-None-Match / If-Range, and a Content-Disposition that cannot carry a p
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 import re
+import threading
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
 from urllib.parse import quote
 
 from fastapi import HTTPException
@@ -88,14 +92,52 @@ def content_response(store: ObjectStore, *, key: str, size: int, sha256: str, mi
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     stream = store.open_range(key, start, length) if length else None
+    body = read_ahead(stream) if stream is not None else _nothing()
+    return StreamingResponse(body, status_code=status, media_type=mime_type, headers=headers)
 
-    def body() -> Iterator[bytes]:
-        if stream is None:
-            return
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing
+
+
+_readers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="download")
+
+
+async def read_ahead(stream: BinaryIO, depth: int = 4) -> AsyncIterator[bytes]:
+    """The stream's chunks, read by a thread up to `depth` chunks ahead of the client.
+
+    Reading from the store and sending to the client overlap instead of taking turns, which
+    is what makes a download through the API nearly as fast as one from S3 directly.
+    """
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+    room = threading.Semaphore(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
         try:
-            while chunk := stream.read(STREAM_CHUNK):
-                yield chunk
+            while not stop.is_set():
+                if not room.acquire(timeout=0.5):
+                    continue
+                data = stream.read(STREAM_CHUNK)
+                loop.call_soon_threadsafe(chunks.put_nowait, data)
+                if not data:
+                    return
+        except BaseException as exc:
+            loop.call_soon_threadsafe(chunks.put_nowait, exc)
         finally:
             stream.close()
 
-    return StreamingResponse(body(), status_code=status, media_type=mime_type, headers=headers)
+    loop.run_in_executor(_readers, produce)
+    try:
+        while True:
+            item = await chunks.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                return
+            room.release()
+            yield item
+    finally:
+        stop.set()  # the client is gone or done: the reader stops within 0.5 s

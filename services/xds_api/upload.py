@@ -52,7 +52,7 @@ class ChunkPipe:
     useful amount is there (so the store gets large writes), and raises once aborted.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, high_water: int = 8 << 20) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, high_water: int = 4 << 20) -> None:
         self._loop = loop
         self._high = high_water
         self._chunks: deque[bytes] = deque()
@@ -99,7 +99,7 @@ class ChunkPipe:
         want = self._high if n < 0 else n
         with self._cond:
             while not self._aborted and not self._closed and self._size < min(want,
-                                                                               self._high // 2):
+                                                                               self._high):
                 self._cond.wait()
             if self._aborted:
                 raise _Aborted("upload aborted")
