@@ -135,30 +135,27 @@ class FileObjectStore(ObjectStore):
         dest.parent.mkdir(parents=True, exist_ok=True)
         sync = self.fsync and durable
         if not (move and self._move(src, dest, sync)):
-            fd, tmp = tempfile.mkstemp(dir=self._tmp)
-            try:
-                with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-                    shutil.copyfileobj(inp, out, 1 << 20)
-                    if sync:
-                        out.flush()
-                        os.fsync(out.fileno())
-                os.replace(tmp, dest)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            with open(src, "rb") as inp:
+                self._write_new(dest, inp, sync=sync)
         if sync:
             _fsync_dir(dest.parent)
 
     def put_stream(self, key: str, data: Readable, *, content_type: str) -> None:
         dest = self.path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        self._write_new(dest, data, sync=self.fsync)
+        if self.fsync:
+            _fsync_dir(dest.parent)
+
+    def _write_new(self, dest: Path, data: Readable, *, sync: bool) -> None:
+        """Copy `data` to a temp file, fsync it if asked, rename it to `dest`; on any error
+        (a failed read included) the temp file goes and `dest` is untouched."""
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
         try:
             with os.fdopen(fd, "wb") as out:
                 while chunk := data.read(STREAM_CHUNK):
                     out.write(chunk)
-                if self.fsync:
+                if sync:
                     out.flush()
                     os.fsync(out.fileno())
             os.replace(tmp, dest)
@@ -166,8 +163,6 @@ class FileObjectStore(ObjectStore):
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        if self.fsync:
-            _fsync_dir(dest.parent)
 
     def _move(self, src: Path, dest: Path, sync: bool) -> bool:
         """Rename `src` into place; False if it is on another file system."""
@@ -272,11 +267,16 @@ class S3ObjectStore(ObjectStore):
     STREAM_PARALLEL = 2
 
     def put_stream(self, key: str, data: Readable, *, content_type: str) -> None:
-        # On a failed read minio aborts the multipart upload; a single-part stream is
-        # only sent once it has been read whole.
-        self.client.put_object(self.bucket, key, data, length=-1,  # type: ignore[arg-type]
+        # If a read raised inside minio, its part-upload threads would never be stopped
+        # (minio 7.2 aborts the upload but not its pool). So a failed read ends the stream
+        # instead, the truncated object is completed and deleted, and the failure re-raised.
+        reader = _StopOnError(data)
+        self.client.put_object(self.bucket, key, reader, length=-1,  # type: ignore[arg-type]
                                part_size=self.STREAM_PART, content_type=content_type,
                                num_parallel_uploads=self.STREAM_PARALLEL)
+        if reader.error is not None:
+            self.delete(key)
+            raise reader.error
 
     def make_durable(self, keys: Iterable[str]) -> None:
         return None
@@ -331,6 +331,23 @@ class _ResponseReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _StopOnError:
+    """A reader that turns a failed read into the end of the stream, keeping the error."""
+
+    def __init__(self, data: Readable) -> None:
+        self._data = data
+        self.error: BaseException | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        if self.error is not None:
+            return b""
+        try:
+            return self._data.read(n)
+        except Exception as exc:
+            self.error = exc
+            return b""
 
 
 class _Limited:

@@ -260,14 +260,19 @@ def start_scp(backend: Backend, **env: str) -> RunningSCP:
     return scp
 
 
-def stop_scp(scp: RunningSCP) -> None:
-    if scp.proc.poll() is None:
-        scp.proc.send_signal(signal.SIGTERM)
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a vna process: `sig`, then SIGKILL if it has not exited within 20 s."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
         try:
-            scp.proc.wait(20)
+            proc.wait(20)
         except subprocess.TimeoutExpired:
-            scp.proc.kill()
-            scp.proc.wait()
+            proc.kill()
+            proc.wait()
+
+
+def stop_scp(scp: RunningSCP) -> None:
+    stop_process(scp.proc)
 
 
 @contextmanager

@@ -92,6 +92,18 @@ def test_up_runs_everything_and_ctrl_c_stops_it(embedded: Backend, tmp_path: Pat
         assoc = dc.echo(dport)
         assert assoc.is_established and assoc.send_c_echo().Status == 0
         assoc.release()
+        # The printed admin token works on the document API.
+        import httpx
+
+        from tests.media import make_pdf
+
+        r = httpx.post(f"http://127.0.0.1:{hport}/api/v1/documents",
+                       headers={"Authorization": f"Bearer {token}"},
+                       data={"metadata": json.dumps({"patientId": "191212121212",
+                                                     "classCode": "report",
+                                                     "practiceSettingCode": "lung"})},
+                       files={"file": ("r.pdf", make_pdf(), "application/pdf")})
+        assert r.status_code == 201, r.text
         # The worker is a real Celery process on the serverless broker.
         from services.worker.app import make_celery
 

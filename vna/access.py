@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from vna.documents.entry import AvailabilityStatus
+from vna.documents.entry import AvailabilityStatus, Source
 
 
 class Role(StrEnum):
@@ -63,13 +63,29 @@ _VISIBLE: dict[Role, frozenset[AvailabilityStatus]] = {
 }
 
 
+class InvalidToken(ValueError):
+    """A token that must not be made (HTTP 422, `vna token create` exit 2)."""
+
+
+def check_token_request(role: Role, departments: Iterable[str], source: Source) -> None:
+    """Admins are never department-limited (an admin makes tokens and reads the whole audit
+    trail, so a limit would be a fiction); only uploaders upload for patients."""
+    if role is Role.ADMIN and any(True for _ in departments):
+        raise InvalidToken("an admin token cannot be limited to departments")
+    if source is Source.PATIENT and role is not Role.UPLOADER:
+        raise InvalidToken("only an uploader token can be a patient portal's "
+                           "(source=patient)")
+
+
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated token: its id (for the audit trail), role and departments."""
+    """An authenticated token: its id (for the audit trail), role, departments, and for
+    uploaders whose documents they store (a patient portal's always wait for review)."""
 
     token_id: str
     role: Role
     departments: frozenset[str] = frozenset()  # empty: every department
+    source: Source = Source.DEPARTMENT
 
     def may(self, action: Action) -> bool:
         return self.role in ALLOWED_ROLES[action]

@@ -57,17 +57,20 @@ def token_create(
     role: Annotated[str, typer.Option(help="admin, uploader, viewer or reviewer")],
     department: Annotated[list[str] | None, typer.Option(
         help="limit to this department (practiceSettingCode); repeatable")] = None,
+    source: Annotated[str, typer.Option(
+        help="department, or patient for a patient portal's uploader")] = "department",
     label: Annotated[str | None, typer.Option(help="what the token is for")] = None,
 ) -> None:
     """Create an API token and print it (once: only its hash is kept)."""
     from pydantic import TypeAdapter, ValidationError
 
-    from vna.access import Role
-    from vna.documents.entry import Code
+    from vna.access import Role, check_token_request
+    from vna.documents.entry import Code, Source
 
     try:
-        the_role = Role(role)
+        the_role, the_source = Role(role), Source(source)
         departments = [TypeAdapter(Code).validate_python(d) for d in department or []]
+        check_token_request(the_role, departments, the_source)
     except (ValueError, ValidationError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -77,7 +80,8 @@ def token_create(
     from storage.index.tokens import Tokens
 
     index = Index(settings.resolved_database_url, fsync=settings.fsync)
-    secret, row = Tokens(index).create(the_role, departments, label=label, created_by="cli")
+    secret, row = Tokens(index).create(the_role, departments, source=the_source, label=label,
+                                       created_by="cli")
     index.dispose()
     console.print(f"token {row.id}: role {row.role}, departments "
                   f"{', '.join(row.departments) or 'all'}")

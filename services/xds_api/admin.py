@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from services.xds_api.security import audit_context, authorize
 from storage.index.models import ApiToken
-from vna.access import Action, Principal, Role
-from vna.documents.entry import CODE_PATTERN, PATIENT_ID_PATTERN
+from vna.access import Action, InvalidToken, Principal, Role
+from vna.documents.entry import CODE_PATTERN, PATIENT_ID_PATTERN, Source
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])
 
@@ -19,6 +19,7 @@ router = APIRouter(prefix="/api/v1", tags=["admin"])
 class TokenRequest(BaseModel):
     role: Role
     departments: list[Annotated[str, Field(pattern=CODE_PATTERN)]] = []
+    source: Source = Source.DEPARTMENT  # `patient`: a patient portal's uploader
     label: Annotated[str, Field(max_length=128)] | None = None
 
 
@@ -26,6 +27,7 @@ class TokenInfo(BaseModel):
     id: str
     role: Role
     departments: list[str]
+    source: Source
     label: str | None
     createdAt: datetime
     createdBy: str | None
@@ -34,7 +36,8 @@ class TokenInfo(BaseModel):
     @classmethod
     def of(cls, row: ApiToken) -> TokenInfo:
         return cls(id=row.id, role=Role(row.role), departments=row.departments or [],
-                   label=row.label, createdAt=_aware(row.created_at),
+                   source=Source(row.source or Source.DEPARTMENT.value), label=row.label,
+                   createdAt=_aware(row.created_at),
                    createdBy=row.created_by, revokedAt=row.revoked_at and
                    _aware(row.revoked_at))
 
@@ -51,9 +54,12 @@ def _aware(t: datetime) -> datetime:
 def create_token(request: Request, body: TokenRequest,
                  principal: Principal = authorize(Action.TOKEN_CREATE)) -> Any:
     """A new bearer token with a role, optionally limited to departments (empty: all)."""
-    secret, row = request.app.state.tokens.create(body.role, body.departments,
-                                                  label=body.label,
-                                                  created_by=principal.token_id)
+    try:
+        secret, row = request.app.state.tokens.create(
+            body.role, body.departments, source=body.source, label=body.label,
+            created_by=principal.token_id)
+    except InvalidToken as exc:
+        raise HTTPException(422, str(exc)) from None
     audit_context(request).resource = row.id
     return CreatedToken(**TokenInfo.of(row).model_dump(), token=secret)
 

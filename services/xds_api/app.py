@@ -3,9 +3,11 @@ and statistics will."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
@@ -16,8 +18,10 @@ from services.xds_api.security import ensure_admin_token
 from storage.index.db import Index
 from storage.index.documents import Documents
 from storage.index.tokens import AuditTrail, Tokens
-from storage.objectstore import make_object_store
+from storage.objectstore import ObjectNotFound, make_object_store
 from vna.settings import Settings, get_settings
+
+log = logging.getLogger("vna.http")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,6 +40,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(documents.router)
     app.include_router(admin.router)
     app.add_middleware(AuditMiddleware, trail=app.state.audit)
+
+    @app.exception_handler(ObjectNotFound)
+    async def _object_missing(_request: Request, exc: ObjectNotFound) -> JSONResponse:
+        log.error("indexed object %s is missing from object storage", exc)
+        return JSONResponse({"detail": "the document's bytes are missing from object "
+                                       "storage; the archive's operators have been told"},
+                            status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # One readable sentence, like every other error of this API, not a list of dicts.
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                           for e in exc.errors())
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.get("/health", tags=["operations"])
     def health() -> Any:

@@ -7,15 +7,16 @@ import asyncio
 import mimetypes
 import re
 import threading
+import time
 import unicodedata
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 from urllib.parse import quote
 
 from fastapi import HTTPException
 from starlette.responses import Response, StreamingResponse
 
+from services.xds_api.threads import in_own_thread
 from storage.objectstore import STREAM_CHUNK, ObjectStore
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -28,8 +29,9 @@ class RangeNotSatisfiable(ValueError):
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive byte range a `Range` header asks for, or None for the whole file.
 
-    Several ranges in one request are answered with the whole file (RFC 9110 lets a server
-    ignore Range); players ask for one range at a time. An unsatisfiable range raises.
+    Several ranges in one request, or a malformed one, are answered with the whole file
+    (RFC 9110 lets a server ignore Range); players ask for one range at a time. A range
+    that starts past the end raises `RangeNotSatisfiable` (416).
     """
     if not header:
         return None
@@ -38,18 +40,19 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     m = _RANGE.match(header)
     if m is None or m.group(1) == m.group(2) == "":
-        raise RangeNotSatisfiable(f"malformed Range {header!r}")
+        return None  # not a byte range we understand: RFC 9110 says ignore it
     first, last = m.group(1), m.group(2)
     if first == "":  # suffix: the last N bytes
         n = int(last)
         if n == 0 or size == 0:
-            raise RangeNotSatisfiable("empty suffix range")
+            raise RangeNotSatisfiable("an empty suffix range selects nothing")
         return max(0, size - n), size - 1
     start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or end < start:
+    if last and int(last) < start:
+        return None  # invalid (last before first): ignored, as RFC 9110 asks
+    if start >= size:
         raise RangeNotSatisfiable(f"range {header} is outside the {size} bytes of the document")
-    return start, end
+    return start, min(int(last), size - 1) if last else size - 1
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
@@ -91,8 +94,8 @@ def content_response(store: ObjectStore, *, key: str, size: int, sha256: str, mi
     if byte_range is not None:
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    stream = store.open_range(key, start, length) if length else None
-    body = read_ahead(stream) if stream is not None else _nothing()
+    # Opened here, so that a missing object is an error answer, not a truncated 200.
+    body = read_ahead(store.open_range(key, start, length)) if length else _nothing()
     return StreamingResponse(body, status_code=status, media_type=mime_type, headers=headers)
 
 
@@ -101,14 +104,16 @@ async def _nothing() -> AsyncIterator[bytes]:
     yield b""  # an async generator that yields nothing
 
 
-_readers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="download")
+IDLE_SECONDS = 600.0  # a client that reads nothing for this long loses its reader
 
 
 async def read_ahead(stream: BinaryIO, depth: int = 4) -> AsyncIterator[bytes]:
-    """The stream's chunks, read by a thread up to `depth` chunks ahead of the client.
+    """The stream's chunks, read by a thread of its own up to `depth` chunks ahead.
 
     Reading from the store and sending to the client overlap instead of taking turns, which
-    is what makes a download through the API nearly as fast as one from S3 directly.
+    is what makes a download through the API nearly as fast as one from S3 directly. The
+    thread closes the stream however the response ends: done, client gone, or a client
+    that stopped reading for IDLE_SECONDS.
     """
     loop = asyncio.get_running_loop()
     chunks: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
@@ -117,19 +122,22 @@ async def read_ahead(stream: BinaryIO, depth: int = 4) -> AsyncIterator[bytes]:
 
     def produce() -> None:
         try:
-            while not stop.is_set():
-                if not room.acquire(timeout=0.5):
-                    continue
-                data = stream.read(STREAM_CHUNK)
-                loop.call_soon_threadsafe(chunks.put_nowait, data)
-                if not data:
-                    return
+            with stream:
+                idle_since = time.monotonic()
+                while not stop.is_set():
+                    if not room.acquire(timeout=0.5):
+                        if time.monotonic() - idle_since > IDLE_SECONDS:
+                            return
+                        continue
+                    idle_since = time.monotonic()
+                    data = stream.read(STREAM_CHUNK)
+                    loop.call_soon_threadsafe(chunks.put_nowait, data)
+                    if not data:
+                        return
         except BaseException as exc:
             loop.call_soon_threadsafe(chunks.put_nowait, exc)
-        finally:
-            stream.close()
 
-    loop.run_in_executor(_readers, produce)
+    in_own_thread(produce, "download-reader")
     try:
         while True:
             item = await chunks.get()

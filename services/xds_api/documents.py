@@ -4,6 +4,7 @@ queries in `storage.index.documents`, byte streaming in `upload` and `content`."
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -28,6 +29,7 @@ from vna.access import Action, Principal
 from vna.documents.entry import (
     CODE_PATTERN,
     PATIENT_ID_PATTERN,
+    UNIQUE_ID_PATTERN,
     AvailabilityStatus,
     DocumentEntry,
     DocumentMetadata,
@@ -41,7 +43,7 @@ from vna.documents.entry import (
 
 router = APIRouter(prefix="/api/v1", tags=["documents"])
 
-UniqueId = Annotated[str, Path(pattern=r"^[0-9][0-9.]{0,63}$", description="uniqueId (an OID)")]
+UniqueId = Annotated[str, Path(pattern=UNIQUE_ID_PATTERN, description="uniqueId (an OID)")]
 PatientIdQuery = Annotated[str | None, Query(alias="patientId", pattern=PATIENT_ID_PATTERN)]
 CodeList = Annotated[list[Annotated[str, Field(pattern=CODE_PATTERN)]], Query()]
 
@@ -105,6 +107,8 @@ async def _receive(request: Request, principal: Principal,
         if not principal.in_department(meta.practiceSettingCode):
             raise UploadError(403, f"this token may not store documents of department "
                                    f"{meta.practiceSettingCode}")
+        if principal.source is Source.PATIENT:  # a portal: what patients send waits for review
+            meta = meta.model_copy(update={"source": Source.PATIENT})
         return meta
 
     receiver = UploadReceiver(
@@ -122,15 +126,20 @@ async def _commit(request: Request, principal: Principal, receiver: UploadReceiv
                   **kwargs: Any) -> Document:
     """Write the index row; if that fails, the stored object goes again."""
     settings = request.app.state.settings
+    documents = _documents(request)
     try:
-        return await anyio.to_thread.run_sync(lambda: _documents(request).add(
+        return await anyio.to_thread.run_sync(lambda: documents.add(
             repository_unique_id=settings.repository_unique_id,
             submitted_by=principal.token_id, **kwargs))
-    except Conflict as exc:
+    except Conflict as exc:  # rolled back
         await receiver.discard()
         raise HTTPException(409, str(exc)) from None
     except BaseException:
-        await receiver.discard()
+        # A failed COMMIT may still have committed: delete the object only when the row is
+        # certainly not there. An orphan object is harmless; a row without one is a loss.
+        with contextlib.suppress(Exception):
+            if not await anyio.to_thread.run_sync(documents.exists, kwargs["unique_id"]):
+                await receiver.discard()
         raise
 
 
@@ -163,9 +172,11 @@ async def replace_document(request: Request, uniqueId: UniqueId,
         raise HTTPException(404, f"no document {uniqueId}")
     ctx.patient_id = old.patient_id
     require_department(principal, old.practice_setting_code)
+    if principal.source is Source.PATIENT and old.source != Source.PATIENT.value:
+        raise HTTPException(403, "a patient portal's token may replace only documents "
+                                 "patients submitted")
     if old.availability_status != AvailabilityStatus.APPROVED:
-        raise HTTPException(409, f"only an Approved document can be replaced; {uniqueId} is "
-                                 f"{old.availability_status}")
+        raise HTTPException(409, "only an Approved document can be replaced")
     base = metadata_of(old)
 
     def merged(raw: bytes) -> DocumentMetadata:
@@ -254,7 +265,7 @@ def review_document(request: Request, uniqueId: UniqueId, body: ReviewRequest,
     row = _visible(request, principal, uniqueId)
     if row.source != Source.PATIENT.value:
         raise HTTPException(409, "only documents a patient submitted are reviewed")
-    if body.decision == "reject" and not body.reason:
+    if body.decision == "reject" and not (body.reason or "").strip():
         raise HTTPException(422, "a rejection needs a reason")
     try:
         row = _documents(request).review(uniqueId, approve=body.decision == "approve",

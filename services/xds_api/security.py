@@ -8,6 +8,7 @@ route cannot forget any of the three.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -15,8 +16,11 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vna.access import Action, Principal
+from vna.documents.entry import PATIENT_ID_PATTERN, UNIQUE_ID_PATTERN
 from vna.settings import Settings
 
+_PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
+_UNIQUE_ID = re.compile(UNIQUE_ID_PATTERN)
 _bearer = HTTPBearer(auto_error=False, description="an API token (`vna token create`)")
 
 
@@ -64,11 +68,13 @@ def authorize(action: Action) -> Depends:  # type: ignore[valid-type]
                    ) -> Principal:
         route = getattr(request.scope.get("route"), "path", request.url.path)
         params = request.path_params
-        ctx = AuditContext(action, route, resource=params.get("uniqueId"),
-                           patient_id=(params.get("patientId")
-                                       or request.query_params.get("patientId")))
-        if ctx.patient_id is not None:
-            ctx.patient_id = ctx.patient_id[:128]
+        patient = params.get("patientId") or request.query_params.get("patientId")
+        resource = params.get("uniqueId")
+        # Recorded before the route validates them: keep only what is well-formed.
+        ctx = AuditContext(
+            action, route,
+            patient_id=patient if patient and _PATIENT_ID.match(patient) else None,
+            resource=resource if resource and _UNIQUE_ID.match(resource) else None)
         request.state.audit = ctx
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise HTTPException(401, "a bearer token is required",

@@ -13,23 +13,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio.to_thread
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from services.xds_api.threads import in_own_thread
 from storage.index.documents import StoredObject
 from storage.objectstore import ObjectStore
 from vna.documents import mime
 from vna.documents.entry import check_filename
 
+log = logging.getLogger("vna.http")
 METADATA_LIMIT = 64 << 10  # a DocumentEntry's metadata is small; anything bigger is a mistake
-_writers = ThreadPoolExecutor(max_workers=64, thread_name_prefix="upload")
 
 
 class UploadError(Exception):
@@ -227,6 +230,9 @@ class UploadReceiver:
             await self._discard()
             raise UploadError(400, "the client disconnected before the upload was complete") \
                 from None
+        except MultipartParseError as exc:
+            await self._discard()
+            raise UploadError(400, f"the multipart body is malformed: {exc}") from None
         except UploadError:
             await self._discard()
             raise
@@ -346,7 +352,7 @@ class UploadReceiver:
             finally:
                 pipe.reader_done()
 
-        self._writer = loop.run_in_executor(_writers, write)
+        self._writer = in_own_thread(write, "upload-writer")
         self._pending[:0] = self._head
         self._head = []
 
@@ -378,8 +384,10 @@ class UploadReceiver:
             if self._writer.done() and not self._writer.exception():
                 self._stored = True
         if self._stored:
-            await asyncio.get_running_loop().run_in_executor(
-                _writers, self.store.delete, self.key)
+            try:
+                await anyio.to_thread.run_sync(self.store.delete, self.key)
+            except Exception:  # the original refusal is what the client must hear
+                log.exception("could not remove the object of a refused upload")
             self._stored = False
 
     async def discard(self) -> None:

@@ -54,12 +54,14 @@ class _WriterLock:
 
 
 def make_engine(url: str, *, fsync: bool = True, for_writes: bool = True) -> Engine:
+    """An engine whose errors never show bound values: those are patient IDs and names."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
             connect_args={"timeout": 60, "check_same_thread": False},
             pool_size=8,
             max_overflow=8,
+            hide_parameters=True,
         )
 
         @event.listens_for(engine, "connect")
@@ -81,8 +83,8 @@ def make_engine(url: str, *, fsync: bool = True, for_writes: bool = True) -> Eng
         # synchronous_commit is on by default in PostgreSQL; with fsync off we relax it.
         options = {} if fsync else {"options": "-c synchronous_commit=off"}
         return create_engine(url, pool_size=8, max_overflow=8, connect_args=options,
-                             pool_pre_ping=True)
-    return create_engine(url)
+                             pool_pre_ping=True, hide_parameters=True)
+    return create_engine(url, hide_parameters=True)
 
 
 class Index:

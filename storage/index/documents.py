@@ -141,24 +141,36 @@ class Documents:
             elif replaces is not None:
                 self._require_status(conn, replaces.unique_id, AvailabilityStatus.APPROVED)
             conn.execute(insert(Document).values(**values))
-        return self.get(unique_id)  # type: ignore[return-value]
+        # Built from what was written, not read back: once committed, nothing after this
+        # line may fail and make the caller think the entry does not exist.
+        return Document(**values)
+
+    def exists(self, unique_id: str) -> bool:
+        with self.index.read_session() as s:
+            return s.scalar(select(Document.id).where(Document.unique_id == unique_id)) \
+                is not None
 
     def review(self, unique_id: str, *, approve: bool, reason: str | None,
                reviewer: str) -> Document:
         """Approve or reject a Submitted entry; approving a replacement deprecates the old."""
         decision = AvailabilityStatus.APPROVED if approve else AvailabilityStatus.REJECTED
         with self.index.begin() as conn:
-            row = conn.execute(select(Document.replaces).where(
+            # The status condition is in the UPDATE itself: of two reviewers deciding at
+            # once, exactly one changes the row (PostgreSQL re-checks it after the lock).
+            done = conn.execute(update(Document).where(
                 Document.unique_id == unique_id,
-                Document.availability_status == AvailabilityStatus.SUBMITTED.value)).first()
-            if row is None:
-                raise Conflict("only a Submitted entry can be reviewed")
-            if approve and row.replaces:
-                self._deprecate(conn, row.replaces, unique_id)
-            conn.execute(update(Document).where(Document.unique_id == unique_id).values(
+                Document.availability_status == AvailabilityStatus.SUBMITTED.value,
+            ).values(
                 availability_status=decision.value,
                 review_decision="approve" if approve else "reject", review_reason=reason,
                 reviewed_by=reviewer, reviewed_at=datetime.now(UTC)))
+            if done.rowcount != 1:
+                raise Conflict("only a Submitted entry can be reviewed; it was reviewed "
+                               "already")
+            replaces = conn.execute(select(Document.replaces).where(
+                Document.unique_id == unique_id)).scalar()
+            if approve and replaces:
+                self._deprecate(conn, replaces, unique_id)
         return self.get(unique_id)  # type: ignore[return-value]
 
     @staticmethod

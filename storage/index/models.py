@@ -178,6 +178,9 @@ class ApiToken(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16))
     departments: Mapped[list[str]] = mapped_column(JSON)
+    # Whose documents an uploader stores: `patient` for a patient portal, whose uploads
+    # always wait for review, whatever their metadata says.
+    source: Mapped[str] = mapped_column(String(16), server_default="department")
     label: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str | None] = mapped_column(String(32))

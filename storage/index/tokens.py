@@ -14,7 +14,8 @@ from sqlalchemy import delete, insert, select, update
 
 from storage.index.db import Index
 from storage.index.models import ApiToken, AuditEvent
-from vna.access import Principal, Role
+from vna.access import Principal, Role, check_token_request
+from vna.documents.entry import Source
 
 BOOTSTRAP_TOKEN_ID = "admin"
 
@@ -32,13 +33,16 @@ class Tokens:
     def __init__(self, index: Index) -> None:
         self.index = index
 
-    def create(self, role: Role, departments: Iterable[str] = (), *, label: str | None = None,
+    def create(self, role: Role, departments: Iterable[str] = (), *,
+               source: Source = Source.DEPARTMENT, label: str | None = None,
                created_by: str | None = None) -> tuple[str, ApiToken]:
-        """A new token: the secret (shown once) and its stored row."""
+        """A new token: the secret (shown once) and its stored row. Raises `InvalidToken`."""
+        departments = sorted(set(departments))
+        check_token_request(role, departments, source)
         secret = new_token_secret()
         row = dict(id="t" + secrets.token_hex(6), token_sha256=hash_token(secret),
-                   role=role.value, departments=sorted(set(departments)), label=label,
-                   created_at=datetime.now(UTC), created_by=created_by)
+                   role=role.value, departments=departments, source=source.value,
+                   label=label, created_at=datetime.now(UTC), created_by=created_by)
         with self.index.begin() as conn:
             conn.execute(insert(ApiToken).values(**row))
         return secret, ApiToken(**row)
@@ -55,7 +59,8 @@ class Tokens:
             conn.execute(delete(ApiToken).where(ApiToken.id == BOOTSTRAP_TOKEN_ID))
             conn.execute(insert(ApiToken).values(
                 id=BOOTSTRAP_TOKEN_ID, token_sha256=digest, role=Role.ADMIN.value,
-                departments=[], label="bootstrap (VNA_ADMIN_TOKEN)",
+                departments=[], source=Source.DEPARTMENT.value,
+                label="bootstrap (VNA_ADMIN_TOKEN)",
                 created_at=datetime.now(UTC)))
 
     def authenticate(self, secret: str) -> Principal | None:
@@ -65,7 +70,8 @@ class Tokens:
                 ApiToken.revoked_at.is_(None))).first()
         if row is None:
             return None
-        return Principal(row.id, Role(row.role), frozenset(row.departments or ()))
+        return Principal(row.id, Role(row.role), frozenset(row.departments or ()),
+                         Source(row.source))
 
     def list(self) -> list[ApiToken]:
         with self.index.read_session() as s:

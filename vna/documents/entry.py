@@ -16,10 +16,12 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 # A patient ID as XDS carries it: an ID, optionally in CX form `ID^^^&1.2.3&ISO`. Letters,
-# digits and the few separators IDs use; no spaces, quotes, `%`, `*`, `?` or `;`, so an ID
-# can never be mistaken for a pattern or smuggle SQL even where it is logged or exported.
-PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.\-_+^&:/]{0,127}$"
+# digits and the few separators IDs use; no spaces, quotes, `%`, `*`, `?`, `;` or `/`, so an
+# ID can never be mistaken for a pattern, smuggle SQL or break a URL path.
+PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.\-_+^&:]{0,127}$"
 _PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
+# A document uniqueId: an OID (this archive makes `2.25.<uuid>`).
+UNIQUE_ID_PATTERN = r"^[0-9][0-9.]{0,63}$"
 # Codes: a code value from a code list (e.g. SNOMED CT `394582007`, or `dermatology`).
 CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.\-_:]{0,63}$"
 _CODE = re.compile(CODE_PATTERN)
@@ -40,8 +42,8 @@ class Source(StrEnum):
 
 def valid_patient_id(value: str) -> str:
     if not _PATIENT_ID.match(value):
-        raise ValueError("patientId may hold letters, digits and . - _ + ^ & : / only "
-                         "(no spaces, wildcards or quotes), at most 128 characters")
+        raise ValueError("patientId may hold letters, digits and . - _ + ^ & : only "
+                         "(no spaces, wildcards, quotes or slashes), at most 128 characters")
     return value
 
 

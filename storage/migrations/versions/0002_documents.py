@@ -21,6 +21,7 @@ def upgrade() -> None:
     sa.Column('token_sha256', sa.String(length=64), nullable=False),
     sa.Column('role', sa.String(length=16), nullable=False),
     sa.Column('departments', sa.JSON(), nullable=False),
+    sa.Column('source', sa.String(length=16), server_default='department', nullable=False),
     sa.Column('label', sa.String(length=128), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('created_by', sa.String(length=32), nullable=True),
