@@ -4,7 +4,8 @@ Order of work, so that nothing acknowledged can be lost:
 1. parse the header (identifying UIDs must be present and valid), hash and size the file;
 2. an already archived instance with the same dataset bytes is a duplicate: nothing is written;
 3. write the object (atomic; fsynced when VNA_FSYNC=true);
-4. write the index rows in one transaction and commit (fsynced by the database);
+4. write the index rows and the outbox event (work for the workers) in one transaction
+   and commit (fsynced by the database);
 5. only then report success. A failure after 3 removes the object again.
 """
 
@@ -38,6 +39,7 @@ from storage.index.db import Index
 from storage.index.models import Instance, Patient, Series, Study
 from storage.keys import dicom_object_key
 from storage.objectstore import ObjectStore, make_object_store
+from storage.outbox import INSTANCE_STORED, add_events
 from vna.dicom.attributes import (
     InstanceHeader,
     InvalidInstance,
@@ -261,6 +263,8 @@ class Archive:
             with self.index.begin() as conn:
                 for p in batch:
                     write_index_rows(conn, p, source_aet, now, self._parents, created)
+                add_events(conn, INSTANCE_STORED, (p.header.sop_instance_uid for p in batch),
+                           now)
         except IntegrityError:
             self._parents.clear()  # a cached parent may have been deleted meanwhile
             if retry:

@@ -118,6 +118,8 @@ def api() -> None:
 @app.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 1,
+    beat: Annotated[bool, typer.Option(
+        help="also run the scheduler in this worker (one machine; `vna up` does)")] = False,
 ) -> None:
     """Run a Celery worker on VNA_BROKER_URL (serverless filesystem transport by default)."""
     settings = get_settings()
@@ -125,9 +127,11 @@ def worker(
     from services.worker.app import make_celery
 
     celery = make_celery(settings)
-    celery.worker_main(["worker", "--loglevel", settings.log_level.upper(),
-                        "--concurrency", str(concurrency), "--without-gossip",
-                        "--without-mingle", "--pool", "prefork"])
+    argv = ["worker", "--loglevel", settings.log_level.upper(), "--concurrency",
+            str(concurrency), "--without-gossip", "--without-mingle", "--pool", "prefork"]
+    if beat:
+        argv += ["--beat", "--schedule", str(settings.data_dir / "celerybeat-schedule")]
+    celery.worker_main(argv)
 
 
 @app.command()
@@ -223,8 +227,8 @@ def up() -> None:
     token, created = ensure_admin_token(settings)
     cmd = [sys.executable, "-m", "vna.cli"]
     children = {
-        name: subprocess.Popen([*cmd, name], start_new_session=True)
-        for name in ("scp", "api", "worker")
+        name: subprocess.Popen([*cmd, *args], start_new_session=True)
+        for name, args in (("scp", ["scp"]), ("api", ["api"]), ("worker", ["worker", "--beat"]))
     }
     ok_dicom = _wait_port(settings.dicom_host, settings.dicom_port, 60)
     ok_http = _wait_port(settings.http_host, settings.http_port, 60)

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     s3_bucket: str = "vna"
     s3_secure: bool = False
     broker_url: str | None = None
+    outbox_poll_seconds: float = Field(default=5.0, gt=0,
+                                       description="how often workers look at the outbox")
 
     dicom_aet: str = "VNA"
     dicom_host: str = "0.0.0.0"

@@ -1,11 +1,34 @@
-"""Worker tasks. Indexing, statistics, retention and fixity arrive with the outbox."""
+"""Worker tasks: thin wrappers around `storage.derive`, the outbox's consumer."""
 
 from __future__ import annotations
 
+from functools import cache
+
 from celery import shared_task
+
+from storage.derive import Deriver
+from storage.index.db import Index
+from storage.objectstore import make_object_store
+from vna.settings import get_settings
 
 
 @shared_task(name="vna.ping", ignore_result=False)
 def ping() -> str:
     """A liveness probe: the tests send it through the broker to a real worker process."""
     return "pong"
+
+
+@cache
+def _deriver() -> Deriver:
+    settings = get_settings()
+    return Deriver(Index(settings.resolved_database_url, fsync=settings.fsync),
+                   make_object_store(settings))
+
+
+@shared_task(name="vna.outbox.drain", ignore_result=True, acks_late=True,
+             autoretry_for=(Exception,), retry_backoff=True, retry_backoff_max=60,
+             max_retries=None)
+def drain_outbox() -> int:
+    """Process what the outbox holds (idempotent: results are upserts keyed by subject).
+    Beat sends this every few seconds; a lost or doubled message changes nothing."""
+    return _deriver().drain()

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from storage.index.db import Index
 from storage.index.models import Document, Series, Study
 from storage.index.query import FindQuery, find
+from storage.outbox import DOCUMENT_STORED, add_events
 from vna.dicom.attributes import Level
 from vna.dicom.matching import Single
 from vna.documents.entry import (
@@ -141,6 +142,7 @@ class Documents:
             elif replaces is not None:
                 self._require_status(conn, replaces.unique_id, AvailabilityStatus.APPROVED)
             conn.execute(insert(Document).values(**values))
+            add_events(conn, DOCUMENT_STORED, [unique_id], now)
         # Built from what was written, not read back: once committed, nothing after this
         # line may fail and make the caller think the entry does not exist.
         return Document(**values)

@@ -1,5 +1,6 @@
 """The index: Patient / Study / Series / SOP Instance, as C-FIND matches and returns them;
-DocumentEntry for everything that is not DICOM; API tokens and the audit trail.
+DocumentEntry for everything that is not DICOM; API tokens and the audit trail; the
+outbox of work for the workers and what they derive (DICOM header JSON, media facts).
 
 Strings are stored as DICOM gives them after decoding (trailing padding stripped);
 dates as `YYYYMMDD`, times normalised to `HHMMSS.ffffff` so that range matching is a
@@ -15,6 +16,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -205,3 +207,46 @@ class AuditEvent(Base):
     status: Mapped[int] = mapped_column(SmallInteger)
     outcome: Mapped[str] = mapped_column(String(16))
     client: Mapped[str | None] = mapped_column(String(64))
+
+
+class OutboxEvent(Base):
+    """Work for the workers, written in the same transaction as what it is about, so that
+    nothing acknowledged can miss its follow-up work (broker down, worker down, kill -9).
+    Workers mark an event processed in the transaction that writes its results."""
+
+    __tablename__ = "outbox_event"
+    __table_args__ = (Index("ix_outbox_event_pending", "processed_at", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(32))  # instance.stored, document.stored
+    subject: Mapped[str] = mapped_column(String(64))  # SOP Instance UID, document uniqueId
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class InstanceMetadata(Base):
+    """The whole DICOM header of an instance as DICOM JSON (PS3.18 F.2), bulk data left out:
+    what DICOMweb's /metadata answers, without reading the object again."""
+
+    __tablename__ = "instance_metadata"
+
+    sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    header: Mapped[dict[str, object]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DocumentMedia(Base):
+    """Facts read from a document's bytes: duration of audio and video, pages of a PDF,
+    pixel size of images and video."""
+
+    __tablename__ = "document_media"
+
+    unique_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    duration_seconds: Mapped[float | None] = mapped_column(Float)
+    pages: Mapped[int | None] = mapped_column(Integer)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,101 @@
+"""What the workers derive from stored objects, event by event from the outbox.
+
+`instance.stored` -> the instance's DICOM JSON header (`instance_metadata`);
+`document.stored` -> media facts (`document_media`). Each result is written together with
+its event's `processed_at`, keyed by its subject (an upsert), so an event done twice, by
+two workers or after a crash between work and commit, leaves one result.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+
+from storage.index.db import Index
+from storage.index.models import Document, DocumentMedia, Instance, InstanceMetadata
+from storage.objectstore import ObjectStore
+from storage.outbox import (
+    DOCUMENT_STORED,
+    INSTANCE_STORED,
+    Event,
+    mark_failed,
+    mark_processed,
+    pending,
+)
+from vna.dicom.metadata import header_json
+from vna.documents.media import read_facts
+
+log = logging.getLogger("vna.worker")
+
+
+def _upsert(conn: Connection, model: Any, key: str, values: dict[str, Any]) -> None:
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(model).values(**values)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[key], set_={k: stmt.excluded[k] for k in values if k != key}))
+
+
+class Deriver:
+    def __init__(self, index: Index, store: ObjectStore) -> None:
+        self.index = index
+        self.store = store
+
+    def drain(self, *, batch: int = 200, max_events: int = 10_000) -> int:
+        """Process pending events until none are left (or `max_events`); how many."""
+        done = 0
+        while done < max_events:
+            events = pending(self.index, batch)
+            if not events:
+                break
+            done += self.process(events)
+            if len(events) < batch:
+                break
+        return done
+
+    def process(self, events: list[Event]) -> int:
+        results: list[tuple[Event, Any, str, dict[str, Any] | None]] = []
+        for event in events:
+            try:
+                results.append(self._derive(event))
+            except Exception as exc:
+                log.warning("outbox event %d (%s %s) failed: %s", event.id, event.kind,
+                            event.subject, type(exc).__name__)
+                mark_failed(self.index, event, f"{type(exc).__name__}: {exc}")
+        with self.index.begin() as conn:
+            for _event, model, key, values in results:
+                if values is not None:
+                    _upsert(conn, model, key, values)
+            mark_processed(conn, (r[0].id for r in results))
+        return len(results)
+
+    def _derive(self, event: Event) -> tuple[Event, Any, str, dict[str, Any] | None]:
+        now = datetime.now(UTC)
+        if event.kind == INSTANCE_STORED:
+            with self.index.read_session() as s:
+                key = s.scalar(select(Instance.storage_key).where(
+                    Instance.sop_instance_uid == event.subject))
+            if key is None:  # deleted since (retention): nothing to derive
+                return event, InstanceMetadata, "sop_instance_uid", None
+            with self.store.local_copy(key) as path:
+                header = header_json(path)
+            return event, InstanceMetadata, "sop_instance_uid", {
+                "sop_instance_uid": event.subject, "header": header, "created_at": now}
+        if event.kind == DOCUMENT_STORED:
+            with self.index.read_session() as s:
+                row = s.execute(select(Document.storage_key, Document.mime_type).where(
+                    Document.unique_id == event.subject)).first()
+            if row is None:
+                return event, DocumentMedia, "unique_id", None
+            with self.store.local_copy(row.storage_key) as path, open(path, "rb") as f:
+                facts = read_facts(f, row.mime_type)
+            return event, DocumentMedia, "unique_id", {
+                "unique_id": event.subject, "duration_seconds": facts.duration_seconds,
+                "pages": facts.pages, "width": facts.width, "height": facts.height,
+                "created_at": now}
+        raise ValueError(f"unknown outbox event kind {event.kind!r}")
