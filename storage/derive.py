@@ -1,9 +1,11 @@
 """What the workers derive from stored objects, event by event from the outbox.
 
 `instance.stored` -> the instance's DICOM JSON header (`instance_metadata`);
-`document.stored` -> media facts (`document_media`). Each result is written together with
-its event's `processed_at`, keyed by its subject (an upsert), so an event done twice, by
-two workers or after a crash between work and commit, leaves one result.
+`document.stored` -> media facts (`document_media`); both -> the statistics rollup
+(`stats_hourly`). Each result is written together with its event's `processed_at`: results
+keyed by their subject are upserts, and rollup counts are added only for the events this
+transaction itself marked, so an event done twice (two workers, a redelivery, a crash
+between work and commit) leaves one result and is counted once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from sqlalchemy.engine import Connection
 
 from storage.index.db import Index
 from storage.index.models import Document, DocumentMedia, Instance, InstanceMetadata
+from storage.index.stats import (
+    RollupKey,
+    add_to_rollup,
+    document_dimensions,
+    instance_dimensions,
+)
 from storage.objectstore import ObjectStore
 from storage.outbox import (
     DOCUMENT_STORED,
@@ -67,12 +75,28 @@ class Deriver:
                 log.warning("outbox event %d (%s %s) failed: %s", event.id, event.kind,
                             event.subject, type(exc).__name__)
                 mark_failed(self.index, event, f"{type(exc).__name__}: {exc}")
+        counts = self._rollup_keys([r[0] for r in results])
         with self.index.begin() as conn:
             for _event, model, key, values in results:
                 if values is not None:
                     _upsert(conn, model, key, values)
-            mark_processed(conn, (r[0].id for r in results))
+            marked = mark_processed(conn, (r[0].id for r in results))
+            add_to_rollup(conn, [counts[i] for i in marked if i in counts])
         return len(results)
+
+    def _rollup_keys(self, events: list[Event]) -> dict[int, RollupKey]:
+        """Each event's hour and dimensions, read from the index rows it is about."""
+        by_subject = {e.subject: e.id for e in events if e.kind == INSTANCE_STORED}
+        docs = {e.subject: e.id for e in events if e.kind == DOCUMENT_STORED}
+        out: dict[int, RollupKey] = {}
+        with self.index.read_session() as s:
+            if by_subject:
+                for row in s.execute(instance_dimensions(list(by_subject))):
+                    out[by_subject[row.sop_instance_uid]] = RollupKey.of_instance(row)
+            if docs:
+                for row in s.execute(document_dimensions(list(docs))):
+                    out[docs[row.unique_id]] = RollupKey.of_document(row)
+        return out
 
     def _derive(self, event: Event) -> tuple[Event, Any, str, dict[str, Any] | None]:
         now = datetime.now(UTC)

@@ -50,12 +50,16 @@ def pending(index: Index, limit: int = 200) -> list[Event]:
     return [Event(*r) for r in rows]
 
 
-def mark_processed(conn: Connection, ids: Iterable[int]) -> None:
+def mark_processed(conn: Connection, ids: Iterable[int]) -> set[int]:
+    """Mark events processed; the ids this transaction marked (not another worker before
+    it): only their effects may be counted."""
     ids = list(ids)
-    if ids:
-        conn.execute(update(OutboxEvent).where(OutboxEvent.id.in_(ids),
-                                               OutboxEvent.processed_at.is_(None))
-                     .values(processed_at=datetime.now(UTC)))
+    if not ids:
+        return set()
+    rows = conn.execute(update(OutboxEvent).where(OutboxEvent.id.in_(ids),
+                                                  OutboxEvent.processed_at.is_(None))
+                        .values(processed_at=datetime.now(UTC)).returning(OutboxEvent.id))
+    return {int(r[0]) for r in rows}
 
 
 def mark_failed(index: Index, event: Event, error: str) -> None:

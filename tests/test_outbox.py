@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,8 +94,12 @@ def test_deriver_is_idempotent(archive: Archive, tmp_path: Path) -> None:
     video = store_document(archive, make_mp4(), "video/mp4")
     deriver = Deriver(archive.index, archive.store)
     events = pending(archive.index)
-    assert deriver.process(events) == 3
-    assert deriver.process(events) == 3  # again, as a second worker or a redelivery would
+    with ThreadPoolExecutor(2) as pool:  # two workers at once on the same events
+        assert list(pool.map(lambda _: deriver.process(events), range(2))) == [3, 3]
+    assert deriver.process(events) == 3  # again, as a redelivery would
+    with archive.index.read_session() as s:
+        counted = s.execute(sa.text("SELECT sum(count) FROM stats_hourly")).scalar_one()
+    assert counted == 3  # each instance and document counted once
     assert count(archive, "instance_metadata") == 2
     assert count(archive, "document_media") == 1
     assert pending(archive.index) == [] and lag(archive.index) == (0, 0.0)

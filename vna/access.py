@@ -34,6 +34,7 @@ class Action(StrEnum):
     TOKEN_LIST = "token.list"
     TOKEN_REVOKE = "token.revoke"
     AUDIT_LIST = "audit.list"
+    STATS_READ = "stats.read"  # no patient data: counts and sizes
 
 
 _READERS = frozenset({Role.ADMIN, Role.VIEWER, Role.REVIEWER})
@@ -50,6 +51,7 @@ ALLOWED_ROLES: dict[Action, frozenset[Role]] = {
     Action.TOKEN_LIST: frozenset({Role.ADMIN}),
     Action.TOKEN_REVOKE: frozenset({Role.ADMIN}),
     Action.AUDIT_LIST: frozenset({Role.ADMIN}),
+    Action.STATS_READ: frozenset({Role.ADMIN}),
 }
 
 # Which availability statuses each role may see at all. Rejected uploads are kept for the

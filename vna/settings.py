@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     s3_bucket: str = "vna"
     s3_secure: bool = False
     broker_url: str | None = None
+    timezone: str = Field(default="Europe/Stockholm",
+                          description="the region's time zone: statistics days and hours")
     outbox_poll_seconds: float = Field(default=5.0, gt=0,
                                        description="how often workers look at the outbox")
 

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 import vna
-from services.xds_api import admin, documents
+from services.xds_api import admin, documents, stats
 from services.xds_api.audit import AuditMiddleware
 from services.xds_api.security import ensure_admin_token
 from storage.index.db import Index
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.tokens.install_bootstrap(ensure_admin_token(settings)[0])
     app.include_router(documents.router)
     app.include_router(admin.router)
+    app.include_router(stats.router)
     app.add_middleware(AuditMiddleware, trail=app.state.audit)
 
     @app.exception_handler(ObjectNotFound)

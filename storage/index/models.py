@@ -250,3 +250,32 @@ class DocumentMedia(Base):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+STATS_DIMENSIONS = ("modality", "department", "referrer", "source_ae", "station", "body_part",
+                    "document_class")
+
+
+class StatsHourly(Base):
+    """The statistics rollup: what arrived per UTC hour, by every dimension a controller
+    filters on ('' where unknown). Workers add to it as they drain the outbox, in the
+    transaction that marks the events processed, so every instance and document is counted
+    exactly once."""
+
+    __tablename__ = "stats_hourly"
+    __table_args__ = (UniqueConstraint("hour", "kind", *STATS_DIMENSIONS,
+                                       name="uq_stats_hourly_key"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # instance | document
+    modality: Mapped[str] = mapped_column(String(16))
+    department: Mapped[str] = mapped_column(String(64))
+    referrer: Mapped[str] = mapped_column(String(324))
+    source_ae: Mapped[str] = mapped_column(String(16))
+    station: Mapped[str] = mapped_column(String(16))
+    body_part: Mapped[str] = mapped_column(String(16))
+    document_class: Mapped[str] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)

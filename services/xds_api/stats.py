@@ -1,0 +1,119 @@
+"""Routes of the statistics API (SPEC "Statistics"): summary, volumes, workload.
+
+Read from the hourly rollup the workers keep (`storage/index/stats.py`); definitions,
+periods and bucketing in `vna/stats.py`. For admins: these are the controllers' numbers.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from services.xds_api.security import authorize
+from storage.index import stats as queries
+from storage.outbox import lag
+from vna.access import Action, Principal
+from vna.stats import (
+    Dimension,
+    Filters,
+    Interval,
+    InvalidStatsQuery,
+    Period,
+    volume_series,
+    workload_matrix,
+)
+
+router = APIRouter(prefix="/api/v1/stats", tags=["statistics"])
+
+From = Annotated[date | None, Query(alias="from", description="first day (local), inclusive")]
+To = Annotated[date | None, Query(alias="to", description="last day (local), inclusive")]
+Include = Annotated[list[str], Query(description="dimension:value, repeatable")]
+Kind = Annotated[Literal["instance", "document"] | None,
+                 Query(description="instances or documents only")]
+
+
+def _query(request: Request, first: date | None, last: date | None, include: list[str],
+           exclude: list[str]) -> tuple[Period, Filters, ZoneInfo]:
+    tz = ZoneInfo(request.app.state.settings.timezone)
+    try:
+        return Period.of(first, last, tz), Filters.parse(include, exclude), tz
+    except InvalidStatsQuery as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def _freshness(request: Request) -> dict[str, Any]:
+    pending, age = lag(request.app.state.index)
+    return {"pendingEvents": pending, "lagSeconds": round(age, 1)}
+
+
+@router.get("/summary")
+def summary(request: Request, _: Principal = authorize(Action.STATS_READ),
+            first: From = None, last: To = None,
+            include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
+    """Patients, studies, series, instances, documents and bytes in the period, and the
+    same by modality and by department."""
+    period, filters, _tz = _query(request, first, last, include, exclude)
+    with request.app.state.index.read_session() as s:
+        patients, studies, series = queries.study_counts(s, period)
+        totals = queries.totals_by(s, period, filters, None)
+        by_modality = queries.totals_by(s, period, filters, Dimension.MODALITY)
+        by_department = queries.totals_by(s, period, filters, Dimension.DEPARTMENT)
+    instances, instance_bytes = totals.get(("instance", ""), (0, 0))
+    documents, document_bytes = totals.get(("document", ""), (0, 0))
+    return {
+        "from": period.start.date(),
+        "to": date.fromordinal(period.end.date().toordinal() - 1),
+        "patients": patients, "studies": studies, "series": series,
+        "instances": instances, "documents": documents,
+        "bytes": instance_bytes + document_bytes,
+        "byModality": {k: {"instances": c, "bytes": b}
+                       for (kind, k), (c, b) in sorted(by_modality.items())
+                       if kind == "instance"},
+        "byDepartment": _by_department(by_department),
+        "freshness": _freshness(request),
+    }
+
+
+def _by_department(rows: dict[tuple[str, str], tuple[int, int]]) -> dict[str, Any]:
+    out: dict[str, dict[str, int]] = {}
+    for (kind, dept), (count, size) in sorted(rows.items()):
+        d = out.setdefault(dept, {"instances": 0, "documents": 0, "bytes": 0})
+        d["instances" if kind == "instance" else "documents"] += count
+        d["bytes"] += size
+    return out
+
+
+@router.get("/volumes")
+def volumes(request: Request, _: Principal = authorize(Action.STATS_READ),
+            first: From = None, last: To = None, interval: Interval = Interval.DAY,
+            dimension: Dimension = Dimension.MODALITY, kind: Kind = None,
+            include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
+    """Counts and bytes per interval (local time) for each value of a dimension."""
+    period, filters, tz = _query(request, first, last, include, exclude)
+    with request.app.state.index.read_session() as s:
+        rows = queries.volume_rows(s, period, filters, dimension, kind)
+    series = volume_series(rows, interval, tz)
+    return {
+        "interval": interval, "dimension": dimension, "timezone": str(tz),
+        "series": [{"key": key, "total": sum(p.count for p in points.values()),
+                    "points": [{"start": t.isoformat(), "count": p.count, "bytes": p.bytes}
+                               for t, p in sorted(points.items())]}
+                   for key, points in sorted(series.items())],
+        "freshness": _freshness(request),
+    }
+
+
+@router.get("/workload")
+def workload(request: Request, _: Principal = authorize(Action.STATS_READ),
+             first: From = None, last: To = None, kind: Kind = None,
+             include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
+    """Weekday x hour of day (local time): when the archive receives the most."""
+    period, filters, tz = _query(request, first, last, include, exclude)
+    with request.app.state.index.read_session() as s:
+        rows = queries.workload_rows(s, period, filters, kind)
+    return {"timezone": str(tz),
+            "weekdays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
+            "matrix": workload_matrix(rows, tz), "freshness": _freshness(request)}

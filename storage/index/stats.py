@@ -1,0 +1,158 @@
+"""The one place statistics queries are built: the hourly rollup (`stats_hourly`) that the
+workers add to, and what the stats API reads from it and from the index."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, not_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from storage.index.models import (
+    STATS_DIMENSIONS,
+    Document,
+    Instance,
+    Series,
+    StatsHourly,
+    Study,
+)
+from vna.stats import Dimension, Filters, Period
+
+
+@dataclass(frozen=True)
+class RollupKey:
+    """One counted thing: its hour (UTC), kind, dimensions ('' = unknown) and size."""
+
+    hour: datetime
+    kind: str
+    modality: str
+    department: str
+    referrer: str
+    source_ae: str
+    station: str
+    body_part: str
+    document_class: str
+    size: int
+
+    @staticmethod
+    def _hour(t: datetime) -> datetime:
+        t = t if t.tzinfo else t.replace(tzinfo=UTC)
+        return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+    @classmethod
+    def of_instance(cls, row: Any) -> RollupKey:
+        return cls(cls._hour(row.received_at), "instance", row.modality or "",
+                   row.institutional_department_name or "",
+                   row.referring_physician_name or "", row.source_aet or "",
+                   row.station_name or "", row.body_part_examined or "", "", int(row.size))
+
+    @classmethod
+    def of_document(cls, row: Any) -> RollupKey:
+        return cls(cls._hour(row.submission_time), "document", "", row.practice_setting_code,
+                   "", "", "", "", row.class_code, int(row.size))
+
+
+def instance_dimensions(sop_instance_uids: list[str]) -> Any:
+    return (select(Instance.sop_instance_uid, Instance.received_at, Instance.size,
+                   Instance.source_aet, Series.modality, Series.institutional_department_name,
+                   Series.station_name, Series.body_part_examined,
+                   Study.referring_physician_name)
+            .join(Series, Instance.series_fk == Series.id)
+            .join(Study, Series.study_fk == Study.id)
+            .where(Instance.sop_instance_uid.in_(sop_instance_uids)))
+
+
+def document_dimensions(unique_ids: list[str]) -> Any:
+    return select(Document.unique_id, Document.submission_time, Document.size,
+                  Document.practice_setting_code, Document.class_code).where(
+        Document.unique_id.in_(unique_ids))
+
+
+_KEY_COLUMNS = ("hour", "kind", *STATS_DIMENSIONS)
+
+
+def add_to_rollup(conn: Connection, keys: Iterable[RollupKey]) -> None:
+    """Add counts and bytes to the rollup, in the caller's transaction."""
+    totals: Counter[tuple[Any, ...]] = Counter()
+    sizes: Counter[tuple[Any, ...]] = Counter()
+    for k in keys:
+        key = tuple(getattr(k, f.name) for f in fields(k) if f.name != "size")
+        totals[key] += 1
+        sizes[key] += k.size
+    if not totals:
+        return
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    for key, count in totals.items():
+        values = dict(zip(_KEY_COLUMNS, key, strict=True))
+        stmt = insert(StatsHourly).values(**values, count=count, bytes=sizes[key])
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=list(_KEY_COLUMNS),
+            set_={"count": StatsHourly.count + stmt.excluded.count,
+                  "bytes": StatsHourly.bytes + stmt.excluded.bytes}))
+
+
+def _filtered(stmt: Any, period: Period, filters: Filters, kind: str | None) -> Any:
+    stmt = stmt.where(StatsHourly.hour >= period.start.astimezone(UTC),
+                      StatsHourly.hour < period.end.astimezone(UTC))
+    if kind:
+        stmt = stmt.where(StatsHourly.kind == kind)
+    for dim, values in filters.include.items():
+        stmt = stmt.where(getattr(StatsHourly, dim.value).in_(sorted(values)))
+    for dim, values in filters.exclude.items():
+        stmt = stmt.where(not_(getattr(StatsHourly, dim.value).in_(sorted(values))))
+    return stmt
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def volume_rows(session: Session, period: Period, filters: Filters, dimension: Dimension,
+                kind: str | None) -> list[tuple[datetime, str, int, int]]:
+    """(hour, dimension value, count, bytes) in the period."""
+    col = getattr(StatsHourly, dimension.value)
+    stmt = _filtered(select(StatsHourly.hour, col, func.sum(StatsHourly.count),
+                            func.sum(StatsHourly.bytes)), period, filters, kind)
+    stmt = stmt.group_by(StatsHourly.hour, col).order_by(StatsHourly.hour)
+    return [(_aware(h), k, int(c), int(b)) for h, k, c, b in session.execute(stmt)]
+
+
+def workload_rows(session: Session, period: Period, filters: Filters,
+                  kind: str | None) -> list[tuple[datetime, int]]:
+    stmt = _filtered(select(StatsHourly.hour, func.sum(StatsHourly.count)), period, filters,
+                     kind).group_by(StatsHourly.hour)
+    return [(_aware(h), int(c)) for h, c in session.execute(stmt)]
+
+
+def totals_by(session: Session, period: Period, filters: Filters,
+              dimension: Dimension | None) -> dict[tuple[str, str], tuple[int, int]]:
+    """(kind, dimension value) -> (count, bytes); the value is '' without a dimension."""
+    col = getattr(StatsHourly, dimension.value) if dimension else None
+    cols: list[Any] = [StatsHourly.kind] + ([col] if col is not None else [])
+    stmt = _filtered(select(*cols, func.sum(StatsHourly.count), func.sum(StatsHourly.bytes)),
+                     period, filters, None).group_by(*cols)
+    out = {}
+    for row in session.execute(stmt):
+        kind, value = row[0], (row[1] if col is not None else "")
+        out[(kind, value)] = (int(row[-2]), int(row[-1]))
+    return out
+
+
+def study_counts(session: Session, period: Period) -> tuple[int, int, int]:
+    """(patients, studies, series) whose studies first arrived in the period."""
+    in_period = and_(Study.created_at >= period.start.astimezone(UTC),
+                     Study.created_at < period.end.astimezone(UTC))
+    studies, patients = session.execute(
+        select(func.count(Study.id), func.count(func.distinct(Study.patient_fk)))
+        .where(in_period)).one()
+    series = session.scalar(select(func.count(Series.id)).join(
+        Study, Series.study_fk == Study.id).where(in_period)) or 0
+    return int(patients), int(studies), int(series)
+

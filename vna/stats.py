@@ -1,0 +1,130 @@
+"""Statistics definitions: dimensions, intervals, filters and how hourly rollups become the
+series and matrices a controller reads. Pure: the queries live in `storage/index/stats.py`.
+
+Volumes are counted when the archive received the data (instances: received time;
+documents: submission time), in hourly buckets kept in UTC and shown in the region's time
+zone (VNA_TIMEZONE), so that "Monday 8-9" means the department's Monday morning.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+
+class Dimension(StrEnum):
+    """What volumes can be broken down and filtered by (the rollup's key columns)."""
+
+    MODALITY = "modality"  # Series Modality
+    DEPARTMENT = "department"  # InstitutionalDepartmentName; a document's practiceSettingCode
+    REFERRER = "referrer"  # ReferringPhysicianName
+    SOURCE_AE = "source_ae"  # the calling AE title that sent it
+    STATION = "station"  # StationName
+    BODY_PART = "body_part"  # BodyPartExamined
+    DOCUMENT_CLASS = "document_class"  # a document's classCode
+
+
+class Interval(StrEnum):
+    HOUR = "hour"
+    DAY = "day"
+    WEEK = "week"  # ISO weeks, starting on Monday
+    MONTH = "month"
+
+
+class InvalidStatsQuery(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Filters:
+    """`include=dimension:value` (any of the values of one dimension) and
+    `exclude=dimension:value`; an empty value means "unknown"."""
+
+    include: dict[Dimension, frozenset[str]] = field(default_factory=dict)
+    exclude: dict[Dimension, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, include: Iterable[str], exclude: Iterable[str]) -> Filters:
+        return cls(_parse(include, "include"), _parse(exclude, "exclude"))
+
+
+def _parse(items: Iterable[str], what: str) -> dict[Dimension, frozenset[str]]:
+    out: dict[Dimension, set[str]] = defaultdict(set)
+    for item in items:
+        dim, sep, value = item.partition(":")
+        try:
+            out[Dimension(dim)].add(value.strip())
+        except ValueError:
+            raise InvalidStatsQuery(
+                f"{what}={item!r}: use dimension:value with dimension one of "
+                f"{', '.join(d.value for d in Dimension)}") from None
+        if not sep:
+            raise InvalidStatsQuery(f"{what}={item!r}: use dimension:value")
+    return {d: frozenset(v) for d, v in out.items()}
+
+
+@dataclass(frozen=True)
+class Period:
+    """[start, end) in UTC, from `from`/`to` dates in the region's time zone (both
+    inclusive days, as a controller means them)."""
+
+    start: datetime
+    end: datetime
+    tz: ZoneInfo
+
+    @classmethod
+    def of(cls, first: date | None, last: date | None, tz: ZoneInfo,
+           today: date | None = None) -> Period:
+        today = today or datetime.now(tz).date()
+        last = last or today
+        first = first or (last - timedelta(days=29))
+        if first > last:
+            raise InvalidStatsQuery("from is after to")
+        if (last - first).days > 3660:
+            raise InvalidStatsQuery("a period of at most ten years")
+        start = datetime(first.year, first.month, first.day, tzinfo=tz)
+        end = datetime(last.year, last.month, last.day, tzinfo=tz) + timedelta(days=1)
+        return cls(start, end, tz)
+
+
+def bucket(hour_utc: datetime, interval: Interval, tz: ZoneInfo) -> datetime:
+    """The start (local time) of the interval an hourly bucket belongs to."""
+    local = hour_utc.astimezone(tz)
+    if interval is Interval.HOUR:
+        return local.replace(minute=0, second=0, microsecond=0)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if interval is Interval.DAY:
+        return day
+    if interval is Interval.WEEK:
+        return (day - timedelta(days=day.weekday())).replace(tzinfo=tz)
+    return day.replace(day=1)
+
+
+@dataclass
+class Point:
+    count: int = 0
+    bytes: int = 0
+
+
+def volume_series(rows: Iterable[tuple[datetime, str, int, int]], interval: Interval,
+                  tz: ZoneInfo) -> dict[str, dict[datetime, Point]]:
+    """(hour, key, count, bytes) rows -> per key, per interval start: totals."""
+    out: dict[str, dict[datetime, Point]] = defaultdict(lambda: defaultdict(Point))
+    for hour, key, count, size in rows:
+        p = out[key][bucket(hour, interval, tz)]
+        p.count += count
+        p.bytes += size
+    return out
+
+
+def workload_matrix(rows: Iterable[tuple[datetime, int]], tz: ZoneInfo) -> list[list[int]]:
+    """(hour, count) rows -> 7 x 24 counts: [weekday Monday=0][hour of day], local time."""
+    matrix = [[0] * 24 for _ in range(7)]
+    for hour, count in rows:
+        local = hour.astimezone(tz)
+        matrix[local.weekday()][local.hour] += count
+    return matrix
