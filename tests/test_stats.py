@@ -166,3 +166,42 @@ def test_summary(planted: tuple[RunningAPI, list[dict[str, object]], Archive]) -
     assert body["freshness"]["pendingEvents"] == 0  # type: ignore[index]
     viewer = api.client(api.token("viewer"))
     assert viewer.get("/api/v1/stats/summary").status_code == 403
+
+
+def test_throughput(planted: tuple[RunningAPI, list[dict[str, object]], Archive]) -> None:
+    api, data, _ = planted
+    body = stats(api, "throughput")
+    hours = Counter(p["at"].replace(minute=0, second=0, microsecond=0)  # type: ignore[attr-defined]
+                    for p in data)
+    assert body["activeHours"] == len(hours)
+    assert body["instancesPerSecond"] == round(len(data) / (3600 * len(hours)), 4)
+    peak_hour, peak = hours.most_common(1)[0]
+    assert body["peak"]["instancesPerSecond"] == round(peak / 3600, 4)  # type: ignore[index]
+    per_ae = Counter(p["aet"] for p in data)
+    for ae, n in per_ae.items():
+        ae_hours = {p["at"].replace(minute=0, second=0, microsecond=0)  # type: ignore[attr-defined]
+                    for p in data if p["aet"] == ae}
+        got = body["bySourceAe"][ae]["instancesPerSecond"]  # type: ignore[index]
+        assert got == round(n / (3600 * len(ae_hours)), 4)
+    assert body["outbox"]["pendingEvents"] == 0  # type: ignore[index]
+
+
+def test_storage_growth_and_forecast(planted: tuple[RunningAPI, list[dict[str, object]],
+                                                    Archive]) -> None:
+    api, data, _ = planted
+    body = stats(api, "storage", interval="day", dimension="modality", kind="instance")
+    by_day: Counter[str] = Counter()
+    for p in data:
+        by_day[p["at"].astimezone(TZ).date().isoformat()] += p["size"]  # type: ignore[attr-defined]
+    totals = [(pt["start"][:10], pt["total"]) for pt in body["total"]]  # type: ignore[attr-defined,index]
+    running = 0
+    for day, total in totals:
+        running += by_day[day]
+        assert total == running
+    assert running == sum(p["size"] for p in data)  # type: ignore[misc]
+    assert body["forecast"]["growthPerInterval"] > 0  # type: ignore[index]
+    assert len(body["forecast"]["next"]) == 6  # type: ignore[index]
+    later = stats(api, "storage", interval="day", dimension="modality", kind="instance",
+                  **{"from": "2026-05-10"})
+    first_total = later["total"][0]  # type: ignore[index]
+    assert first_total["total"] > by_day.get(first_total["start"][:10], 0)  # starts from before

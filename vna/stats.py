@@ -128,3 +128,69 @@ def workload_matrix(rows: Iterable[tuple[datetime, int]], tz: ZoneInfo) -> list[
         local = hour.astimezone(tz)
         matrix[local.weekday()][local.hour] += count
     return matrix
+
+
+def throughput(rows: Iterable[tuple[datetime, str, int, int]]) -> dict[str, object]:
+    """(hour, source AE, count, bytes) rows -> average and peak-hour ingest rates, overall
+    and per source AE. Rates are per second over the hours that had any ingest."""
+    per_hour: dict[datetime, Point] = defaultdict(Point)
+    per_ae: dict[str, dict[datetime, Point]] = defaultdict(lambda: defaultdict(Point))
+    for hour, ae, count, size in rows:
+        for p in (per_hour[hour], per_ae[ae][hour]):
+            p.count += count
+            p.bytes += size
+    return {**_rates(per_hour),
+            "bySourceAe": {ae: _rates(hours) for ae, hours in sorted(per_ae.items())}}
+
+
+def _rates(hours: dict[datetime, Point]) -> dict[str, object]:
+    if not hours:
+        return {"instancesPerSecond": 0.0, "mbPerSecond": 0.0, "peak": None, "activeHours": 0}
+    count = sum(p.count for p in hours.values())
+    size = sum(p.bytes for p in hours.values())
+    seconds = 3600 * len(hours)
+    peak_hour, peak = max(hours.items(), key=lambda kv: kv[1].count)
+    return {"instancesPerSecond": round(count / seconds, 4),
+            "mbPerSecond": round(size / 1e6 / seconds, 4),
+            "peak": {"hour": peak_hour.isoformat(),
+                     "instancesPerSecond": round(peak.count / 3600, 4),
+                     "mbPerSecond": round(peak.bytes / 1e6 / 3600, 4)},
+            "activeHours": len(hours)}
+
+
+def storage_growth(rows: Iterable[tuple[datetime, str, int, int]], interval: Interval,
+                   tz: ZoneInfo, start_bytes: dict[str, int],
+                   forecast_intervals: int = 6) -> dict[str, object]:
+    """Bytes added per interval and cumulated (from what was stored before the period), per
+    key, plus a least-squares linear forecast of the total's growth."""
+    series = volume_series(rows, interval, tz)
+    keys = sorted(set(series) | set(start_bytes))
+    starts = sorted({t for pts in series.values() for t in pts})
+    out = []
+    total_by_t: dict[datetime, int] = defaultdict(int)
+    for key in keys:
+        running = start_bytes.get(key, 0)
+        points = []
+        for t in starts:
+            added = series.get(key, {}).get(t, Point()).bytes
+            running += added
+            total_by_t[t] += running
+            points.append({"start": t.isoformat(), "added": added, "total": running})
+        out.append({"key": key, "points": points})
+    totals = [total_by_t[t] for t in starts]
+    return {"series": out, "total": [{"start": t.isoformat(), "total": v}
+                                     for t, v in zip(starts, totals, strict=True)],
+            "forecast": _linear_forecast(totals, forecast_intervals)}
+
+
+def _linear_forecast(values: list[int], ahead: int) -> dict[str, object] | None:
+    """Fit total = a + b*i; the growth per interval (b) and the totals `ahead` intervals on."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean_x, mean_y = (n - 1) / 2, sum(values) / n
+    sxx = sum((i - mean_x) ** 2 for i in range(n))
+    b = sum((i - mean_x) * (v - mean_y) for i, v in enumerate(values)) / sxx
+    a = mean_y - b * mean_x
+    return {"growthPerInterval": round(b), "method": "least-squares line over the period",
+            "next": [round(a + b * (n + k)) for k in range(ahead)]}

@@ -1,4 +1,5 @@
-"""Routes of the statistics API (SPEC "Statistics"): summary, volumes, workload.
+"""Routes of the statistics API (SPEC "Statistics"): summary, volumes, workload, throughput
+and storage.
 
 Read from the hourly rollup the workers keep (`storage/index/stats.py`); definitions,
 periods and bucketing in `vna/stats.py`. For admins: these are the controllers' numbers.
@@ -22,6 +23,8 @@ from vna.stats import (
     Interval,
     InvalidStatsQuery,
     Period,
+    storage_growth,
+    throughput,
     volume_series,
     workload_matrix,
 )
@@ -117,3 +120,30 @@ def workload(request: Request, _: Principal = authorize(Action.STATS_READ),
     return {"timezone": str(tz),
             "weekdays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
             "matrix": workload_matrix(rows, tz), "freshness": _freshness(request)}
+
+
+@router.get("/throughput")
+def ingest_throughput(request: Request, _: Principal = authorize(Action.STATS_READ),
+                      first: From = None, last: To = None, kind: Kind = "instance",
+                      include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
+    """Ingest rates (per second, over the hours with ingest), the peak hour, per source AE,
+    and the workers' backlog (outbox lag)."""
+    period, filters, _tz = _query(request, first, last, include, exclude)
+    with request.app.state.index.read_session() as s:
+        rows = queries.volume_rows(s, period, filters, Dimension.SOURCE_AE, kind)
+    return {**throughput(rows), "outbox": _freshness(request)}
+
+
+@router.get("/storage")
+def storage(request: Request, _: Principal = authorize(Action.STATS_READ),
+            first: From = None, last: To = None, interval: Interval = Interval.MONTH,
+            dimension: Dimension = Dimension.DEPARTMENT, kind: Kind = None,
+            include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
+    """Bytes added and stored in all, per interval and dimension value, and a linear
+    forecast of the total for the next six intervals."""
+    period, filters, tz = _query(request, first, last, include, exclude)
+    with request.app.state.index.read_session() as s:
+        rows = queries.volume_rows(s, period, filters, dimension, kind)
+        before = queries.bytes_before(s, period, filters, dimension, kind)
+    return {"interval": interval, "dimension": dimension, "timezone": str(tz),
+            **storage_growth(rows, interval, tz, before)}

@@ -124,6 +124,16 @@ def volume_rows(session: Session, period: Period, filters: Filters, dimension: D
     return [(_aware(h), k, int(c), int(b)) for h, k, c, b in session.execute(stmt)]
 
 
+def bytes_before(session: Session, period: Period, filters: Filters, dimension: Dimension,
+                 kind: str | None) -> dict[str, int]:
+    """Bytes stored before the period, by dimension value: where cumulated series start."""
+    col = getattr(StatsHourly, dimension.value)
+    early = Period(datetime(1900, 1, 1, tzinfo=UTC), period.start, period.tz)
+    stmt = _filtered(select(col, func.sum(StatsHourly.bytes)), early, filters,
+                     kind).group_by(col)
+    return {k: int(b) for k, b in session.execute(stmt)}
+
+
 def workload_rows(session: Session, period: Period, filters: Filters,
                   kind: str | None) -> list[tuple[datetime, int]]:
     stmt = _filtered(select(StatsHourly.hour, func.sum(StatsHourly.count)), period, filters,
