@@ -205,3 +205,20 @@ def test_storage_growth_and_forecast(planted: tuple[RunningAPI, list[dict[str, o
                   **{"from": "2026-05-10"})
     first_total = later["total"][0]  # type: ignore[index]
     assert first_total["total"] > by_day.get(first_total["start"][:10], 0)  # starts from before
+
+
+def test_prometheus_metrics(planted: tuple[RunningAPI, list[dict[str, object]],
+                                           Archive]) -> None:
+    api, data, _ = planted
+    stats(api, "summary")
+    r = api.client().get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    lines = r.text.splitlines()
+    for ae, n in Counter(p["aet"] for p in data).items():
+        assert f'vna_stored_total{{kind="instance",source_ae="{ae}"}} {float(n)}' in lines
+    assert 'vna_stored_total{kind="document",source_ae=""} 1.0' in lines
+    assert "vna_outbox_pending 0.0" in lines
+    assert any(line.startswith('vna_http_requests_total{method="GET",'
+                               'route="/api/v1/stats/summary",status="200"}') for line in lines)
+    assert api.client(None).get("/metrics").status_code == 401
+    assert api.client(api.token("viewer")).get("/metrics").status_code == 403

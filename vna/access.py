@@ -35,6 +35,7 @@ class Action(StrEnum):
     TOKEN_REVOKE = "token.revoke"
     AUDIT_LIST = "audit.list"
     STATS_READ = "stats.read"  # no patient data: counts and sizes
+    METRICS_READ = "metrics.read"
 
 
 _READERS = frozenset({Role.ADMIN, Role.VIEWER, Role.REVIEWER})
@@ -52,6 +53,7 @@ ALLOWED_ROLES: dict[Action, frozenset[Role]] = {
     Action.TOKEN_REVOKE: frozenset({Role.ADMIN}),
     Action.AUDIT_LIST: frozenset({Role.ADMIN}),
     Action.STATS_READ: frozenset({Role.ADMIN}),
+    Action.METRICS_READ: frozenset({Role.ADMIN}),
 }
 
 # Which availability statuses each role may see at all. Rejected uploads are kept for the

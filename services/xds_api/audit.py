@@ -4,17 +4,19 @@ A pure ASGI middleware (it does not buffer streamed bodies). The record is writt
 the last byte of the response goes out, so a client that has its answer can already find
 the access in the trail; a client that hangs up mid-download is recorded as aborted (499).
 It also writes the access log line, with the route template instead of the URL, so patient
-IDs in paths and query strings never reach the logs.
+IDs in paths and query strings never reach the logs, and counts the request in /metrics.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import anyio
 import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.xds_api.metrics import Metrics
 from services.xds_api.security import AuditContext
 from storage.index.tokens import AuditRecord, AuditTrail
 
@@ -22,15 +24,17 @@ log = logging.getLogger("vna.http")
 
 
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp, trail: AuditTrail) -> None:
+    def __init__(self, app: ASGIApp, trail: AuditTrail, metrics: Metrics) -> None:
         self.app = app
         self.trail = trail
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})
+        started = time.perf_counter()
         status = 0
         recorded = False
 
@@ -41,9 +45,11 @@ class AuditMiddleware:
             recorded = True
             ctx: AuditContext | None = scope["state"].get("audit")
             p = ctx.principal if ctx else None
-            log.info("%s %s %s token=%s", scope["method"],
-                     ctx.route if ctx else _route(scope), final_status,
+            route = ctx.route if ctx else _route(scope)
+            log.info("%s %s %s token=%s", scope["method"], route, final_status,
                      p.token_id if p else "-")
+            self.metrics.observe(scope["method"], route, final_status,
+                                 time.perf_counter() - started)
             if ctx is None:
                 return  # no patient data behind this route (/health, /openapi.json, 404s)
             client = scope.get("client")

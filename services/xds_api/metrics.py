@@ -1,0 +1,93 @@
+"""Prometheus metrics for operations: `/metrics` (admin token, like every endpoint but
+/health; Prometheus sends it with `authorization: {credentials: ...}`).
+
+Ingest counts and bytes come from the statistics rollup and the outbox at scrape time, so
+they cover every SCP, API and import process, not just this one; HTTP request counts and
+durations are this process's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy import func, select
+from starlette.responses import Response
+
+from services.xds_api.security import authorize
+from storage.index.db import Index
+from storage.index.models import OutboxEvent, StatsHourly
+from storage.outbox import MAX_ATTEMPTS, lag
+from vna.access import Action, Principal
+
+router = APIRouter(tags=["operations"])
+
+
+class Metrics:
+    """One app's metrics registry: its HTTP figures and the archive-wide collector."""
+
+    def __init__(self, index: Index) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter("vna_http_requests", "HTTP requests answered",
+                                     ["method", "route", "status"], registry=self.registry)
+        self.http_duration = Histogram(
+            "vna_http_request_duration_seconds", "HTTP request time", ["method", "route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
+        self.registry.register(ArchiveCollector(index))
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_duration.labels(method, route).observe(seconds)
+
+
+class ArchiveCollector:
+    """Archive-wide figures, read from the index when Prometheus scrapes."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        stored = CounterMetricFamily("vna_stored", "instances and documents archived",
+                                     labels=["kind", "source_ae"])
+        stored_bytes = CounterMetricFamily("vna_stored_bytes", "bytes archived",
+                                           labels=["kind"])
+        with self.index.read_session() as s:
+            rows = s.execute(select(StatsHourly.kind, StatsHourly.source_ae,
+                                    func.sum(StatsHourly.count), func.sum(StatsHourly.bytes))
+                             .group_by(StatsHourly.kind, StatsHourly.source_ae)).all()
+            failed = s.scalar(select(func.count()).where(
+                OutboxEvent.processed_at.is_(None), OutboxEvent.attempts >= MAX_ATTEMPTS))
+        size_by_kind: dict[str, int] = {}
+        for kind, ae, count, size in rows:
+            stored.add_metric([kind, ae], int(count))
+            size_by_kind[kind] = size_by_kind.get(kind, 0) + int(size)
+        for kind, size in size_by_kind.items():
+            stored_bytes.add_metric([kind], size)
+        pending, age = lag(self.index)
+        yield stored
+        yield stored_bytes
+        yield GaugeMetricFamily("vna_outbox_pending", "outbox events waiting for a worker",
+                                value=pending)
+        yield GaugeMetricFamily("vna_outbox_lag_seconds", "age of the oldest waiting event",
+                                value=age)
+        yield GaugeMetricFamily("vna_outbox_failed", f"events given up after {MAX_ATTEMPTS} "
+                                "attempts (see outbox_event.last_error)", value=failed or 0)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request, _: Principal = authorize(Action.METRICS_READ)) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)
