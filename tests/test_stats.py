@@ -222,3 +222,36 @@ def test_prometheus_metrics(planted: tuple[RunningAPI, list[dict[str, object]],
                                'route="/api/v1/stats/summary",status="200"}') for line in lines)
     assert api.client(None).get("/metrics").status_code == 401
     assert api.client(api.token("viewer")).get("/metrics").status_code == 403
+
+
+@pytest.mark.parametrize("dataset", ["instances", "studies", "documents"])
+def test_export_csv_and_parquet(planted: tuple[RunningAPI, list[dict[str, object]], Archive],
+                                dataset: str) -> None:
+    import csv
+    import io
+
+    import pyarrow.parquet as pq
+
+    api, data, _ = planted
+    period = {"from": "2026-05-01", "to": datetime.now(TZ).date().isoformat()}
+    r = api.client().get("/api/v1/stats/export", params={"dataset": dataset, **period})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    r = api.client().get("/api/v1/stats/export", params={"dataset": dataset,
+                                                          "format": "parquet", **period})
+    assert r.status_code == 200
+    table = pq.read_table(io.BytesIO(r.content))
+    assert table.num_rows == len(rows)
+    if dataset == "instances":
+        assert len(rows) == len(data)
+        assert Counter(row["modality"] for row in rows) == Counter(p["modality"] for p in data)
+        assert sum(table.column("size").to_pylist()) == sum(p["size"] for p in data)  # type: ignore[misc]
+        assert str(table.schema.field("received_at").type) == "timestamp[us, tz=UTC]"
+    elif dataset == "studies":
+        assert len(rows) == len({p["study"] for p in data})
+        assert sum(int(row["instances"]) for row in rows) == len(data)
+    else:
+        assert len(rows) == 1 and rows[0]["mime_type"] == "application/pdf"
+    header = ",".join(rows[0]) if rows else ""
+    for private in ("patient_id", "patient_name", "birth"):
+        assert private not in header

@@ -1,5 +1,5 @@
-"""Routes of the statistics API (SPEC "Statistics"): summary, volumes, workload, throughput
-and storage.
+"""Routes of the statistics API (SPEC "Statistics"): summary, volumes, workload, throughput,
+storage, and the fact tables' export.
 
 Read from the hourly rollup the workers keep (`storage/index/stats.py`); definitions,
 periods and bucketing in `vna/stats.py`. For admins: these are the controllers' numbers.
@@ -12,9 +12,11 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from starlette.responses import Response, StreamingResponse
 
 from services.xds_api.security import authorize
 from storage.index import stats as queries
+from storage.index.export import Dataset, to_csv, to_parquet
 from storage.outbox import lag
 from vna.access import Action, Principal
 from vna.stats import (
@@ -147,3 +149,22 @@ def storage(request: Request, _: Principal = authorize(Action.STATS_READ),
         before = queries.bytes_before(s, period, filters, dimension, kind)
     return {"interval": interval, "dimension": dimension, "timezone": str(tz),
             **storage_growth(rows, interval, tz, before)}
+
+
+@router.get("/export", response_class=Response,
+            responses={200: {"content": {"text/csv": {},
+                                         "application/vnd.apache.parquet": {}}}})
+def export(request: Request, _: Principal = authorize(Action.STATS_READ),
+           dataset: Dataset = Dataset.INSTANCES, format: Literal["csv", "parquet"] = "csv",
+           first: From = None, last: To = None) -> Response:
+    """The fact table of studies, instances or documents in the period, one row per fact,
+    as CSV (streamed) or Parquet; no patient identity in it."""
+    period, _filters, _tz = _query(request, first, last, [], [])
+    index = request.app.state.index
+    name = f"vna-{dataset}-{period.start.date()}-{(period.end.date())}"
+    if format == "parquet":
+        body = to_parquet(index, dataset, period)
+        return Response(body, media_type="application/vnd.apache.parquet", headers={
+            "Content-Disposition": f'attachment; filename="{name}.parquet"'})
+    return StreamingResponse(to_csv(index, dataset, period), media_type="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{name}.csv"'})
