@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from zoneinfo import ZoneInfo
 
 from celery import shared_task
 
@@ -22,7 +23,7 @@ def ping() -> str:
 def _deriver() -> Deriver:
     settings = get_settings()
     return Deriver(Index(settings.resolved_database_url, fsync=settings.fsync),
-                   make_object_store(settings))
+                   make_object_store(settings), ZoneInfo(settings.timezone))
 
 
 @shared_task(name="vna.outbox.drain", ignore_result=True, acks_late=True,

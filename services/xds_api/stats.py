@@ -1,5 +1,5 @@
 """Routes of the statistics API (SPEC "Statistics"): summary, volumes, workload, throughput,
-storage, and the fact tables' export.
+storage, lead times, data quality, and the fact tables' export.
 
 Read from the hourly rollup the workers keep (`storage/index/stats.py`); definitions,
 periods and bucketing in `vna/stats.py`. For admins: these are the controllers' numbers.
@@ -19,6 +19,14 @@ from storage.index import stats as queries
 from storage.index.export import Dataset, to_csv, to_parquet
 from storage.outbox import lag
 from vna.access import Action, Principal
+from vna.quality import (
+    LATE_ARRIVAL,
+    SHORT_EXAM_MODALITIES,
+    SHORT_EXAM_SECONDS,
+    looks_like_personnummer,
+    percentiles,
+    valid_personnummer,
+)
 from vna.stats import (
     Dimension,
     Filters,
@@ -168,3 +176,64 @@ def export(request: Request, _: Principal = authorize(Action.STATS_READ),
             "Content-Disposition": f'attachment; filename="{name}.parquet"'})
     return StreamingResponse(to_csv(index, dataset, period), media_type="text/csv", headers={
         "Content-Disposition": f'attachment; filename="{name}.csv"'})
+
+
+@router.get("/leadtimes")
+def leadtimes(request: Request, _: Principal = authorize(Action.STATS_READ),
+              first: From = None, last: To = None) -> Any:
+    """p50/p90 in seconds: acquisition to archive (per instance), exam duration (first
+    performed procedure step start to last end, per study); overall and by modality."""
+    period, _filters, _tz = _query(request, first, last, [], [])
+    with request.app.state.index.read_session() as s:
+        arrivals = queries.arrival_delays(s, period)
+        exams = queries.exam_durations(s, period)
+    return {
+        "acquisitionToArchive": _distribution(arrivals),
+        "examDuration": _distribution(exams),
+        # Needs the scheduled time, which comes with Modality Worklist (on the roadmap).
+        "scheduledToPerformed": None,
+        "freshness": _freshness(request),
+    }
+
+
+def _distribution(rows: list[tuple[str, str | None, float]]) -> dict[str, Any]:
+    by_modality: dict[str, list[float]] = {}
+    for _uid, modality, seconds in rows:
+        by_modality.setdefault(modality or "", []).append(seconds)
+    return {"n": len(rows), **percentiles([r[2] for r in rows]),
+            "byModality": {m: {"n": len(v), **percentiles(v)}
+                           for m, v in sorted(by_modality.items())}}
+
+
+@router.get("/quality")
+def quality(request: Request, _: Principal = authorize(Action.STATS_READ),
+            first: From = None, last: To = None) -> Any:
+    """Data-quality findings of the period, by rule: how many, and up to ten examples."""
+    period, _filters, _tz = _query(request, first, last, [], [])
+    with request.app.state.index.read_session() as s:
+        exams = queries.exam_durations(s, period)
+        arrivals = queries.arrival_delays(s, period)
+        no_referrer = queries.studies_missing(s, period, "referring_physician_name")
+        no_accession = queries.studies_missing(s, period, "accession_number")
+        ids = queries.patient_ids(s, period)
+        several_names = queries.ids_with_several_names(s, period)
+    short = [uid for uid, modality, seconds in exams
+             if modality in SHORT_EXAM_MODALITIES and seconds < SHORT_EXAM_SECONDS]
+    late = [uid for uid, _m, seconds in arrivals
+            if seconds > LATE_ARRIVAL.total_seconds()]
+    invalid = [pid for pid in ids if looks_like_personnummer(pid)
+               and not valid_personnummer(pid)]
+    rules = [
+        ("short_ct_mr_exam", f"CT/MR exam under {SHORT_EXAM_SECONDS} s from performed "
+                             f"procedure step start to end", len(short), short[:10]),
+        ("missing_referrer", "study without ReferringPhysicianName", *no_referrer),
+        ("missing_accession_number", "study without AccessionNumber", *no_accession),
+        ("invalid_personnummer", "patient ID shaped like a Swedish personnummer or "
+                                 "samordningsnummer whose check digit or date is wrong",
+         len(invalid), invalid[:10]),
+        ("several_names", "one patient ID with several patient names", *several_names),
+        ("late_arrival", "instance archived more than 24 h after it was acquired",
+         len(late), late[:10]),
+    ]
+    return {"rules": [{"rule": r, "description": d, "count": n, "examples": ex}
+                      for r, d, n, ex in rules], "freshness": _freshness(request)}

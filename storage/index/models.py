@@ -252,6 +252,27 @@ class DocumentMedia(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class InstanceFact(Base):
+    """What lead times and data-quality rules need of an instance, read from its header by
+    the workers: when it was made, the procedure step around it, the patient's name as
+    this instance gives it (one ID, several names is a finding)."""
+
+    __tablename__ = "instance_fact"
+    __table_args__ = (Index("ix_instance_fact_received", "received_at"),
+                      Index("ix_instance_fact_study", "study_instance_uid"),
+                      Index("ix_instance_fact_patient", "patient_id"))
+
+    sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    acquired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    pps_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    pps_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 STATS_DIMENSIONS = ("modality", "department", "referrer", "source_ae", "station", "body_part",
                     "document_class")
 

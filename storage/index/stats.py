@@ -19,6 +19,8 @@ from storage.index.models import (
     STATS_DIMENSIONS,
     Document,
     Instance,
+    InstanceFact,
+    Patient,
     Series,
     StatsHourly,
     Study,
@@ -166,3 +168,58 @@ def study_counts(session: Session, period: Period) -> tuple[int, int, int]:
         Study, Series.study_fk == Study.id).where(in_period)) or 0
     return int(patients), int(studies), int(series)
 
+
+
+# -- lead times and data quality (from instance_fact and the index) -----------------------
+
+def _in_period(col: Any, period: Period) -> Any:
+    return and_(col >= period.start.astimezone(UTC), col < period.end.astimezone(UTC))
+
+
+def arrival_delays(session: Session, period: Period) -> list[tuple[str, str | None, float]]:
+    """(SOP Instance UID, modality, seconds from acquisition to archive) of the period."""
+    rows = session.execute(select(InstanceFact.sop_instance_uid, InstanceFact.modality,
+                                  InstanceFact.received_at, InstanceFact.acquired_at)
+                           .where(_in_period(InstanceFact.received_at, period),
+                                  InstanceFact.acquired_at.isnot(None)))
+    return [(uid, modality, (_aware(received) - _aware(acquired)).total_seconds())
+            for uid, modality, received, acquired in rows if acquired is not None]
+
+
+def exam_durations(session: Session, period: Period) -> list[tuple[str, str | None, float]]:
+    """(Study Instance UID, modality, seconds from the first procedure step start to the
+    last end) of studies with instances received in the period, where both are known."""
+    rows = session.execute(select(InstanceFact.study_instance_uid,
+                                  func.min(InstanceFact.modality),
+                                  func.min(InstanceFact.pps_start),
+                                  func.max(InstanceFact.pps_end))
+                           .where(_in_period(InstanceFact.received_at, period))
+                           .group_by(InstanceFact.study_instance_uid))
+    return [(uid, modality, (_aware(end) - _aware(start)).total_seconds())
+            for uid, modality, start, end in rows if start is not None and end is not None]
+
+
+def studies_missing(session: Session, period: Period, column: str) -> tuple[int, list[str]]:
+    """Studies first received in the period without a value in `column`."""
+    col = getattr(Study, column)
+    where = and_(_in_period(Study.created_at, period), (col.is_(None)) | (col == ""))
+    count = session.scalar(select(func.count()).where(where)) or 0
+    examples = session.scalars(select(Study.study_instance_uid).where(where)
+                               .order_by(Study.id).limit(10)).all()
+    return int(count), list(examples)
+
+
+def patient_ids(session: Session, period: Period) -> list[str]:
+    """Patient IDs of the studies first received in the period."""
+    return list(session.scalars(select(Patient.patient_id).distinct().join(
+        Study, Study.patient_fk == Patient.id).where(_in_period(Study.created_at, period))))
+
+
+def ids_with_several_names(session: Session, period: Period) -> tuple[int, list[str]]:
+    names = func.count(func.distinct(InstanceFact.patient_name))
+    stmt = (select(InstanceFact.patient_id)
+            .where(_in_period(InstanceFact.received_at, period),
+                   InstanceFact.patient_name.isnot(None))
+            .group_by(InstanceFact.patient_id).having(names > 1))
+    found = list(session.scalars(stmt))
+    return len(found), found[:10]

@@ -1,8 +1,8 @@
-"""outbox, derived metadata, statistics rollup
+"""outbox, derived metadata and facts, statistics rollup
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-22 06:14:30.138389
+Create Date: 2026-11-22 06:31:10.467719
 """
 from alembic import op
 import sqlalchemy as sa
@@ -25,6 +25,23 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('unique_id')
     )
+    op.create_table('instance_fact',
+    sa.Column('sop_instance_uid', sa.String(length=64), nullable=False),
+    sa.Column('study_instance_uid', sa.String(length=64), nullable=False),
+    sa.Column('modality', sa.String(length=16), nullable=True),
+    sa.Column('patient_id', sa.String(length=64), nullable=False),
+    sa.Column('patient_name', sa.String(length=324), nullable=True),
+    sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('acquired_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('pps_start', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('pps_end', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('sop_instance_uid')
+    )
+    with op.batch_alter_table('instance_fact', schema=None) as batch_op:
+        batch_op.create_index('ix_instance_fact_patient', ['patient_id'], unique=False)
+        batch_op.create_index('ix_instance_fact_received', ['received_at'], unique=False)
+        batch_op.create_index('ix_instance_fact_study', ['study_instance_uid'], unique=False)
+
     op.create_table('instance_metadata',
     sa.Column('sop_instance_uid', sa.String(length=64), nullable=False),
     sa.Column('header', sa.JSON(), nullable=False),
@@ -77,5 +94,11 @@ def downgrade() -> None:
 
     op.drop_table('outbox_event')
     op.drop_table('instance_metadata')
+    with op.batch_alter_table('instance_fact', schema=None) as batch_op:
+        batch_op.drop_index('ix_instance_fact_study')
+        batch_op.drop_index('ix_instance_fact_received')
+        batch_op.drop_index('ix_instance_fact_patient')
+
+    op.drop_table('instance_fact')
     op.drop_table('document_media')
     # ### end Alembic commands ###

@@ -1,0 +1,139 @@
+"""Lead times and data-quality rules: each rule finds the bad data planted for it, and only
+that; the facts come from real headers through the worker's deriver, the answers over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from storage.archive import Archive
+from storage.derive import Deriver
+from storage.migrate import upgrade
+from storage.outbox import pending
+from tests.api_client import RunningAPI, start_api, stop_api
+from tests.conftest import Backend
+from tests.factory import make_instance, write
+from vna.quality import percentiles, valid_personnummer
+
+TZ = ZoneInfo("Europe/Stockholm")
+ROOT = "1.2.826.0.1.3680043.8.498.77"
+
+
+def test_personnummer_check() -> None:
+    for good in ("19121212-1212", "811228-9874", "701063-2391", "191212121212"):
+        assert valid_personnummer(good), good
+    for bad in ("19121212-1213", "811328-9874", "701093-2391", "PAT1"):
+        assert not valid_personnummer(bad), bad
+
+
+def _dt(t: datetime) -> tuple[str, str]:
+    local = t.astimezone(TZ)
+    return local.strftime("%Y%m%d"), local.strftime("%H%M%S")
+
+
+def _instance(tmp: Path, archive: Archive, n: int, *, study: str, modality: str = "CT",
+              patient_id: str = "PAT1", patient_name: str = "Doe^John",
+              acquired: datetime, pps: tuple[datetime, datetime] | None = None,
+              **extra: Any) -> str:
+    uid = f"{study}.1.{n}"
+    adate, atime = _dt(acquired)
+    ds = make_instance(study_uid=study, series_uid=f"{study}.1", sop_uid=uid,
+                       modality=modality, patient_id=patient_id, patient_name=patient_name,
+                       AcquisitionDate=adate, AcquisitionTime=atime, **extra)
+    if pps:
+        (sd, st), (ed, et) = _dt(pps[0]), _dt(pps[1])
+        ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = sd, st
+        ds.PerformedProcedureStepEndDate, ds.PerformedProcedureStepEndTime = ed, et
+    assert archive.store_file(write(ds, tmp / f"{uid}.dcm"), source_aet="Q").ok
+    return uid
+
+
+@pytest.fixture(scope="module")
+def planted(module_backend: Backend, tmp_path_factory: pytest.TempPathFactory,
+            ) -> Iterator[tuple[RunningAPI, dict[str, Any]]]:
+    settings = module_backend.settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[attr-defined]
+    upgrade(settings.resolved_database_url)  # type: ignore[attr-defined]
+    archive = Archive(settings)  # type: ignore[arg-type]
+    tmp = tmp_path_factory.mktemp("quality")
+    now = datetime.now(TZ).replace(microsecond=0)
+    hour = timedelta(hours=1)
+    p: dict[str, Any] = {"delays": []}
+    # A CT "done" in 30 s: start/stop misused. An MR of 25 minutes and a 20 s ultrasound
+    # (not CT/MR) are fine.
+    p["short"] = f"{ROOT}.1"
+    _instance(tmp, archive, 1, study=p["short"], acquired=now - hour,
+              pps=(now - hour, now - hour + timedelta(seconds=30)))
+    _instance(tmp, archive, 1, study=f"{ROOT}.2", modality="MR", acquired=now - 2 * hour,
+              pps=(now - 3 * hour, now - 3 * hour + timedelta(minutes=25)))
+    _instance(tmp, archive, 1, study=f"{ROOT}.3", modality="US", acquired=now - hour,
+              pps=(now - hour, now - hour + timedelta(seconds=20)))
+    # Missing referrer, missing accession number.
+    p["no_referrer"] = f"{ROOT}.4"
+    _instance(tmp, archive, 1, study=p["no_referrer"], acquired=now - hour,
+              ReferringPhysicianName="")
+    p["no_accession"] = f"{ROOT}.5"
+    _instance(tmp, archive, 1, study=p["no_accession"], acquired=now - hour,
+              AccessionNumber="")
+    # A personnummer with a wrong check digit; a valid one sent under two names.
+    _instance(tmp, archive, 1, study=f"{ROOT}.6", patient_id="19121212-1213",
+              acquired=now - hour)
+    _instance(tmp, archive, 1, study=f"{ROOT}.7", patient_id="19121212-1212",
+              patient_name="Tolvansson^Tolvan", acquired=now - hour)
+    _instance(tmp, archive, 2, study=f"{ROOT}.7", patient_id="19121212-1212",
+              patient_name="Tolvansson^Tolva", acquired=now - hour)
+    # Arrived three days after it was acquired.
+    p["late"] = _instance(tmp, archive, 1, study=f"{ROOT}.8", acquired=now - 72 * hour)
+    deriver = Deriver(archive.index, archive.store, TZ)
+    deriver.process(pending(archive.index))
+    archive.index.dispose()
+    api = start_api(module_backend)
+    try:
+        yield api, p
+    finally:
+        stop_api(api)
+
+
+def _get(api: RunningAPI, path: str) -> dict[str, Any]:
+    r = api.client().get(f"/api/v1/stats/{path}")
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_each_rule_finds_what_was_planted(planted: tuple[RunningAPI, dict[str, Any]]) -> None:
+    api, p = planted
+    rules = {r["rule"]: r for r in _get(api, "quality")["rules"]}
+    assert rules["short_ct_mr_exam"]["examples"] == [p["short"]]
+    assert rules["missing_referrer"]["examples"] == [p["no_referrer"]]
+    assert rules["missing_accession_number"]["examples"] == [p["no_accession"]]
+    assert rules["invalid_personnummer"]["examples"] == ["19121212-1213"]
+    assert rules["several_names"]["examples"] == ["19121212-1212"]
+    assert rules["late_arrival"]["examples"] == [p["late"]]
+    assert all(r["count"] == 1 for r in rules.values()), rules
+
+
+def test_leadtimes(planted: tuple[RunningAPI, dict[str, Any]]) -> None:
+    api, _p = planted
+    body = _get(api, "leadtimes")
+    arrivals = body["acquisitionToArchive"]
+    assert arrivals["n"] == 9
+    # seven instances acquired an hour before they arrived, one two hours, one 72 hours:
+    # nearest-rank p50 is the 5th (an hour and the seconds the test took), p90 the 9th
+    assert 3600 <= arrivals["p50"] < 3900
+    assert 72 * 3600 <= arrivals["p90"] < 72 * 3600 + 300
+    exams = body["examDuration"]
+    assert exams["n"] == 3
+    assert exams["byModality"]["MR"]["p50"] == 25 * 60
+    assert exams["byModality"]["CT"]["p50"] == 30
+    assert body["scheduledToPerformed"] is None
+
+
+def test_percentiles_nearest_rank() -> None:
+    assert percentiles(list(range(1, 11))) == {"p50": 5, "p90": 9}
+    assert percentiles([7.0]) == {"p50": 7.0, "p90": 7.0}
+    assert percentiles([]) == {}

@@ -1,0 +1,107 @@
+"""Data-quality rules and the facts they are computed from: pure functions.
+
+Times come from the DICOM header as the modality wrote them (local time of the region,
+VNA_TIMEZONE); the archive's own times are UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+SHORT_EXAM_SECONDS = 60  # a CT or MR exam "under a minute" is a start/stop misuse
+LATE_ARRIVAL = timedelta(hours=24)
+SHORT_EXAM_MODALITIES = frozenset({"CT", "MR"})
+
+# A Swedish personnummer or samordningsnummer: YYMMDD or YYYYMMDD, optionally - or +,
+# then NNNC. The check digit C is Luhn over the ten digits YYMMDDNNN.
+_PNR = re.compile(r"^(\d{2})?(\d{2})(\d{2})(\d{2})[-+]?(\d{3})(\d)$")
+
+
+def looks_like_personnummer(patient_id: str) -> bool:
+    return _PNR.match(patient_id.strip()) is not None
+
+
+def valid_personnummer(patient_id: str) -> bool:
+    """Luhn check digit and a real date (day + 60 for a samordningsnummer)."""
+    m = _PNR.match(patient_id.strip())
+    if m is None:
+        return False
+    century, yy, mm, dd, serial, check = m.groups()
+    day = int(dd) - 60 if int(dd) > 60 else int(dd)
+    year = int((century or "19") + yy)
+    try:
+        datetime(year if century else 2000 + int(yy), int(mm), day)
+    except ValueError:
+        return False
+    digits = yy + mm + dd + serial
+    total = 0
+    for i, ch in enumerate(digits):
+        n = int(ch) * (2 if i % 2 == 0 else 1)
+        total += n - 9 if n > 9 else n
+    return (10 - total % 10) % 10 == int(check)
+
+
+def _value(header: dict[str, Any], tag: str) -> str | None:
+    element = header.get(tag)
+    values = element.get("Value") if element else None
+    if not values:
+        return None
+    v = values[0]
+    return v.get("Alphabetic") if isinstance(v, dict) else str(v)
+
+
+def dicom_datetime(date: str | None, time: str | None, tz: ZoneInfo) -> datetime | None:
+    """DA + TM (as the modality wrote them, local time) -> an aware datetime."""
+    if not date or len(date) < 8:
+        return None
+    digits = "".join(c for c in (time or "") if c.isdigit() or c == ".")
+    whole, _, frac = digits.partition(".")
+    whole = whole[:6].ljust(6, "0")
+    try:
+        t = datetime.strptime(date[:8] + whole, "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+    if frac:
+        t = t.replace(microsecond=int(frac[:6].ljust(6, "0")))
+    return t.replace(tzinfo=tz)
+
+
+def acquired_at(header: dict[str, Any], tz: ZoneInfo) -> datetime | None:
+    """When the image was made: AcquisitionDateTime, else Acquisition, Content, Series or
+    Study date and time, the first that is there."""
+    adt = _value(header, "0008002A")
+    if adt and len(adt) >= 8:
+        return dicom_datetime(adt[:8], adt[8:] or None, tz)
+    for date_tag, time_tag in (("00080022", "00080032"), ("00080023", "00080033"),
+                               ("00080021", "00080031"), ("00080020", "00080030")):
+        t = dicom_datetime(_value(header, date_tag), _value(header, time_tag), tz)
+        if t is not None:
+            return t
+    return None
+
+
+def procedure_step(header: dict[str, Any], tz: ZoneInfo) -> tuple[datetime | None,
+                                                                   datetime | None]:
+    """Performed Procedure Step start and end, where the modality recorded them."""
+    return (dicom_datetime(_value(header, "00400244"), _value(header, "00400245"), tz),
+            dicom_datetime(_value(header, "00400250"), _value(header, "00400251"), tz))
+
+
+def patient_name(header: dict[str, Any]) -> str | None:
+    name = _value(header, "00100010")
+    return name.strip().upper() if name else None
+
+
+def percentiles(values: list[float], points: tuple[int, ...] = (50, 90)) -> dict[str, float]:
+    """Nearest-rank percentiles, e.g. {"p50": ..., "p90": ...}; empty for no values."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    out = {}
+    for p in points:
+        rank = max(1, -(-p * len(ordered) // 100))  # ceil(p/100 * n)
+        out[f"p{p}"] = round(ordered[rank - 1], 1)
+    return out
