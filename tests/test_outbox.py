@@ -3,6 +3,7 @@ serverless filesystem transport (files + SQLite) and on the real Redis (S3 + Pos
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -60,7 +61,7 @@ def store_document(archive: Archive, content: bytes, mime_type: str) -> str:
     archive.store.put_stream(key, io.BytesIO(content), content_type=mime_type)
     Documents(archive.index).add(
         DocumentMetadata(patientId="191212121212", classCode="c", practiceSettingCode="d"),
-        StoredObject(key, "0" * 64, len(content), mime_type, None),
+        StoredObject(key, hashlib.sha256(content).hexdigest(), len(content), mime_type, None),
         unique_id=unique_id, entry_uuid=entry_uuid, repository_unique_id="2.25.1",
         submitted_by="test")
     return unique_id

@@ -26,6 +26,9 @@ db_app = typer.Typer(help="The index database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 token_app = typer.Typer(help="Bearer tokens of the HTTP API.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+fixity_app = typer.Typer(help="Fixity: are the archived bytes still what was archived?",
+                         no_args_is_help=True)
+app.add_typer(fixity_app, name="fixity")
 console = Console(stderr=True)
 
 
@@ -86,6 +89,28 @@ def token_create(
     console.print(f"token {row.id}: role {row.role}, departments "
                   f"{', '.join(row.departments) or 'all'}")
     print(secret)
+
+
+@fixity_app.command("run")
+def fixity_run(
+    sample: Annotated[int, typer.Option(help="instances and documents to re-hash, each")] = 100,
+) -> None:
+    """Re-hash a random sample of objects against the index; exit 1 on any mismatch."""
+    settings = get_settings()
+    _prepare_data_dir(settings)
+    from storage.fixity import run_fixity
+    from storage.index.db import Index
+    from storage.objectstore import make_object_store
+
+    index = Index(settings.resolved_database_url, fsync=settings.fsync)
+    result = run_fixity(index, make_object_store(settings), sample=sample)
+    index.dispose()
+    console.print(f"{result.checked} objects re-hashed, {len(result.mismatches)} mismatches")
+    for m in result.mismatches:
+        state = "missing" if m["found"] is None else "content changed"
+        console.print(f"[red]{m['kind']} {m['subject']}[/red] ({m['key']}): {state}")
+    if result.mismatches:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -23,9 +23,12 @@ def make_celery(settings: Settings | None = None) -> Celery:
         "task_ignore_result": True,
         # The outbox is the source of truth; this only says "look now". Its period bounds
         # the lag between ingest and derived data (header JSON, media facts, statistics).
-        "beat_schedule": {"drain-outbox": {"task": "vna.outbox.drain",
-                                           "schedule": settings.outbox_poll_seconds,
-                                           "options": {"expires": 60}}},
+        "beat_schedule": {
+            "drain-outbox": {"task": "vna.outbox.drain",
+                             "schedule": settings.outbox_poll_seconds,
+                             "options": {"expires": 60}},
+            "fixity": {"task": "vna.fixity.run", "schedule": 24 * 3600.0},
+        },
     }
     if settings.resolved_broker_url.startswith("filesystem://"):
         folder = (settings.data_dir / "broker").resolve()

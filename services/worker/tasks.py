@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 from celery import shared_task
 
 from storage.derive import Deriver
+from storage.fixity import run_fixity
 from storage.index.db import Index
 from storage.objectstore import make_object_store
 from vna.settings import get_settings
@@ -33,3 +34,10 @@ def drain_outbox() -> int:
     """Process what the outbox holds (idempotent: results are upserts keyed by subject).
     Beat sends this every few seconds; a lost or doubled message changes nothing."""
     return _deriver().drain()
+
+
+@shared_task(name="vna.fixity.run", ignore_result=True, acks_late=True)
+def fixity_run(sample: int = 100) -> int:
+    """Re-hash a random sample of objects; mismatches are logged and kept in fixity_check."""
+    deriver = _deriver()
+    return len(run_fixity(deriver.index, deriver.store, sample=sample).mismatches)

@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -300,3 +301,20 @@ class StatsHourly(Base):
     document_class: Mapped[str] = mapped_column(String(64))
     count: Mapped[int] = mapped_column(BigInteger)
     bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class FixityCheck(Base):
+    """One object re-hashed by a fixity run: what the index says, what was found."""
+
+    __tablename__ = "fixity_check"
+    __table_args__ = (Index("ix_fixity_check_ok", "ok", "checked_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(16))  # instance | document
+    subject: Mapped[str] = mapped_column(String(64))  # SOP Instance UID | uniqueId
+    storage_key: Mapped[str] = mapped_column(String(256))
+    expected_sha256: Mapped[str] = mapped_column(String(64))
+    found_sha256: Mapped[str | None] = mapped_column(String(64))  # None: object missing
+    ok: Mapped[bool] = mapped_column(Boolean)

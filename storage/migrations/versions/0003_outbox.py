@@ -1,8 +1,8 @@
-"""outbox, derived metadata and facts, statistics rollup
+"""outbox, derived facts, statistics rollup, fixity
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-22 06:31:10.467719
+Create Date: 2026-11-22 06:33:35.076049
 """
 from alembic import op
 import sqlalchemy as sa
@@ -25,6 +25,20 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('unique_id')
     )
+    op.create_table('fixity_check',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('checked_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('subject', sa.String(length=64), nullable=False),
+    sa.Column('storage_key', sa.String(length=256), nullable=False),
+    sa.Column('expected_sha256', sa.String(length=64), nullable=False),
+    sa.Column('found_sha256', sa.String(length=64), nullable=True),
+    sa.Column('ok', sa.Boolean(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('fixity_check', schema=None) as batch_op:
+        batch_op.create_index('ix_fixity_check_ok', ['ok', 'checked_at'], unique=False)
+
     op.create_table('instance_fact',
     sa.Column('sop_instance_uid', sa.String(length=64), nullable=False),
     sa.Column('study_instance_uid', sa.String(length=64), nullable=False),
@@ -100,5 +114,9 @@ def downgrade() -> None:
         batch_op.drop_index('ix_instance_fact_patient')
 
     op.drop_table('instance_fact')
+    with op.batch_alter_table('fixity_check', schema=None) as batch_op:
+        batch_op.drop_index('ix_fixity_check_ok')
+
+    op.drop_table('fixity_check')
     op.drop_table('document_media')
     # ### end Alembic commands ###
