@@ -17,7 +17,7 @@ from storage.archive import Archive
 from storage.derive import Deriver
 from storage.migrate import upgrade
 from storage.outbox import pending
-from tests.api_client import RunningAPI, start_api, stop_api
+from tests.api_client import ADMIN_TOKEN, RunningAPI, start_api, stop_api
 from tests.conftest import Backend
 from tests.factory import make_instance, write
 from tests.test_outbox import store_document
@@ -255,3 +255,34 @@ def test_export_csv_and_parquet(planted: tuple[RunningAPI, list[dict[str, object
     header = ",".join(rows[0]) if rows else ""
     for private in ("patient_id", "patient_name", "birth"):
         assert private not in header
+
+
+def test_dashboard_renders_charts_in_chromium(
+        planted: tuple[RunningAPI, list[dict[str, object]], Archive], tmp_path: Path) -> None:
+    """Headless Chromium opens /dashboard (token in the URL fragment, never sent to the
+    server), and the page draws its charts from the stats API with the planted data."""
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("Chromium is not installed (apt-get install chromium)")
+    api, data, _ = planted
+    r = api.client(None).get("/dashboard")
+    assert r.status_code == 200 and "<canvas" in r.text  # the page itself holds no data
+    assert api.client(None).get("/dashboard/chart.umd.min.js").status_code == 200
+    url = f"{api.url}/dashboard#token={ADMIN_TOKEN}&from=2026-05-01&to=2026-05-31"
+    out = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}",
+         "--virtual-time-budget=20000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-rendered="([^"]+)"', out.stdout)
+    assert m, ("dashboard did not render", re.search(r'data-failed="([^"]*)"', out.stdout),
+               out.stderr[-2000:])
+    rendered = json.loads(m.group(1).replace("&quot;", '"'))
+    assert rendered["charts"] == 5 and rendered["points"] > len(data) // 10
+    assert "CT/MR exam under" in out.stdout  # the quality table

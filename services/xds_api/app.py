@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 import vna
-from services.xds_api import admin, documents, metrics, stats
+from services.xds_api import admin, dashboard, documents, metrics, stats
 from services.xds_api.audit import AuditMiddleware
 from services.xds_api.security import ensure_admin_token
 from storage.index.db import Index
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(stats.router)
     app.include_router(metrics.router)
+    app.include_router(dashboard.router)
     app.state.metrics = metrics.Metrics(index)
     app.add_middleware(AuditMiddleware, trail=app.state.audit, metrics=app.state.metrics)
 
