@@ -286,3 +286,17 @@ def test_dashboard_renders_charts_in_chromium(
     rendered = json.loads(m.group(1).replace("&quot;", '"'))
     assert rendered["charts"] == 5 and rendered["points"] > len(data) // 10
     assert "CT/MR exam under" in out.stdout  # the quality table
+
+
+def test_nightly_snapshot_leaves_today_out(
+        planted: tuple[RunningAPI, list[dict[str, object]], Archive]) -> None:
+    api, data, _ = planted
+    today = datetime.now(TZ).date().isoformat()
+    live = stats(api, "summary", to=today)
+    nightly = stats(api, "summary", to=today, view="nightly")
+    assert live["documents"] == 1 and nightly["documents"] == 0  # stored today
+    assert live["instances"] == nightly["instances"] == len(data)  # stored "in May"
+    only_today = stats(api, "summary", **{"from": today, "to": today, "view": "nightly"})
+    assert only_today["instances"] == only_today["documents"] == 0
+    r = api.client().get("/api/v1/stats/summary", params={"view": "weekly"})
+    assert r.status_code == 422

@@ -78,12 +78,18 @@ class Period:
 
     @classmethod
     def of(cls, first: date | None, last: date | None, tz: ZoneInfo,
-           today: date | None = None) -> Period:
+           today: date | None = None, *, nightly: bool = False) -> Period:
+        """`nightly`: the snapshot up to last midnight, the same all day (today is left
+        out); otherwise live, today so far included."""
         today = today or datetime.now(tz).date()
-        last = last or today
+        newest = today - timedelta(days=1) if nightly else today
+        last = min(last, newest) if last else newest
         first = first or (last - timedelta(days=29))
-        if first > last:
+        if first > last and not nightly:
             raise InvalidStatsQuery("from is after to")
+        if first > last:  # the whole period is today: nothing in the snapshot yet
+            start = datetime(first.year, first.month, first.day, tzinfo=tz)
+            return cls(start, start, tz)
         if (last - first).days > 3660:
             raise InvalidStatsQuery("a period of at most ten years")
         start = datetime(first.year, first.month, first.day, tzinfo=tz)

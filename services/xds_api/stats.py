@@ -48,11 +48,17 @@ Kind = Annotated[Literal["instance", "document"] | None,
                  Query(description="instances or documents only")]
 
 
+View = Annotated[Literal["live", "nightly"], Query(
+    description="live: today so far included; nightly: the snapshot up to last midnight")]
+
+
 def _query(request: Request, first: date | None, last: date | None, include: list[str],
            exclude: list[str]) -> tuple[Period, Filters, ZoneInfo]:
     tz = ZoneInfo(request.app.state.settings.timezone)
+    nightly = request.query_params.get("view", "live") == "nightly"
     try:
-        return Period.of(first, last, tz), Filters.parse(include, exclude), tz
+        return (Period.of(first, last, tz, nightly=nightly), Filters.parse(include, exclude),
+                tz)
     except InvalidStatsQuery as exc:
         raise HTTPException(422, str(exc)) from None
 
@@ -64,7 +70,7 @@ def _freshness(request: Request) -> dict[str, Any]:
 
 @router.get("/summary")
 def summary(request: Request, _: Principal = authorize(Action.STATS_READ),
-            first: From = None, last: To = None,
+            first: From = None, last: To = None, view: View = "live",
             include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
     """Patients, studies, series, instances, documents and bytes in the period, and the
     same by modality and by department."""
@@ -101,7 +107,8 @@ def _by_department(rows: dict[tuple[str, str], tuple[int, int]]) -> dict[str, An
 
 @router.get("/volumes")
 def volumes(request: Request, _: Principal = authorize(Action.STATS_READ),
-            first: From = None, last: To = None, interval: Interval = Interval.DAY,
+            first: From = None, last: To = None, view: View = "live",
+            interval: Interval = Interval.DAY,
             dimension: Dimension = Dimension.MODALITY, kind: Kind = None,
             include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
     """Counts and bytes per interval (local time) for each value of a dimension."""
@@ -121,7 +128,7 @@ def volumes(request: Request, _: Principal = authorize(Action.STATS_READ),
 
 @router.get("/workload")
 def workload(request: Request, _: Principal = authorize(Action.STATS_READ),
-             first: From = None, last: To = None, kind: Kind = None,
+             first: From = None, last: To = None, view: View = "live", kind: Kind = None,
              include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
     """Weekday x hour of day (local time): when the archive receives the most."""
     period, filters, tz = _query(request, first, last, include, exclude)
@@ -134,7 +141,8 @@ def workload(request: Request, _: Principal = authorize(Action.STATS_READ),
 
 @router.get("/throughput")
 def ingest_throughput(request: Request, _: Principal = authorize(Action.STATS_READ),
-                      first: From = None, last: To = None, kind: Kind = "instance",
+                      first: From = None, last: To = None, view: View = "live",
+                      kind: Kind = "instance",
                       include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
     """Ingest rates (per second, over the hours with ingest), the peak hour, per source AE,
     and the workers' backlog (outbox lag)."""
@@ -146,7 +154,8 @@ def ingest_throughput(request: Request, _: Principal = authorize(Action.STATS_RE
 
 @router.get("/storage")
 def storage(request: Request, _: Principal = authorize(Action.STATS_READ),
-            first: From = None, last: To = None, interval: Interval = Interval.MONTH,
+            first: From = None, last: To = None, view: View = "live",
+            interval: Interval = Interval.MONTH,
             dimension: Dimension = Dimension.DEPARTMENT, kind: Kind = None,
             include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
     """Bytes added and stored in all, per interval and dimension value, and a linear
@@ -164,7 +173,7 @@ def storage(request: Request, _: Principal = authorize(Action.STATS_READ),
                                          "application/vnd.apache.parquet": {}}}})
 def export(request: Request, _: Principal = authorize(Action.STATS_READ),
            dataset: Dataset = Dataset.INSTANCES, format: Literal["csv", "parquet"] = "csv",
-           first: From = None, last: To = None) -> Response:
+           first: From = None, last: To = None, view: View = "live") -> Response:
     """The fact table of studies, instances or documents in the period, one row per fact,
     as CSV (streamed) or Parquet; no patient identity in it."""
     period, _filters, _tz = _query(request, first, last, [], [])
@@ -180,7 +189,7 @@ def export(request: Request, _: Principal = authorize(Action.STATS_READ),
 
 @router.get("/leadtimes")
 def leadtimes(request: Request, _: Principal = authorize(Action.STATS_READ),
-              first: From = None, last: To = None) -> Any:
+              first: From = None, last: To = None, view: View = "live") -> Any:
     """p50/p90 in seconds: acquisition to archive (per instance), exam duration (first
     performed procedure step start to last end, per study); overall and by modality."""
     period, _filters, _tz = _query(request, first, last, [], [])
@@ -207,7 +216,7 @@ def _distribution(rows: list[tuple[str, str | None, float]]) -> dict[str, Any]:
 
 @router.get("/quality")
 def quality(request: Request, _: Principal = authorize(Action.STATS_READ),
-            first: From = None, last: To = None) -> Any:
+            first: From = None, last: To = None, view: View = "live") -> Any:
     """Data-quality findings of the period, by rule: how many, and up to ten examples."""
     period, _filters, _tz = _query(request, first, last, [], [])
     with request.app.state.index.read_session() as s:
