@@ -26,6 +26,9 @@ db_app = typer.Typer(help="The index database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 token_app = typer.Typer(help="Bearer tokens of the HTTP API.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+retention_app = typer.Typer(help="Retention (gallring): delete what the rules let go.",
+                            no_args_is_help=True)
+app.add_typer(retention_app, name="retention")
 fixity_app = typer.Typer(help="Fixity: are the archived bytes still what was archived?",
                          no_args_is_help=True)
 app.add_typer(fixity_app, name="fixity")
@@ -89,6 +92,45 @@ def token_create(
     console.print(f"token {row.id}: role {row.role}, departments "
                   f"{', '.join(row.departments) or 'all'}")
     print(secret)
+
+
+@retention_app.command("run")
+def retention_run(
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="list what would be deleted; delete nothing")] = False,
+) -> None:
+    """Apply the retention rules (VNA_RETENTION_RULES): delete the index entries and objects
+    they select, each with an audit record. Run it with --dry-run first."""
+    settings = get_settings()
+    _prepare_data_dir(settings)
+    from storage import retention
+    from storage.index.db import Index
+    from storage.objectstore import make_object_store
+    from vna.retention import load_rules
+
+    try:
+        rules = load_rules(settings.retention_rules_path)
+    except ValueError as exc:
+        console.print(f"[red]{settings.retention_rules_path}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if not rules:
+        console.print(f"no retention rules in {settings.retention_rules_path}: nothing to do")
+        return
+    index = Index(settings.resolved_database_url, fsync=settings.fsync)
+    candidates = retention.plan(index, rules)
+    table = Table(title="vna retention" + (" (dry run: nothing deleted)" if dry_run else ""))
+    for col in ("rule", "what", "selected", "oldest"):
+        table.add_column(col)
+    for rule in rules:
+        mine = [c for c in candidates if c.rule == rule.name]
+        oldest = min((c.when for c in mine), default=None)
+        table.add_row(rule.name, rule.target, str(len(mine)),
+                      oldest.date().isoformat() if oldest else "-")
+    console.print(table)
+    if not dry_run and candidates:
+        done = retention.apply(index, make_object_store(settings), candidates)
+        console.print(f"deleted {done} of {len(candidates)} (each recorded in the audit trail)")
+    index.dispose()
 
 
 @fixity_app.command("run")

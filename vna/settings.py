@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     s3_bucket: str = "vna"
     s3_secure: bool = False
     broker_url: str | None = None
+    retention_rules: Path | None = Field(
+        default=None, description="retention rules (JSON); default VNA_DATA_DIR/retention.json")
     timezone: str = Field(default="Europe/Stockholm",
                           description="the region's time zone: statistics days and hours")
     outbox_poll_seconds: float = Field(default=5.0, gt=0,
@@ -115,6 +117,10 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
+
+    @property
+    def retention_rules_path(self) -> Path:
+        return self.retention_rules or self.data_dir / "retention.json"
 
     @property
     def allowed_document_mime_types(self) -> frozenset[str]:
