@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -212,6 +213,20 @@ def module_backend(request: pytest.FixtureRequest,
             url = stack.enter_context(fresh_database(request.getfixturevalue("pg_server")))
         yield Backend(request.param, _backend_env(request.param, data_dir, request, url),
                       data_dir)
+
+
+@pytest.fixture
+def archive(backend: Backend) -> Iterator[Any]:
+    """The archive (object store and migrated index) of this test's backend."""
+    from storage.archive import Archive
+    from storage.migrate import upgrade
+
+    settings: Any = backend.settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    a = Archive(settings)
+    yield a
+    a.index.dispose()
 
 
 @pytest.fixture

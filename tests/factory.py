@@ -70,3 +70,24 @@ def dataset_bytes(path: Path) -> bytes:
 
     _, offset = split_dataset(path)
     return path.read_bytes()[offset:]
+
+
+def store_document(archive: Any, content: bytes, mime_type: str) -> str:
+    """A document stored the way the API stores it: object first, then the entry."""
+    import hashlib
+    import io
+    from datetime import UTC, datetime
+
+    from storage.index.documents import Documents, StoredObject
+    from storage.keys import document_object_key
+    from vna.documents.entry import DocumentMetadata, new_entry_uuid, new_unique_id
+
+    entry_uuid, unique_id = new_entry_uuid(), new_unique_id()
+    key = document_object_key(entry_uuid, datetime.now(UTC))
+    archive.store.put_stream(key, io.BytesIO(content), content_type=mime_type)
+    Documents(archive.index).add(
+        DocumentMetadata(patientId="191212121212", classCode="c", practiceSettingCode="d"),
+        StoredObject(key, hashlib.sha256(content).hexdigest(), len(content), mime_type, None),
+        unique_id=unique_id, entry_uuid=entry_uuid, repository_unique_id="2.25.1",
+        submitted_by="test")
+    return unique_id

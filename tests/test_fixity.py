@@ -10,9 +10,8 @@ import sqlalchemy as sa
 
 from storage.archive import Archive
 from tests.conftest import VNA, Backend, vna_env
-from tests.factory import make_instance, write
+from tests.factory import make_instance, store_document, write
 from tests.media import make_pdf
-from tests.test_outbox import archive, store_document  # noqa: F401 - the fixture
 
 
 def fixity(backend: Backend) -> subprocess.CompletedProcess[str]:
@@ -21,7 +20,7 @@ def fixity(backend: Backend) -> subprocess.CompletedProcess[str]:
                           timeout=120, cwd=backend.data_dir.parent)
 
 
-def test_fixity_finds_changed_and_missing_objects(archive: Archive,  # noqa: F811
+def test_fixity_finds_changed_and_missing_objects(archive: Archive,
                                                   backend: Backend, tmp_path: Path) -> None:
     keys = []
     for i in range(3):

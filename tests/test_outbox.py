@@ -3,8 +3,6 @@ serverless filesystem transport (files + SQLite) and on the real Redis (S3 + Pos
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import random
@@ -14,32 +12,16 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from storage.archive import Archive
 from storage.derive import Deriver
-from storage.index.documents import Documents, StoredObject
-from storage.keys import document_object_key
-from storage.migrate import upgrade
 from storage.outbox import lag, pending
 from tests.conftest import VNA, Backend, stop_process, vna_env
-from tests.factory import make_instance, write
+from tests.factory import make_instance, store_document, write
 from tests.media import make_mp4, make_pdf
-from vna.documents.entry import DocumentMetadata, new_entry_uuid, new_unique_id
-
-
-@pytest.fixture
-def archive(backend: Backend) -> Iterator[Archive]:
-    settings = backend.settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[attr-defined]
-    upgrade(settings.resolved_database_url)  # type: ignore[attr-defined]
-    a = Archive(settings)  # type: ignore[arg-type]
-    yield a
-    a.index.dispose()
 
 
 def store_instances(archive: Archive, tmp: Path, n: int, tag: str) -> list[str]:
@@ -52,19 +34,6 @@ def store_instances(archive: Archive, tmp: Path, n: int, tag: str) -> list[str]:
         assert archive.store_file(write(ds, tmp / f"{tag}-{i}.dcm"), source_aet="T").ok
         uids.append(uid)
     return uids
-
-
-def store_document(archive: Archive, content: bytes, mime_type: str) -> str:
-    """A document stored the way the API stores it: object first, then the entry."""
-    entry_uuid, unique_id = new_entry_uuid(), new_unique_id()
-    key = document_object_key(entry_uuid, datetime.now(UTC))
-    archive.store.put_stream(key, io.BytesIO(content), content_type=mime_type)
-    Documents(archive.index).add(
-        DocumentMetadata(patientId="191212121212", classCode="c", practiceSettingCode="d"),
-        StoredObject(key, hashlib.sha256(content).hexdigest(), len(content), mime_type, None),
-        unique_id=unique_id, entry_uuid=entry_uuid, repository_unique_id="2.25.1",
-        submitted_by="test")
-    return unique_id
 
 
 def count(archive: Archive, table: str, where: str = "") -> int:

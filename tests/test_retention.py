@@ -14,9 +14,8 @@ import sqlalchemy as sa
 
 from storage.archive import Archive
 from tests.conftest import VNA, Backend, vna_env
-from tests.factory import make_instance, write
+from tests.factory import make_instance, store_document, write
 from tests.media import make_jpeg, make_pdf
-from tests.test_outbox import archive, store_document  # noqa: F401 - the fixture
 from vna.retention import load_rules
 
 RULES = [
@@ -33,8 +32,8 @@ def retention(backend: Backend, *args: str) -> subprocess.CompletedProcess[str]:
                           cwd=backend.data_dir.parent)
 
 
-def q(archive: Archive, sql: str) -> list[tuple[object, ...]]:
-    with archive.index.read_session() as s:
+def q(a: Archive, sql: str) -> list[tuple[object, ...]]:
+    with a.index.read_session() as s:
         return [tuple(r) for r in s.execute(sa.text(sql))]
 
 

@@ -19,8 +19,7 @@ from storage.migrate import upgrade
 from storage.outbox import pending
 from tests.api_client import ADMIN_TOKEN, RunningAPI, start_api, stop_api
 from tests.conftest import Backend
-from tests.factory import make_instance, write
-from tests.test_outbox import store_document
+from tests.factory import make_instance, store_document, write
 from vna.stats import Filters, Interval, InvalidStatsQuery, Period, bucket, workload_matrix
 
 TZ = ZoneInfo("Europe/Stockholm")

@@ -11,21 +11,10 @@ from sqlalchemy import func, select
 from storage.archive import Archive
 from storage.index.models import Instance, Patient, Series, Study
 from storage.index.query import FindQuery, find
-from storage.migrate import current, upgrade
+from storage.migrate import current
 from storage.objectstore import FileObjectStore, ObjectNotFound, ObjectStore, S3ObjectStore
-from tests.conftest import Backend
 from tests.factory import dataset_bytes, make_instance, write
 from vna.dicom.attributes import Level
-
-
-@pytest.fixture
-def archive(backend: Backend) -> Archive:
-    settings = backend.settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.resolved_database_url)
-    a = Archive(settings)
-    yield a
-    a.index.dispose()
 
 
 def counts(a: Archive) -> dict[str, int]:
