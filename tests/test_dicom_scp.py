@@ -331,3 +331,17 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(backend: Backend,
             assert received.datasets[uid] == dataset_bytes(files[i])
     incoming = backend.data_dir / "incoming"
     assert [p for p in incoming.rglob("*") if p.is_file()] == []
+    # Every archived instance has its outbox event (same transaction): the workers' follow-up
+    # work survives the kill too.
+    import sqlalchemy as sa
+
+    from storage.index.db import Index
+
+    index = Index(backend.settings().resolved_database_url)  # type: ignore[attr-defined]
+    try:
+        with index.read_session() as s:
+            events = set(s.scalars(sa.text(
+                "SELECT subject FROM outbox_event WHERE kind = 'instance.stored'")))
+    finally:
+        index.dispose()
+    assert events == archived
