@@ -357,6 +357,7 @@ def generate(region: Region, outbox: bool) -> Iterator[Batch]:
     studies = region.plan()
     n_patients = max(1, round(len(studies) * 0.6))
     patients: list[Patient] = []
+    seen_ids: set[str] = set()
     batch = Batch()
     for i in range(n_patients):
         male = rng.random() < 0.48
@@ -366,7 +367,11 @@ def generate(region: Region, outbox: bool) -> Iterator[Batch]:
         variant = None
         if rng.random() < 0.01:
             variant = f"{name} {rng.choice(GIVEN_M if male else GIVEN_F)}"
-        pat = Patient(i + 1, personnummer(rng, birth, male), name, variant, birth)
+        pid = personnummer(rng, birth, male)
+        while pid in seen_ids:  # a region-year of patients: birthday collisions happen
+            pid = personnummer(rng, birth, male)
+        seen_ids.add(pid)
+        pat = Patient(i + 1, pid, name, variant, birth)
         patients.append(pat)
         batch.add("patient", (pat.id, pat.patient_id, "", name, name.upper(), _da(birth),
                               "M" if male else "F"))
