@@ -30,7 +30,6 @@ import secrets
 import shutil
 import statistics
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -53,6 +52,7 @@ from servers import (  # noqa: E402
     _venv_tool,
     cleanup_on_exit,
     create_database,
+    first_line,
     free_port,
     make_tempdir,
     remove_tempdir,
@@ -528,13 +528,6 @@ def verdicts(summary: dict[str, dict[str, Any]]) -> list[tuple[str, str, bool | 
 
 
 def environment(weed: str) -> dict[str, str]:
-    def first_line(cmd: list[str]) -> str:
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-            return (out.stdout or out.stderr).strip().splitlines()[0]
-        except Exception:
-            return "?"
-
     import minio
 
     return {

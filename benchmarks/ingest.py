@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from servers import (  # noqa: E402
     BenchError,
     cleanup_on_exit,
     dcmtk,
+    first_line,
     make_target,
     make_tempdir,
     remove_tempdir,
@@ -118,13 +118,6 @@ def report(cells: dict[tuple[str, int, str], Cell], targets: list[str]) -> str:
 
 def environment() -> dict[str, str]:
     """What the figures depend on, printed with them."""
-    def first_line(cmd: list[str]) -> str:
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-            return (out.stdout or out.stderr).strip().splitlines()[0]
-        except Exception:
-            return "?"
-
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "host": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs",

@@ -65,6 +65,15 @@ def dcmtk(tool: str) -> str:
     raise BenchError(f"DCMTK's `{tool}` is not installed (apt-get install dcmtk)")
 
 
+def first_line(cmd: list[str]) -> str:
+    """The first line a command prints (its version, say), or "?"."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except Exception:
+        return "?"
+
+
 def dcmtk_env() -> dict[str, str]:
     """DCMTK (and Orthanc, which links it) leave Nagle on unless TCP_NODELAY=1: ~40 ms/message."""
     return {**os.environ, "TCP_NODELAY": "1"}

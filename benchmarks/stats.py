@@ -27,7 +27,6 @@ import platform
 import random
 import sqlite3
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +49,7 @@ from servers import (  # noqa: E402
     cleanup_on_exit,
     create_database,
     drop_database,
+    first_line,
     make_tempdir,
 )
 
@@ -898,13 +898,6 @@ def report(db: str, gen: Generated, timings: list[Timing], exports: list[ExportR
 
 
 def environment() -> dict[str, str]:
-    def first_line(cmd: list[str]) -> str:
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-            return (out.stdout or out.stderr).strip().splitlines()[0]
-        except Exception:
-            return "?"
-
     pg = "?"
     with contextlib.suppress(Exception):
         import psycopg
