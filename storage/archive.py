@@ -30,12 +30,10 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from storage.index.db import Index
+from storage.index.db import Index, dialect_insert
 from storage.index.models import Instance, Patient, Series, Study
 from storage.keys import dicom_object_key
 from storage.objectstore import ObjectStore, make_object_store
@@ -326,8 +324,7 @@ def _parent_id(conn: Connection, table: Any, unique_cols: tuple[str, ...],
     where = [table.c[c] == v for c, v in unique.items()]
     row_id = conn.execute(select(table.c.id).where(*where)).scalar()
     if row_id is None:
-        insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        conn.execute(insert(table).values(**_fit(table, {**values, **parents}))
+        conn.execute(dialect_insert(conn)(table).values(**_fit(table, {**values, **parents}))
                      .on_conflict_do_nothing(index_elements=list(unique_cols)))
         row_id = conn.execute(select(table.c.id).where(*where)).scalar_one()
     created[key] = int(row_id)

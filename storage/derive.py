@@ -16,16 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from storage.index.db import Index
+from storage.index.db import Index, dialect_insert
 from storage.index.models import (
-    Document,
     DocumentMedia,
-    Instance,
     InstanceFact,
     InstanceMetadata,
 )
@@ -46,14 +41,13 @@ from storage.outbox import (
 )
 from vna.dicom.metadata import header_json
 from vna.documents.media import read_facts
-from vna.quality import acquired_at, patient_name, procedure_step
+from vna.quality import acquired_at, json_value, patient_name, procedure_step
 
 log = logging.getLogger("vna.worker")
 
 
 def _upsert(conn: Connection, model: Any, key: str, values: dict[str, Any]) -> None:
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(model).values(**values)
+    stmt = dialect_insert(conn)(model).values(**values)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=[key], set_={k: stmt.excluded[k] for k in values if k != key}))
 
@@ -77,85 +71,69 @@ class Deriver:
         return done
 
     def process(self, events: list[Event]) -> int:
+        rows = self._index_rows(events)
         results: list[tuple[Event, list[tuple[Any, str, dict[str, Any]]]]] = []
         for event in events:
             try:
-                results.append(self._derive(event))
+                results.append((event, self._derive(event, rows.get(event.id))))
             except Exception as exc:
                 log.warning("outbox event %d (%s %s) failed: %s", event.id, event.kind,
                             event.subject, type(exc).__name__)
                 mark_failed(self.index, event, f"{type(exc).__name__}: {exc}")
-        counts = self._rollup_keys([r[0] for r in results])
         with self.index.begin() as conn:
-            for _event, rows in results:
-                for model, key, values in rows:
+            for _event, derived in results:
+                for model, key, values in derived:
                     _upsert(conn, model, key, values)
-            marked = mark_processed(conn, (r[0].id for r in results))
-            add_to_rollup(conn, [counts[i] for i in marked if i in counts])
+            marked = mark_processed(conn, (event.id for event, _ in results))
+            add_to_rollup(conn, [rows[i][1] for i in marked if i in rows])
         return len(results)
 
-    def _rollup_keys(self, events: list[Event]) -> dict[int, RollupKey]:
-        """Each event's hour and dimensions, read from the index rows it is about."""
-        by_subject = {e.subject: e.id for e in events if e.kind == INSTANCE_STORED}
-        docs = {e.subject: e.id for e in events if e.kind == DOCUMENT_STORED}
-        out: dict[int, RollupKey] = {}
+    def _index_rows(self, events: list[Event]) -> dict[int, tuple[Any, RollupKey]]:
+        """The index row each event is about (none: deleted since, e.g. by retention) and
+        its rollup key, in one query per kind for the whole batch."""
+        instances = {e.subject: e.id for e in events if e.kind == INSTANCE_STORED}
+        documents = {e.subject: e.id for e in events if e.kind == DOCUMENT_STORED}
+        out: dict[int, tuple[Any, RollupKey]] = {}
         with self.index.read_session() as s:
-            if by_subject:
-                for row in s.execute(instance_dimensions(list(by_subject))):
-                    out[by_subject[row.sop_instance_uid]] = RollupKey.of_instance(row)
-            if docs:
-                for row in s.execute(document_dimensions(list(docs))):
-                    out[docs[row.unique_id]] = RollupKey.of_document(row)
+            if instances:
+                for row in s.execute(instance_dimensions(list(instances))):
+                    out[instances[row.sop_instance_uid]] = (row, RollupKey.of_instance(row))
+            if documents:
+                for row in s.execute(document_dimensions(list(documents))):
+                    out[documents[row.unique_id]] = (row, RollupKey.of_document(row))
         return out
 
-    def _derive(self, event: Event) -> tuple[Event, list[tuple[Any, str, dict[str, Any]]]]:
-        now = datetime.now(UTC)
+    def _derive(self, event: Event, found: tuple[Any, RollupKey] | None,
+                ) -> list[tuple[Any, str, dict[str, Any]]]:
+        if event.kind not in (INSTANCE_STORED, DOCUMENT_STORED):
+            raise ValueError(f"unknown outbox event kind {event.kind!r}")
+        if found is None:  # deleted since (retention): nothing to derive
+            return []
+        row, now = found[0], datetime.now(UTC)
         if event.kind == INSTANCE_STORED:
-            with self.index.read_session() as s:
-                row = s.execute(select(Instance.storage_key, Instance.received_at).where(
-                    Instance.sop_instance_uid == event.subject)).first()
-            if row is None:  # deleted since (retention): nothing to derive
-                return event, []
             with self.store.local_copy(row.storage_key) as path:
                 header = header_json(path)
-            return event, [
+            return [
                 (InstanceMetadata, "sop_instance_uid",
                  {"sop_instance_uid": event.subject, "header": header, "created_at": now}),
                 (InstanceFact, "sop_instance_uid",
                  instance_fact(event.subject, header, row.received_at, self.tz)),
             ]
-        if event.kind == DOCUMENT_STORED:
-            with self.index.read_session() as s:
-                doc = s.execute(select(Document.storage_key, Document.mime_type).where(
-                    Document.unique_id == event.subject)).first()
-            if doc is None:
-                return event, []
-            with self.store.local_copy(doc.storage_key) as path, open(path, "rb") as f:
-                facts = read_facts(f, doc.mime_type)
-            return event, [(DocumentMedia, "unique_id", {
-                "unique_id": event.subject, "duration_seconds": facts.duration_seconds,
-                "pages": facts.pages, "width": facts.width, "height": facts.height,
-                "created_at": now})]
-        raise ValueError(f"unknown outbox event kind {event.kind!r}")
+        with self.store.local_copy(row.storage_key) as path, open(path, "rb") as f:
+            facts = read_facts(f, row.mime_type)
+        return [(DocumentMedia, "unique_id", {
+            "unique_id": event.subject, "duration_seconds": facts.duration_seconds,
+            "pages": facts.pages, "width": facts.width, "height": facts.height,
+            "created_at": now})]
 
 
 def instance_fact(sop_instance_uid: str, header: dict[str, Any], received_at: datetime,
                   tz: ZoneInfo) -> dict[str, Any]:
     """The `instance_fact` row of an instance, from its DICOM JSON header."""
-    def value(tag: str) -> str | None:
-        v = (header.get(tag) or {}).get("Value") or [None]
-        return str(v[0]) if v[0] is not None else None
-
-    def utc(t: datetime | None) -> datetime | None:
-        # The index keeps UTC (SQLite would keep only the wall time of another zone).
-        if t is None:
-            return None
-        return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-
     start, end = procedure_step(header, tz)
     return {"sop_instance_uid": sop_instance_uid,
-            "study_instance_uid": value("0020000D") or "",
-            "modality": value("00080060"), "patient_id": value("00100020") or "",
-            "patient_name": patient_name(header), "received_at": utc(received_at),
-            "acquired_at": utc(acquired_at(header, tz)), "pps_start": utc(start),
-            "pps_end": utc(end)}
+            "study_instance_uid": json_value(header, "0020000D") or "",
+            "modality": json_value(header, "00080060"),
+            "patient_id": json_value(header, "00100020") or "",
+            "patient_name": patient_name(header), "received_at": received_at,
+            "acquired_at": acquired_at(header, tz), "pps_start": start, "pps_end": end}

@@ -75,5 +75,4 @@ def lag(index: Index) -> tuple[int, float]:
                                   .where(OutboxEvent.processed_at.is_(None))).one()
     if not oldest:
         return 0, 0.0
-    oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
     return int(count), max(0.0, (datetime.now(UTC) - oldest).total_seconds())

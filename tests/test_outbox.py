@@ -135,6 +135,10 @@ def test_worker_outage_then_everything_processed_once(archive: Archive, backend:
     assert count(archive, "instance_metadata") == len(uids) == 50
     assert count(archive, "document_media") == 1
     assert count(archive, "outbox_event", "WHERE processed_at IS NULL") == 0
+    with archive.index.read_session() as s:  # counted once each, despite the kill -9
+        counted = s.execute(sa.text("SELECT kind, sum(count) FROM stats_hourly "
+                                    "GROUP BY kind")).all()
+    assert dict(counted) == {"instance": 50, "document": 1}
     with archive.index.read_session() as s:
         pages = s.execute(sa.text("SELECT pages FROM document_media WHERE unique_id = :u"),
                           {"u": doc}).scalar_one()

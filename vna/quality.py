@@ -44,7 +44,8 @@ def valid_personnummer(patient_id: str) -> bool:
     return (10 - total % 10) % 10 == int(check)
 
 
-def _value(header: dict[str, Any], tag: str) -> str | None:
+def json_value(header: dict[str, Any], tag: str) -> str | None:
+    """The first value of an attribute in a DICOM JSON header (a PN's alphabetic form)."""
     element = header.get(tag)
     values = element.get("Value") if element else None
     if not values:
@@ -72,12 +73,12 @@ def dicom_datetime(date: str | None, time: str | None, tz: ZoneInfo) -> datetime
 def acquired_at(header: dict[str, Any], tz: ZoneInfo) -> datetime | None:
     """When the image was made: AcquisitionDateTime, else Acquisition, Content, Series or
     Study date and time, the first that is there."""
-    adt = _value(header, "0008002A")
+    adt = json_value(header, "0008002A")
     if adt and len(adt) >= 8:
         return dicom_datetime(adt[:8], adt[8:] or None, tz)
     for date_tag, time_tag in (("00080022", "00080032"), ("00080023", "00080033"),
                                ("00080021", "00080031"), ("00080020", "00080030")):
-        t = dicom_datetime(_value(header, date_tag), _value(header, time_tag), tz)
+        t = dicom_datetime(json_value(header, date_tag), json_value(header, time_tag), tz)
         if t is not None:
             return t
     return None
@@ -86,12 +87,12 @@ def acquired_at(header: dict[str, Any], tz: ZoneInfo) -> datetime | None:
 def procedure_step(header: dict[str, Any], tz: ZoneInfo) -> tuple[datetime | None,
                                                                    datetime | None]:
     """Performed Procedure Step start and end, where the modality recorded them."""
-    return (dicom_datetime(_value(header, "00400244"), _value(header, "00400245"), tz),
-            dicom_datetime(_value(header, "00400250"), _value(header, "00400251"), tz))
+    return (dicom_datetime(json_value(header, "00400244"), json_value(header, "00400245"), tz),
+            dicom_datetime(json_value(header, "00400250"), json_value(header, "00400251"), tz))
 
 
 def patient_name(header: dict[str, Any]) -> str | None:
-    name = _value(header, "00100010")
+    name = json_value(header, "00100010")
     return name.strip().upper() if name else None
 
 

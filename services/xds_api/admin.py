@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -37,17 +37,12 @@ class TokenInfo(BaseModel):
     def of(cls, row: ApiToken) -> TokenInfo:
         return cls(id=row.id, role=Role(row.role), departments=row.departments or [],
                    source=Source(row.source or Source.DEPARTMENT.value), label=row.label,
-                   createdAt=_aware(row.created_at),
-                   createdBy=row.created_by, revokedAt=row.revoked_at and
-                   _aware(row.revoked_at))
+                   createdAt=row.created_at,
+                   createdBy=row.created_by, revokedAt=row.revoked_at)
 
 
 class CreatedToken(TokenInfo):
     token: str  # shown once; only its hash is kept
-
-
-def _aware(t: datetime) -> datetime:
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
 @router.post("/tokens", status_code=201, response_model=CreatedToken)

@@ -52,13 +52,12 @@ View = Annotated[Literal["live", "nightly"], Query(
     description="live: today so far included; nightly: the snapshot up to last midnight")]
 
 
-def _query(request: Request, first: date | None, last: date | None, include: list[str],
-           exclude: list[str]) -> tuple[Period, Filters, ZoneInfo]:
+def _query(request: Request, first: date | None, last: date | None, view: str,
+           include: list[str], exclude: list[str]) -> tuple[Period, Filters, ZoneInfo]:
     tz = ZoneInfo(request.app.state.settings.timezone)
-    nightly = request.query_params.get("view", "live") == "nightly"
     try:
-        return (Period.of(first, last, tz, nightly=nightly), Filters.parse(include, exclude),
-                tz)
+        return (Period.of(first, last, tz, nightly=view == "nightly"),
+                Filters.parse(include, exclude), tz)
     except InvalidStatsQuery as exc:
         raise HTTPException(422, str(exc)) from None
 
@@ -74,7 +73,7 @@ def summary(request: Request, _: Principal = authorize(Action.STATS_READ),
             include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
     """Patients, studies, series, instances, documents and bytes in the period, and the
     same by modality and by department."""
-    period, filters, _tz = _query(request, first, last, include, exclude)
+    period, filters, _tz = _query(request, first, last, view, include, exclude)
     with request.app.state.index.read_session() as s:
         patients, studies, series = queries.study_counts(s, period)
         totals = queries.totals_by(s, period, filters, None)
@@ -112,7 +111,7 @@ def volumes(request: Request, _: Principal = authorize(Action.STATS_READ),
             dimension: Dimension = Dimension.MODALITY, kind: Kind = None,
             include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
     """Counts and bytes per interval (local time) for each value of a dimension."""
-    period, filters, tz = _query(request, first, last, include, exclude)
+    period, filters, tz = _query(request, first, last, view, include, exclude)
     with request.app.state.index.read_session() as s:
         rows = queries.volume_rows(s, period, filters, dimension, kind)
     series = volume_series(rows, interval, tz)
@@ -131,7 +130,7 @@ def workload(request: Request, _: Principal = authorize(Action.STATS_READ),
              first: From = None, last: To = None, view: View = "live", kind: Kind = None,
              include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
     """Weekday x hour of day (local time): when the archive receives the most."""
-    period, filters, tz = _query(request, first, last, include, exclude)
+    period, filters, tz = _query(request, first, last, view, include, exclude)
     with request.app.state.index.read_session() as s:
         rows = queries.workload_rows(s, period, filters, kind)
     return {"timezone": str(tz),
@@ -146,7 +145,7 @@ def ingest_throughput(request: Request, _: Principal = authorize(Action.STATS_RE
                       include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
     """Ingest rates (per second, over the hours with ingest), the peak hour, per source AE,
     and the workers' backlog (outbox lag)."""
-    period, filters, _tz = _query(request, first, last, include, exclude)
+    period, filters, _tz = _query(request, first, last, view, include, exclude)
     with request.app.state.index.read_session() as s:
         rows = queries.volume_rows(s, period, filters, Dimension.SOURCE_AE, kind)
     return {**throughput(rows), "outbox": _freshness(request)}
@@ -160,7 +159,7 @@ def storage(request: Request, _: Principal = authorize(Action.STATS_READ),
             include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
     """Bytes added and stored in all, per interval and dimension value, and a linear
     forecast of the total for the next six intervals."""
-    period, filters, tz = _query(request, first, last, include, exclude)
+    period, filters, tz = _query(request, first, last, view, include, exclude)
     with request.app.state.index.read_session() as s:
         rows = queries.volume_rows(s, period, filters, dimension, kind)
         before = queries.bytes_before(s, period, filters, dimension, kind)
@@ -176,7 +175,7 @@ def export(request: Request, _: Principal = authorize(Action.STATS_READ),
            first: From = None, last: To = None, view: View = "live") -> Response:
     """The fact table of studies, instances or documents in the period, one row per fact,
     as CSV (streamed) or Parquet; no patient identity in it."""
-    period, _filters, _tz = _query(request, first, last, [], [])
+    period, _filters, _tz = _query(request, first, last, view, [], [])
     index = request.app.state.index
     name = f"vna-{dataset}-{period.start.date()}-{(period.end.date())}"
     if format == "parquet":
@@ -192,7 +191,7 @@ def leadtimes(request: Request, _: Principal = authorize(Action.STATS_READ),
               first: From = None, last: To = None, view: View = "live") -> Any:
     """p50/p90 in seconds: acquisition to archive (per instance), exam duration (first
     performed procedure step start to last end, per study); overall and by modality."""
-    period, _filters, _tz = _query(request, first, last, [], [])
+    period, _filters, _tz = _query(request, first, last, view, [], [])
     with request.app.state.index.read_session() as s:
         arrivals = queries.arrival_delays(s, period)
         exams = queries.exam_durations(s, period)
@@ -218,7 +217,7 @@ def _distribution(rows: list[tuple[str, str | None, float]]) -> dict[str, Any]:
 def quality(request: Request, _: Principal = authorize(Action.STATS_READ),
             first: From = None, last: To = None, view: View = "live") -> Any:
     """Data-quality findings of the period, by rule: how many, and up to ten examples."""
-    period, _filters, _tz = _query(request, first, last, [], [])
+    period, _filters, _tz = _query(request, first, last, view, [], [])
     with request.app.state.index.read_session() as s:
         exams = queries.exam_durations(s, period)
         arrivals = queries.arrival_delays(s, period)

@@ -53,6 +53,14 @@ class _WriterLock:
             self._thread_lock.release()
 
 
+def dialect_insert(conn: Connection) -> Any:
+    """The INSERT with ON CONFLICT of this connection's database (both speak it)."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+
+
 def make_engine(url: str, *, fsync: bool = True, for_writes: bool = True) -> Engine:
     """An engine whose errors never show bound values: those are patient IDs and names."""
     if url.startswith("sqlite"):

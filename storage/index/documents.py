@@ -60,30 +60,25 @@ class FindDocumentsQuery:
     offset: int = 0
 
 
-def _aware(t: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything the index holds is UTC."""
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
-
-
 def to_entry(row: Document) -> DocumentEntry:
     review = None
     if row.review_decision:
         review = {"decision": row.review_decision, "reason": row.review_reason,
-                  "reviewedBy": row.reviewed_by, "reviewedAt": _aware(row.reviewed_at)}
+                  "reviewedBy": row.reviewed_by, "reviewedAt": row.reviewed_at}
     return DocumentEntry(
         patientId=row.patient_id, classCode=row.class_code, typeCode=row.type_code,
         practiceSettingCode=row.practice_setting_code,
         healthcareFacilityTypeCode=row.healthcare_facility_type_code,
         title=row.title, author=row.author,
-        creationTime=_aware(row.creation_time),  # type: ignore[arg-type]
-        serviceStartTime=_aware(row.service_start_time),
-        serviceStopTime=_aware(row.service_stop_time),
+        creationTime=row.creation_time,
+        serviceStartTime=row.service_start_time,
+        serviceStopTime=row.service_stop_time,
         confidentialityCode=row.confidentiality_code, languageCode=row.language_code,
         mimeType=row.mime_type, hash=row.sha256, size=row.size, uniqueId=row.unique_id,
         entryUUID=row.entry_uuid, repositoryUniqueId=row.repository_unique_id,
         availabilityStatus=AvailabilityStatus(row.availability_status),
         source=Source(row.source), filename=row.filename,
-        submissionTime=_aware(row.submission_time),  # type: ignore[arg-type]
+        submissionTime=row.submission_time,
         version=row.version, replaces=row.replaces, replacedBy=row.replaced_by,
         review=review)
 
@@ -94,9 +89,9 @@ def metadata_of(row: Document) -> DocumentMetadata:
         patientId=row.patient_id, classCode=row.class_code,
         practiceSettingCode=row.practice_setting_code, typeCode=row.type_code,
         healthcareFacilityTypeCode=row.healthcare_facility_type_code, title=row.title,
-        author=row.author, creationTime=_aware(row.creation_time),
-        serviceStartTime=_aware(row.service_start_time),
-        serviceStopTime=_aware(row.service_stop_time),
+        author=row.author, creationTime=row.creation_time,
+        serviceStartTime=row.service_start_time,
+        serviceStopTime=row.service_stop_time,
         confidentialityCode=row.confidentiality_code, languageCode=row.language_code,
         mimeType=row.mime_type, source=Source(row.source))
 
@@ -272,7 +267,7 @@ def split_cx(patient_id: str) -> tuple[str, str | None]:
 
 def _document_item(d: Document) -> dict[str, Any]:
     return {
-        "kind": "document", "time": _aware(d.creation_time), "uniqueId": d.unique_id,
+        "kind": "document", "time": d.creation_time, "uniqueId": d.unique_id,
         "title": d.title, "classCode": d.class_code, "typeCode": d.type_code,
         "practiceSettingCode": d.practice_setting_code, "mimeType": d.mime_type,
         "size": d.size, "source": d.source,

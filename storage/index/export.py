@@ -101,7 +101,7 @@ def to_csv(index: Index, dataset: Dataset, period: Period) -> Iterator[bytes]:
 
 def _csv_value(v: Any) -> Any:
     if isinstance(v, datetime):
-        return (v if v.tzinfo else v.replace(tzinfo=UTC)).isoformat()
+        return v.isoformat()
     return v
 
 
@@ -133,10 +133,6 @@ def to_parquet(index: Index, dataset: Dataset, period: Period) -> bytes:
         for part in rows(index, dataset, period):
             cols = list(zip(*part, strict=True))
             writer.write_batch(pa.record_batch(
-                [pa.array([_aware(v) for v in col], type=field.type)
+                [pa.array(col, type=field.type)
                  for col, field in zip(cols, schema, strict=True)], schema=schema))
     return bytes(sink.getvalue().to_pybytes())
-
-
-def _aware(v: Any) -> Any:
-    return v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v

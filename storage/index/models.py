@@ -10,7 +10,8 @@ PN matching.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -31,6 +33,34 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 class Base(DeclarativeBase):
     pass
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A point in time, always written and read back as aware UTC.
+
+    SQLite keeps no time zone: it would store the wall time of whatever zone a value had
+    and hand back naive values. Converting here, once, is what lets every query, API
+    answer and export use the index's times as they come.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    @property
+    def python_type(self) -> type[datetime]:
+        return datetime
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return _utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return _utc(value)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 UID = String(64)
@@ -69,7 +99,7 @@ class Study(Base):
     referring_physician_name_upper: Mapped[str | None] = mapped_column(String(324))
     institution_name: Mapped[str | None] = mapped_column(String(64))
     patient_age: Mapped[str | None] = mapped_column(String(4))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")
@@ -114,7 +144,7 @@ class Instance(Base):
     number_of_frames: Mapped[int | None] = mapped_column(Integer)
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
     source_aet: Mapped[str | None] = mapped_column(String(16))
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     dataset_offset: Mapped[int] = mapped_column(Integer)
@@ -147,9 +177,9 @@ class Document(Base):
     healthcare_facility_type_code: Mapped[str | None] = mapped_column(String(64))
     title: Mapped[str | None] = mapped_column(String(256))
     author: Mapped[str | None] = mapped_column(String(256))
-    creation_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    service_start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    service_stop_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    creation_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    service_start_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    service_stop_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
     confidentiality_code: Mapped[str] = mapped_column(String(64))
     language_code: Mapped[str] = mapped_column(String(32))
     mime_type: Mapped[str] = mapped_column(String(128))
@@ -160,7 +190,7 @@ class Document(Base):
     source: Mapped[str] = mapped_column(String(16))
     filename: Mapped[str | None] = mapped_column(String(255))
     storage_key: Mapped[str] = mapped_column(String(256))
-    submission_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    submission_time: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     submitted_by: Mapped[str] = mapped_column(String(32))  # token id
     version: Mapped[int] = mapped_column(SmallInteger, server_default="1")
     replaces: Mapped[str | None] = mapped_column(String(64))
@@ -168,7 +198,7 @@ class Document(Base):
     review_decision: Mapped[str | None] = mapped_column(String(16))
     review_reason: Mapped[str | None] = mapped_column(Text)
     reviewed_by: Mapped[str | None] = mapped_column(String(32))
-    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ApiToken(Base):
@@ -185,9 +215,9 @@ class ApiToken(Base):
     # always wait for review, whatever their metadata says.
     source: Mapped[str] = mapped_column(String(16), server_default="department")
     label: Mapped[str | None] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_by: Mapped[str | None] = mapped_column(String(32))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class AuditEvent(Base):
@@ -197,7 +227,7 @@ class AuditEvent(Base):
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                     primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     token_id: Mapped[str | None] = mapped_column(String(32), index=True)
     role: Mapped[str | None] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(32))
@@ -220,10 +250,10 @@ class OutboxEvent(Base):
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                     primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     kind: Mapped[str] = mapped_column(String(32))  # instance.stored, document.stored
     subject: Mapped[str] = mapped_column(String(64))  # SOP Instance UID, document uniqueId
-    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(SmallInteger, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
 
@@ -236,7 +266,7 @@ class InstanceMetadata(Base):
 
     sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     header: Mapped[dict[str, object]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class DocumentMedia(Base):
@@ -250,7 +280,7 @@ class DocumentMedia(Base):
     pages: Mapped[int | None] = mapped_column(Integer)
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class InstanceFact(Base):
@@ -268,10 +298,10 @@ class InstanceFact(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     patient_id: Mapped[str] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(324))
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    acquired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    pps_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    pps_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pps_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pps_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 STATS_DIMENSIONS = ("modality", "department", "referrer", "source_ae", "station", "body_part",
@@ -290,7 +320,7 @@ class StatsHourly(Base):
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                     primary_key=True)
-    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     kind: Mapped[str] = mapped_column(String(16))  # instance | document
     modality: Mapped[str] = mapped_column(String(16))
     department: Mapped[str] = mapped_column(String(64))
@@ -311,7 +341,7 @@ class FixityCheck(Base):
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                     primary_key=True)
-    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
     kind: Mapped[str] = mapped_column(String(16))  # instance | document
     subject: Mapped[str] = mapped_column(String(64))  # SOP Instance UID | uniqueId
     storage_key: Mapped[str] = mapped_column(String(256))

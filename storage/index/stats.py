@@ -10,11 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, not_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+from storage.index.db import dialect_insert
 from storage.index.models import (
     STATS_DIMENSIONS,
     Document,
@@ -45,7 +44,6 @@ class RollupKey:
 
     @staticmethod
     def _hour(t: datetime) -> datetime:
-        t = t if t.tzinfo else t.replace(tzinfo=UTC)
         return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
     @classmethod
@@ -62,7 +60,8 @@ class RollupKey:
 
 
 def instance_dimensions(sop_instance_uids: list[str]) -> Any:
-    return (select(Instance.sop_instance_uid, Instance.received_at, Instance.size,
+    return (select(Instance.sop_instance_uid, Instance.storage_key, Instance.received_at,
+                   Instance.size,
                    Instance.source_aet, Series.modality, Series.institutional_department_name,
                    Series.station_name, Series.body_part_examined,
                    Study.referring_physician_name)
@@ -72,8 +71,9 @@ def instance_dimensions(sop_instance_uids: list[str]) -> Any:
 
 
 def document_dimensions(unique_ids: list[str]) -> Any:
-    return select(Document.unique_id, Document.submission_time, Document.size,
-                  Document.practice_setting_code, Document.class_code).where(
+    return select(Document.unique_id, Document.storage_key, Document.mime_type,
+                  Document.submission_time, Document.size, Document.practice_setting_code,
+                  Document.class_code).where(
         Document.unique_id.in_(unique_ids))
 
 
@@ -90,10 +90,9 @@ def add_to_rollup(conn: Connection, keys: Iterable[RollupKey]) -> None:
         sizes[key] += k.size
     if not totals:
         return
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     for key, count in totals.items():
         values = dict(zip(_KEY_COLUMNS, key, strict=True))
-        stmt = insert(StatsHourly).values(**values, count=count, bytes=sizes[key])
+        stmt = dialect_insert(conn)(StatsHourly).values(**values, count=count, bytes=sizes[key])
         conn.execute(stmt.on_conflict_do_update(
             index_elements=list(_KEY_COLUMNS),
             set_={"count": StatsHourly.count + stmt.excluded.count,
@@ -112,10 +111,6 @@ def _filtered(stmt: Any, period: Period, filters: Filters, kind: str | None) -> 
     return stmt
 
 
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
 def volume_rows(session: Session, period: Period, filters: Filters, dimension: Dimension,
                 kind: str | None) -> list[tuple[datetime, str, int, int]]:
     """(hour, dimension value, count, bytes) in the period."""
@@ -123,7 +118,7 @@ def volume_rows(session: Session, period: Period, filters: Filters, dimension: D
     stmt = _filtered(select(StatsHourly.hour, col, func.sum(StatsHourly.count),
                             func.sum(StatsHourly.bytes)), period, filters, kind)
     stmt = stmt.group_by(StatsHourly.hour, col).order_by(StatsHourly.hour)
-    return [(_aware(h), k, int(c), int(b)) for h, k, c, b in session.execute(stmt)]
+    return [(h, k, int(c), int(b)) for h, k, c, b in session.execute(stmt)]
 
 
 def bytes_before(session: Session, period: Period, filters: Filters, dimension: Dimension,
@@ -140,7 +135,7 @@ def workload_rows(session: Session, period: Period, filters: Filters,
                   kind: str | None) -> list[tuple[datetime, int]]:
     stmt = _filtered(select(StatsHourly.hour, func.sum(StatsHourly.count)), period, filters,
                      kind).group_by(StatsHourly.hour)
-    return [(_aware(h), int(c)) for h, c in session.execute(stmt)]
+    return [(h, int(c)) for h, c in session.execute(stmt)]
 
 
 def totals_by(session: Session, period: Period, filters: Filters,
@@ -182,7 +177,7 @@ def arrival_delays(session: Session, period: Period) -> list[tuple[str, str | No
                                   InstanceFact.received_at, InstanceFact.acquired_at)
                            .where(_in_period(InstanceFact.received_at, period),
                                   InstanceFact.acquired_at.isnot(None)))
-    return [(uid, modality, (_aware(received) - _aware(acquired)).total_seconds())
+    return [(uid, modality, (received - acquired).total_seconds())
             for uid, modality, received, acquired in rows if acquired is not None]
 
 
@@ -195,7 +190,7 @@ def exam_durations(session: Session, period: Period) -> list[tuple[str, str | No
                                   func.max(InstanceFact.pps_end))
                            .where(_in_period(InstanceFact.received_at, period))
                            .group_by(InstanceFact.study_instance_uid))
-    return [(uid, modality, (_aware(end) - _aware(start)).total_seconds())
+    return [(uid, modality, (end - start).total_seconds())
             for uid, modality, start, end in rows if start is not None and end is not None]
 
 

@@ -141,7 +141,7 @@ class AuditTrail:
         with self.index.read_session() as s:
             rows = s.scalars(stmt).all()
         return [{
-            "id": r.id, "at": r.at if r.at.tzinfo else r.at.replace(tzinfo=UTC),
+            "id": r.id, "at": r.at,
             "tokenId": r.token_id, "role": r.role, "action": r.action, "method": r.method,
             "route": r.route, "patientId": r.patient_id, "resource": r.resource,
             "status": r.status, "outcome": r.outcome, "client": r.client,
