@@ -2,11 +2,13 @@
 
 `instance.stored` -> the instance's DICOM JSON header (`instance_metadata`) and the facts
 lead times and quality rules need (`instance_fact`);
-`document.stored` -> media facts (`document_media`); both -> the statistics rollup
-(`stats_hourly`). Each result is written together with its event's `processed_at`: results
-keyed by their subject are upserts, and rollup counts are added only for the events this
-transaction itself marked, so an event done twice (two workers, a redelivery, a crash
-between work and commit) leaves one result and is counted once.
+`document.stored` -> media facts (`document_media`); both -> the statistics rollups
+(`stats_hourly`; for instances also `stats_arrival_hourly` and the study's exam in
+`study_fact`). Each result is written together with its event's `processed_at`: results
+keyed by their subject are upserts, a study's exam is a min/max merge, and rollup counts are
+added only for the events this transaction itself marked, so an event done twice (two
+workers, a redelivery, a crash between work and commit) leaves one result and is counted
+once.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from storage.index.models import (
 )
 from storage.index.stats import (
     RollupKey,
+    add_arrivals_to_rollup,
     add_to_rollup,
     document_dimensions,
     instance_dimensions,
+    merge_study_facts,
 )
 from storage.objectstore import ObjectStore
 from storage.outbox import (
@@ -84,8 +88,12 @@ class Deriver:
             for _event, derived in results:
                 for model, key, values in derived:
                     _upsert(conn, model, key, values)
+            facts = {event.id: values for event, derived in results
+                     for model, _key, values in derived if model is InstanceFact}
+            merge_study_facts(conn, facts.values())
             marked = mark_processed(conn, (event.id for event, _ in results))
             add_to_rollup(conn, [rows[i][1] for i in marked if i in rows])
+            add_arrivals_to_rollup(conn, [facts[i] for i in marked if i in facts])
         return len(results)
 
     def _index_rows(self, events: list[Event]) -> dict[int, tuple[Any, RollupKey]]:
@@ -131,9 +139,12 @@ def instance_fact(sop_instance_uid: str, header: dict[str, Any], received_at: da
                   tz: ZoneInfo) -> dict[str, Any]:
     """The `instance_fact` row of an instance, from its DICOM JSON header."""
     start, end = procedure_step(header, tz)
+    acquired = acquired_at(header, tz)
     return {"sop_instance_uid": sop_instance_uid,
             "study_instance_uid": json_value(header, "0020000D") or "",
             "modality": json_value(header, "00080060"),
             "patient_id": json_value(header, "00100020") or "",
             "patient_name": patient_name(header), "received_at": received_at,
-            "acquired_at": acquired_at(header, tz), "pps_start": start, "pps_end": end}
+            "acquired_at": acquired, "pps_start": start, "pps_end": end,
+            "arrival_seconds": (None if acquired is None
+                                else (received_at - acquired).total_seconds())}

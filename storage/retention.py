@@ -26,6 +26,7 @@ from storage.index.models import (
     Patient,
     Series,
     Study,
+    StudyFact,
 )
 from storage.objectstore import ObjectStore
 from vna.retention import RetentionRule
@@ -116,8 +117,10 @@ def _drop_empty_parents(conn: Connection, series_fk: int) -> None:
     if study_fk is None or conn.execute(select(exists().where(
             Series.study_fk == study_fk))).scalar():
         return
-    patient_fk = conn.execute(select(Study.patient_fk).where(Study.id == study_fk)).scalar()
+    patient_fk, study_uid = conn.execute(select(Study.patient_fk, Study.study_instance_uid)
+                                         .where(Study.id == study_fk)).one()
     conn.execute(delete(Study).where(Study.id == study_fk))
+    conn.execute(delete(StudyFact).where(StudyFact.study_instance_uid == study_uid))
     if patient_fk is not None and not conn.execute(select(exists().where(
             Study.patient_fk == patient_fk))).scalar():
         conn.execute(delete(Patient).where(Patient.id == patient_fk))

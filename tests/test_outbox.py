@@ -69,7 +69,10 @@ def test_deriver_is_idempotent(archive: Archive, tmp_path: Path) -> None:
     assert deriver.process(events) == 3  # again, as a redelivery would
     with archive.index.read_session() as s:
         counted = s.execute(sa.text("SELECT sum(count) FROM stats_hourly")).scalar_one()
+        delays = s.execute(sa.text("SELECT sum(count) FROM stats_arrival_hourly")).scalar_one()
     assert counted == 3  # each instance and document counted once
+    assert delays == 2  # and each instance's arrival delay
+    assert count(archive, "study_fact") == 1
     assert count(archive, "instance_metadata") == 2
     assert count(archive, "document_media") == 1
     assert pending(archive.index) == [] and lag(archive.index) == (0, 0.0)
@@ -138,7 +141,9 @@ def test_worker_outage_then_everything_processed_once(archive: Archive, backend:
     with archive.index.read_session() as s:  # counted once each, despite the kill -9
         counted = s.execute(sa.text("SELECT kind, sum(count) FROM stats_hourly "
                                     "GROUP BY kind")).all()
+        delays = s.execute(sa.text("SELECT sum(count) FROM stats_arrival_hourly")).scalar_one()
     assert dict(counted) == {"instance": 50, "document": 1}
+    assert delays == 50
     with archive.index.read_session() as s:
         pages = s.execute(sa.text("SELECT pages FROM document_media WHERE unique_id = :u"),
                           {"u": doc}).scalar_one()

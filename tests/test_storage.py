@@ -24,7 +24,7 @@ def counts(a: Archive) -> dict[str, int]:
 
 
 def test_migration_at_head(archive: Archive) -> None:
-    assert current(archive.index.url) == "0003"
+    assert current(archive.index.url) == "0004"
 
 
 def test_migrations_match_models(archive: Archive) -> None:

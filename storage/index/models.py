@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -291,7 +292,11 @@ class InstanceFact(Base):
     __tablename__ = "instance_fact"
     __table_args__ = (Index("ix_instance_fact_received", "received_at"),
                       Index("ix_instance_fact_study", "study_instance_uid"),
-                      Index("ix_instance_fact_patient", "patient_id"))
+                      Index("ix_instance_fact_patient", "patient_id"),
+                      # late arrivals (vna.quality.LATE_ARRIVAL) are few: their own index
+                      Index("ix_instance_fact_late", "received_at",
+                            sqlite_where=text("arrival_seconds > 86400"),
+                            postgresql_where=text("arrival_seconds > 86400")))
 
     sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID)
@@ -302,6 +307,26 @@ class InstanceFact(Base):
     acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     pps_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
     pps_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # received_at - acquired_at, seconds
+    arrival_seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class StudyFact(Base):
+    """A study as its instances tell it: the earliest performed procedure step start and the
+    latest end, the patient's ID and name, and whether its instances disagree on that name;
+    merged by the workers instance by instance, so that exam durations and name findings
+    read one row per study, not one per instance."""
+
+    __tablename__ = "study_fact"
+
+    study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    first_received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    pps_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    pps_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    several_names: Mapped[bool] = mapped_column(Boolean)
 
 
 STATS_DIMENSIONS = ("modality", "department", "referrer", "source_ae", "station", "body_part",
@@ -331,6 +356,22 @@ class StatsHourly(Base):
     document_class: Mapped[str] = mapped_column(String(64))
     count: Mapped[int] = mapped_column(BigInteger)
     bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class StatsArrivalHourly(Base):
+    """The acquisition-to-archive delays of the instances received per UTC hour, as a
+    histogram by modality (`vna.leadtimes` bins), added to exactly like `stats_hourly`."""
+
+    __tablename__ = "stats_arrival_hourly"
+    __table_args__ = (UniqueConstraint("hour", "modality", "bin",
+                                       name="uq_stats_arrival_hourly_key"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime)
+    modality: Mapped[str] = mapped_column(String(16))
+    bin: Mapped[int] = mapped_column(Integer)
+    count: Mapped[int] = mapped_column(BigInteger)
 
 
 class FixityCheck(Base):

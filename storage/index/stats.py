@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, not_, select
+from sqlalchemy import and_, case, func, not_, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -19,11 +19,13 @@ from storage.index.models import (
     Document,
     Instance,
     InstanceFact,
-    Patient,
     Series,
+    StatsArrivalHourly,
     StatsHourly,
     Study,
+    StudyFact,
 )
+from vna.leadtimes import arrival_bin
 from vna.stats import Dimension, Filters, Period
 
 
@@ -99,6 +101,61 @@ def add_to_rollup(conn: Connection, keys: Iterable[RollupKey]) -> None:
                   "bytes": StatsHourly.bytes + stmt.excluded.bytes}))
 
 
+def add_arrivals_to_rollup(conn: Connection, facts: Iterable[dict[str, Any]]) -> None:
+    """Count instances' arrival delays (`instance_fact` values) into the hourly histogram,
+    in the caller's transaction."""
+    counts: Counter[tuple[datetime, str, int]] = Counter()
+    for fact in facts:
+        if fact["arrival_seconds"] is not None:
+            counts[(RollupKey._hour(fact["received_at"]), fact["modality"] or "",
+                    arrival_bin(fact["arrival_seconds"]))] += 1
+    for (hour, modality, b), n in counts.items():
+        stmt = dialect_insert(conn)(StatsArrivalHourly).values(
+            hour=hour, modality=modality, bin=b, count=n)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=["hour", "modality", "bin"],
+            set_={"count": StatsArrivalHourly.count + stmt.excluded.count}))
+
+
+def _merged(old: Any, new: Any, *, keep_earlier: bool) -> Any:
+    """The earlier (or later) of two times, either of which may be NULL."""
+    better = new < old if keep_earlier else new > old
+    return case((old.is_(None), new), (new.is_(None), old), (better, new), else_=old)
+
+
+def merge_study_facts(conn: Connection, facts: Iterable[dict[str, Any]]) -> None:
+    """Merge instances' facts (`instance_fact` values) into their studies' `study_fact`:
+    first arrival, earliest procedure step start, latest end, the patient's name and
+    whether another one was seen. Merging an instance twice changes nothing."""
+    merged: dict[str, dict[str, Any]] = {}
+    for f in facts:
+        m = merged.setdefault(f["study_instance_uid"], {
+            "study_instance_uid": f["study_instance_uid"], "modality": f["modality"],
+            "first_received_at": f["received_at"], "pps_start": f["pps_start"],
+            "pps_end": f["pps_end"], "patient_id": f["patient_id"],
+            "patient_name": f["patient_name"], "several_names": False})
+        m["modality"] = m["modality"] or f["modality"]
+        if f["patient_name"] and m["patient_name"] and f["patient_name"] != m["patient_name"]:
+            m["several_names"] = True
+        m["patient_name"] = m["patient_name"] or f["patient_name"]
+        m["first_received_at"] = min(m["first_received_at"], f["received_at"])
+        m["pps_start"] = min((t for t in (m["pps_start"], f["pps_start"]) if t), default=None)
+        m["pps_end"] = max((t for t in (m["pps_end"], f["pps_end"]) if t), default=None)
+    for values in merged.values():
+        stmt = dialect_insert(conn)(StudyFact).values(**values)
+        new = stmt.excluded
+        conn.execute(stmt.on_conflict_do_update(index_elements=["study_instance_uid"], set_={
+            "modality": func.coalesce(StudyFact.modality, new.modality),
+            "first_received_at": _merged(StudyFact.first_received_at,
+                                         new.first_received_at, keep_earlier=True),
+            "pps_start": _merged(StudyFact.pps_start, new.pps_start, keep_earlier=True),
+            "pps_end": _merged(StudyFact.pps_end, new.pps_end, keep_earlier=False),
+            "patient_name": func.coalesce(StudyFact.patient_name, new.patient_name),
+            "several_names": or_(StudyFact.several_names, new.several_names, and_(
+                StudyFact.patient_name.isnot(None), new.patient_name.isnot(None),
+                StudyFact.patient_name != new.patient_name))}))
+
+
 def _filtered(stmt: Any, period: Period, filters: Filters, kind: str | None) -> Any:
     stmt = stmt.where(StatsHourly.hour >= period.start.astimezone(UTC),
                       StatsHourly.hour < period.end.astimezone(UTC))
@@ -171,25 +228,39 @@ def _in_period(col: Any, period: Period) -> Any:
     return and_(col >= period.start.astimezone(UTC), col < period.end.astimezone(UTC))
 
 
-def arrival_delays(session: Session, period: Period) -> list[tuple[str, str | None, float]]:
-    """(SOP Instance UID, modality, seconds from acquisition to archive) of the period."""
-    rows = session.execute(select(InstanceFact.sop_instance_uid, InstanceFact.modality,
-                                  InstanceFact.received_at, InstanceFact.acquired_at)
-                           .where(_in_period(InstanceFact.received_at, period),
-                                  InstanceFact.acquired_at.isnot(None)))
-    return [(uid, modality, (received - acquired).total_seconds())
-            for uid, modality, received, acquired in rows if acquired is not None]
+def arrival_histograms(session: Session, period: Period) -> dict[str, Counter[int]]:
+    """Modality -> arrival-delay histogram (bin -> count) of the instances received in the
+    period, from the hourly rollup."""
+    stmt = (select(StatsArrivalHourly.modality, StatsArrivalHourly.bin,
+                   func.sum(StatsArrivalHourly.count))
+            .where(_in_period(StatsArrivalHourly.hour, period))
+            .group_by(StatsArrivalHourly.modality, StatsArrivalHourly.bin))
+    out: dict[str, Counter[int]] = {}
+    for modality, b, n in session.execute(stmt):
+        out.setdefault(modality, Counter())[int(b)] += int(n)
+    return out
+
+
+def late_arrivals(session: Session, period: Period, seconds: float) -> tuple[int, list[str]]:
+    """Instances received in the period more than `seconds` after their acquisition: how
+    many, and the first ten."""
+    where = and_(InstanceFact.arrival_seconds > seconds,
+                 _in_period(InstanceFact.received_at, period))
+    count = session.scalar(select(func.count()).where(where)) or 0
+    examples = session.scalars(select(InstanceFact.sop_instance_uid).where(where)
+                               .order_by(InstanceFact.received_at).limit(10)).all()
+    return int(count), list(examples)
 
 
 def exam_durations(session: Session, period: Period) -> list[tuple[str, str | None, float]]:
-    """(Study Instance UID, modality, seconds from the first procedure step start to the
-    last end) of studies with instances received in the period, where both are known."""
-    rows = session.execute(select(InstanceFact.study_instance_uid,
-                                  func.min(InstanceFact.modality),
-                                  func.min(InstanceFact.pps_start),
-                                  func.max(InstanceFact.pps_end))
-                           .where(_in_period(InstanceFact.received_at, period))
-                           .group_by(InstanceFact.study_instance_uid))
+    """(Study Instance UID, modality, seconds from the first performed procedure step start
+    to the last end) of the studies first received in the period, where both are known."""
+    rows = session.execute(select(StudyFact.study_instance_uid, StudyFact.modality,
+                                  StudyFact.pps_start, StudyFact.pps_end)
+                           .where(_in_period(StudyFact.first_received_at, period),
+                                  StudyFact.pps_start.isnot(None),
+                                  StudyFact.pps_end.isnot(None))
+                           .order_by(StudyFact.first_received_at))
     return [(uid, modality, (end - start).total_seconds())
             for uid, modality, start, end in rows if start is not None and end is not None]
 
@@ -206,15 +277,20 @@ def studies_missing(session: Session, period: Period, column: str) -> tuple[int,
 
 def patient_ids(session: Session, period: Period) -> list[str]:
     """Patient IDs of the studies first received in the period."""
-    return list(session.scalars(select(Patient.patient_id).distinct().join(
-        Study, Study.patient_fk == Patient.id).where(_in_period(Study.created_at, period))))
+    return list(session.scalars(select(StudyFact.patient_id).distinct().where(
+        _in_period(StudyFact.first_received_at, period))))
 
 
 def ids_with_several_names(session: Session, period: Period) -> tuple[int, list[str]]:
-    names = func.count(func.distinct(InstanceFact.patient_name))
-    stmt = (select(InstanceFact.patient_id)
-            .where(_in_period(InstanceFact.received_at, period),
-                   InstanceFact.patient_name.isnot(None))
-            .group_by(InstanceFact.patient_id).having(names > 1))
+    """Patient IDs that the studies first received in the period give several names:
+    within one study, or between studies."""
+    within_a_study = func.max(case((StudyFact.several_names, 1), else_=0))
+    stmt = (select(StudyFact.patient_id)
+            .where(_in_period(StudyFact.first_received_at, period),
+                   StudyFact.patient_name.isnot(None))
+            .group_by(StudyFact.patient_id)
+            .having(or_(func.count(func.distinct(StudyFact.patient_name)) > 1,
+                        within_a_study == 1))
+            .order_by(StudyFact.patient_id))
     found = list(session.scalars(stmt))
     return len(found), found[:10]
