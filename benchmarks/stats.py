@@ -5,10 +5,11 @@ instances (default 1,000,000) over the 365 days ending today, in studies of CT/M
 with realistic shares, series and instance counts, sizes, 6 departments, ~40 referrers, 10
 stations/source AEs, weekday and daytime peaks (local time, Europe/Stockholm); one
 `instance_fact` per instance (acquisition time, performed procedure step, patient name and ID,
-with the flaws the quality rules look for); and `stats_hourly`, the rollup the workers would
-have built from those instances. Then starts `vna api` on that database and times each stats
-endpoint (warm-up, then `--runs` requests each over one kept-open connection) for the last 30
-days of the data and for the whole year, and the CSV export of the instances' facts.
+with the flaws the quality rules look for), one `study_fact` per study; and `stats_hourly` and
+`stats_arrival_hourly`, the rollups the workers would have built from those instances. Then
+starts `vna api` on that database and times each stats endpoint (warm-up, then `--runs`
+requests each over one kept-open connection) for the last 30 days of the data and for the
+whole year, and the CSV export of the instances' facts.
 
 Targets (30-day period, the default one): every endpoint < 200 ms median on PostgreSQL,
 < 500 ms on SQLite, at 1,000,000 instances.
@@ -29,6 +30,7 @@ import sqlite3
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -53,10 +55,12 @@ from servers import (  # noqa: E402
     make_tempdir,
 )
 
+from vna.leadtimes import arrival_bin  # noqa: E402
+
 TZ = ZoneInfo("Europe/Stockholm")  # VNA_TIMEZONE's default: the days and hours of the stats
 DATABASES = ("sqlite", "postgres")
 TARGET_MS = {"sqlite": 500.0, "postgres": 200.0}
-GENERATOR_VERSION = 1  # bump when the generated data changes: cached indexes are rebuilt
+GENERATOR_VERSION = 3  # bump when the generated data changes: cached indexes are rebuilt
 SEED = 20240601
 BATCH_INSTANCES = 25_000  # rows per insert batch (one transaction each)
 
@@ -324,14 +328,18 @@ COLUMNS: dict[str, tuple[str, ...]] = {
                  "columns", "number_of_frames", "transfer_syntax_uid", "source_aet",
                  "received_at", "size", "sha256", "dataset_offset", "storage_key"),
     "instance_fact": ("sop_instance_uid", "study_instance_uid", "modality", "patient_id",
-                      "patient_name", "received_at", "acquired_at", "pps_start", "pps_end"),
+                      "patient_name", "received_at", "acquired_at", "pps_start", "pps_end",
+                      "arrival_seconds"),
+    "study_fact": ("study_instance_uid", "modality", "first_received_at", "pps_start",
+                   "pps_end", "patient_id", "patient_name", "several_names"),
+    "stats_arrival_hourly": ("id", "hour", "modality", "bin", "count"),
     "stats_hourly": ("id", "hour", "kind", "modality", "department", "referrer", "source_ae",
                      "station", "body_part", "document_class", "count", "bytes"),
     "outbox_event": ("id", "created_at", "kind", "subject", "processed_at", "attempts",
                      "last_error"),
 }
-ORDER = ("patient", "study", "series", "instance", "instance_fact", "outbox_event",
-         "stats_hourly")
+ORDER = ("patient", "study", "series", "instance", "instance_fact", "study_fact",
+         "outbox_event", "stats_hourly", "stats_arrival_hourly")
 
 
 @dataclass
@@ -380,6 +388,7 @@ def generate(region: Region, outbox: bool) -> Iterator[Batch]:
     rng.shuffle(who)
 
     rollup: dict[tuple[Any, ...], list[int]] = {}
+    arrivals: Counter[tuple[datetime, str, int]] = Counter()
     series_id = instance_id = 0
     for study_no, (plan, p_index) in enumerate(zip(studies, who, strict=False), start=1):
         pat = patients[p_index]
@@ -442,10 +451,11 @@ def generate(region: Region, outbox: bool) -> Iterator[Batch]:
                     60 if cine else None, J2K_LOSSLESS if j2k else EXPLICIT_LE, st.ae,
                     received, size, f"{rng.getrandbits(256):064x}", 300 + rng.randrange(900),
                     f"dicom/{study_uid}/{series_uid}/{sop}.dcm"))
+                delay = None if no_acq else (received - acquired).total_seconds()
                 batch.add("instance_fact", (
                     sop, study_uid, plan.modality, pat.patient_id, name, received,
                     None if no_acq else acquired, pps[0] if pps else None,
-                    pps[1] if pps else None))
+                    pps[1] if pps else None, delay))
                 if outbox:
                     batch.add("outbox_event", (
                         instance_id, received, "instance.stored", sop,
@@ -458,9 +468,14 @@ def generate(region: Region, outbox: bool) -> Iterator[Batch]:
                 else:
                     agg[0] += 1
                     agg[1] += size
+                if delay is not None:
+                    arrivals[(key[0], plan.modality, arrival_bin(delay))] += 1
                 k_all += 1
         row = batch.tables["study"][study_row_at]
         batch.tables["study"][study_row_at] = (*row[:-1], first_received)
+        batch.add("study_fact", (study_uid, plan.modality, first_received,
+                                 pps[0] if pps else None, pps[1] if pps else None,
+                                 pat.patient_id, name, False))
         if batch.size() >= BATCH_INSTANCES:
             yield batch
             batch = Batch()
@@ -468,6 +483,8 @@ def generate(region: Region, outbox: bool) -> Iterator[Batch]:
         hour, mod, dept, ref, ae, station, body = key
         batch.add("stats_hourly", (n, hour, "instance", mod, dept, ref, ae, station, body, "",
                                    count, size))
+    for n, ((hour, mod, b), count) in enumerate(sorted(arrivals.items()), start=1):
+        batch.add("stats_arrival_hourly", (n, hour, mod, b, count))
     yield batch
 
 
@@ -564,7 +581,7 @@ class PgLoader(Loader):
         t0 = time.perf_counter()
         with self.conn.cursor() as cur:
             for table in ("patient", "study", "series", "instance", "stats_hourly",
-                          "outbox_event"):
+                          "stats_arrival_hourly", "outbox_event"):
                 cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                             f"coalesce(max(id), 0) + 1, false) FROM {table}")
         self.conn.commit()
@@ -826,7 +843,7 @@ def measure(server: ApiServer, end: date, runs: int, export_runs: int,
                       flush=True)
             print(file=sys.stderr)
         exports = []
-        for days in PERIOD_DAYS:
+        for days in PERIOD_DAYS if export_runs else ():
             first = end - timedelta(days=days - 1)
             ex = ExportRun(days)
             exports.append(ex)
