@@ -123,3 +123,34 @@ def test_movescu_to_storescp(backend: Backend, dcmtk_env: dict[str, str],
         stop_scp(scp)
         storescp.terminate()
         storescp.wait(10)
+
+
+def test_scp_metrics(backend: Backend, dcmtk_env: dict[str, str], tmp_path: Path) -> None:
+    """C-STORE durations by outcome and the associations, added up over the SCP processes,
+    on `vna scp`'s metrics port and through `vna api` on the same data dir."""
+    import httpx
+
+    from tests.api_client import start_api, stop_api
+
+    port = free_port()
+    scp = start_scp(backend, VNA_DICOM_METRICS_PORT=str(port))
+    api = None
+    try:
+        files = corpus(tmp_path)
+        storescu(scp, dcmtk_env, files[:4])
+        storescu(scp, dcmtk_env, files[:1])  # a duplicate
+        storescu(scp, dcmtk_env, files[4:6])  # a third association
+        wait_port(port)
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        lines = text.splitlines()
+        assert 'vna_dicom_store_seconds_count{outcome="stored"} 6.0' in lines, text
+        assert 'vna_dicom_store_seconds_count{outcome="duplicate"} 1.0' in lines, text
+        assert "vna_dicom_associations_total 3.0" in lines, text
+        api = start_api(backend)
+        from_api = api.client().get("/metrics").text.splitlines()
+        assert 'vna_dicom_store_seconds_count{outcome="stored"} 6.0' in from_api
+        assert not any("PatientID" in line or "DCMTK1" in line for line in lines)
+    finally:
+        if api is not None:
+            stop_api(api)
+        stop_scp(scp)

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     dicom_peers: str = ""
     dicom_allowed_aets: str = ""
     dicom_processes: int = Field(default=0, ge=0, description="SCP processes; 0 = 2 x CPUs")
+    dicom_metrics_port: int = Field(default=0, ge=0, le=65535, description=(
+        "where `vna scp` serves its Prometheus /metrics (on VNA_DICOM_HOST); 0 = not served"))
     dicom_max_pdu: int = Field(default=1 << 20, ge=0, description="max PDU we receive, bytes")
 
     http_host: str = "127.0.0.1"
@@ -147,6 +149,11 @@ class Settings(BaseSettings):
     def incoming_dir(self) -> Path:
         """Where received datasets land before they are archived (same disk as objects)."""
         return self.data_dir / "incoming"
+
+    @property
+    def scp_metrics_dir(self) -> Path:
+        """Where the SCP processes keep their Prometheus figures (multiprocess files)."""
+        return self.data_dir / "metrics" / "scp"
 
 
 @lru_cache(maxsize=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
 )
 
+from services.dicom_scp.metrics import ScpMetrics
 from services.dicom_scp.retrieve import ArchivedInstance, contexts_for
 from storage.archive import Archive
 from storage.index.models import Instance
@@ -80,15 +82,20 @@ class DicomService:
         self.settings = settings
         self.archive = archive
         self.peers = settings.peers
+        self.metrics = ScpMetrics()
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
+            (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
             (evt.EVT_REJECTED, self.on_rejected),
         ]
+
+    def on_accepted(self, _event: Any) -> None:
+        self.metrics.associations.inc()
 
     def on_rejected(self, event: Any) -> None:
         log.warning("association from %s (%s) rejected (calling AE title not allowed, "
@@ -98,6 +105,7 @@ class DicomService:
     # -- C-STORE --------------------------------------------------------------------------
 
     def on_store(self, event: Any) -> Dataset | int:
+        started = time.perf_counter()
         calling = event.assoc.requestor.ae_title
         try:
             result = self.archive.store_file(
@@ -105,7 +113,9 @@ class DicomService:
                 expected_sop_instance_uid=str(event.request.AffectedSOPInstanceUID))
         except Exception:
             log.exception("C-STORE from %s failed", calling)
+            self.metrics.stored("failed", time.perf_counter() - started)
             return _status(STATUS_OUT_OF_RESOURCES, "archive unavailable")
+        self.metrics.stored(result.outcome, time.perf_counter() - started)
         if result.ok:
             return STATUS_SUCCESS
         log.warning("C-STORE from %s refused (%s): %s", calling, result.sop_instance_uid,

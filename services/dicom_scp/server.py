@@ -41,7 +41,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from services.dicom_scp import fastpath
+from services.dicom_scp import fastpath, metrics
 from services.dicom_scp.handlers import DicomService
 from services.dicom_scp.retrieve import install_send_as_stored
 from storage.archive import Archive
@@ -186,6 +186,7 @@ def _alive(pid: int) -> bool:
 def serve(settings: Settings) -> int:
     """Supervise VNA_DICOM_PROCESSES SCP processes; restart any that dies; stop on a signal."""
     _clean_incoming(settings)
+    metrics_path = metrics.prepare(settings)
     if not settings.allowed_aets:
         log.warning("VNA_DICOM_ALLOWED_AETS is empty: any calling AE title may associate")
     ctx = multiprocessing.get_context("spawn")
@@ -205,6 +206,7 @@ def serve(settings: Settings) -> int:
             log.error("an SCP process did not start")
     log.info("DICOM service %s listening on %s:%d (%d processes)", settings.dicom_aet,
              settings.dicom_host, settings.dicom_port, n)
+    metrics.serve(settings, metrics_path)
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
         nonlocal stopping

@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stats.router)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
-    app.state.metrics = metrics.Metrics(index)
+    app.state.metrics = metrics.Metrics(index, settings.scp_metrics_dir)
     app.add_middleware(AuditMiddleware, trail=app.state.audit, metrics=app.state.metrics)
 
     @app.exception_handler(ObjectNotFound)

@@ -3,12 +3,14 @@
 
 Ingest counts and bytes come from the statistics rollup and the outbox at scrape time, so
 they cover every SCP, API and import process, not just this one; HTTP request counts and
-durations are this process's own.
+durations are this process's own; C-STORE durations are those of the `vna scp` on the same
+data dir, if there is one (`services/dicom_scp/metrics.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,6 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 from starlette.responses import Response
 
@@ -35,7 +38,7 @@ router = APIRouter(tags=["operations"])
 class Metrics:
     """One app's metrics registry: its HTTP figures and the archive-wide collector."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, scp_metrics: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.http_requests = Counter("vna_http_requests", "HTTP requests answered",
                                      ["method", "route", "status"], registry=self.registry)
@@ -44,6 +47,12 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
         self.registry.register(ArchiveCollector(index))
+        if scp_metrics is not None:
+            try:
+                scp_metrics.mkdir(parents=True, exist_ok=True)  # `vna scp` may start later
+            except OSError:
+                return  # a data dir of its own, not writable: no SCP shares it
+            MultiProcessCollector(self.registry, path=str(scp_metrics))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()
