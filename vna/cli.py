@@ -203,7 +203,7 @@ def worker(
 
 @app.command()
 def beat() -> None:
-    """Run the Celery beat scheduler (periodic tasks: statistics snapshots, fixity, retention)."""
+    """Run the Celery beat scheduler (periodic tasks: draining the outbox, daily fixity)."""
     settings = get_settings()
     _prepare_data_dir(settings)
     from services.worker.app import make_celery
