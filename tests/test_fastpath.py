@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from io import BytesIO
+from typing import Any
 
 import pytest
 from pydicom.filewriter import write_file_meta_info
@@ -60,3 +61,35 @@ def test_find_response_identical(identifier: bytes | None) -> None:
         a = [p.presentation_data_value_list for p in slow.encode_msg(1, max_pdu)]
         b = [p.presentation_data_value_list for p in fast.encode_msg(1, max_pdu)]
         assert a == b
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children still running (Linux /proc)."""
+    import os
+
+    total = 0
+    for p in [pid, *map(int, os.popen(f"pgrep -P {pid}").read().split())]:
+        fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_association_sleeps_and_answers_at_once(scp: Any) -> None:
+    """The DUL waits on its socket and on a wake-up from the association, not by polling:
+    an open, idle association costs (almost) no CPU, and responses still go out at once
+    (a missed wake-up would hold each one for up to 50 ms)."""
+    import time
+
+    from tests.dicom_client import echo
+
+    assoc = echo(scp.port)
+    try:
+        before = _cpu_seconds(scp.proc.pid)
+        time.sleep(2)
+        assert _cpu_seconds(scp.proc.pid) - before < 0.2
+        t0 = time.perf_counter()
+        for _ in range(40):
+            assert assoc.send_c_echo().Status == 0
+        assert (time.perf_counter() - t0) / 40 < 0.02
+    finally:
+        assoc.release()

@@ -7,7 +7,8 @@ received instance and for every C-STORE-RSP, and (3) validating those values. Th
 module changes exactly these, without touching the protocol logic:
 
 - the association and DUL reactors wait on their queue or socket instead of sleeping a
-  fixed millisecond, so a message is handled as soon as it is complete;
+  fixed millisecond, so a message is handled as soon as it is complete, and an idle DUL
+  sleeps until its socket has data or the association gives it a PDU to send;
 - the file meta pynetdicom writes in front of a received dataset and the C-STORE-RSP
   command set are encoded directly (their layout is fixed: PS3.10 7.1, PS3.7 9.3.1.2);
   `tests/test_fastpath.py` checks they are byte-identical to pynetdicom's own;
@@ -17,10 +18,12 @@ module changes exactly these, without touching the protocol logic:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
 import select
+import socket
 import struct
 import tempfile
 import threading
@@ -209,18 +212,53 @@ def _association_sleep(seconds: float) -> None:
     _real_sleep(seconds)
 
 
+_DUL_WAIT = 0.05  # longest idle wait of a DUL; its timers count seconds
+
+
 def _dul_sleep(seconds: float) -> None:
-    """The DUL sleeps 1 ms when idle; wait for incoming data (or a short timeout) instead."""
+    """The DUL sleeps 1 ms when idle: wait for incoming data or for a PDU to send instead
+    (`_send_pdu` wakes it), so an idle DUL costs no CPU and a busy one no latency."""
     dul = threading.current_thread()
     if isinstance(dul, _dul.DULServiceProvider) and seconds <= 0.001:
         sock = getattr(dul.socket, "socket", None)
-        if sock is not None:
+        wake = getattr(dul, "_vna_wake", None)
+        if sock is not None and wake is not None:
             try:
-                select.select([sock], [], [], 0.0003)
-                return
+                ready, _, _ = select.select([sock, wake[0]], [], [], _DUL_WAIT)
             except (OSError, ValueError):
                 pass
+            else:
+                if wake[0] in ready:
+                    with contextlib.suppress(OSError):
+                        wake[0].recv(4096)
+                return
     _real_sleep(seconds)
+
+
+_original_run_reactor = _dul.DULServiceProvider.run_reactor
+_original_send_pdu = _dul.DULServiceProvider.send_pdu
+
+
+def _run_reactor(self: _dul.DULServiceProvider) -> None:
+    """The DUL's loop, with a socket pair that `_send_pdu` uses to wake it up."""
+    wake = socket.socketpair()
+    for end in wake:
+        end.setblocking(False)
+    self._vna_wake = wake  # type: ignore[attr-defined]
+    try:
+        _original_run_reactor(self)
+    finally:
+        self._vna_wake = None  # type: ignore[attr-defined]
+        for end in wake:
+            end.close()
+
+
+def _send_pdu(self: _dul.DULServiceProvider, primitive: Any) -> None:
+    _original_send_pdu(self, primitive)
+    wake = getattr(self, "_vna_wake", None)
+    if wake is not None:
+        with contextlib.suppress(OSError):  # full (already woken) or closed (finished)
+            wake[1].send(b"\0")
 
 
 @functools.cache
@@ -235,3 +273,5 @@ def install() -> None:
     _dimse._RSP_TO_MESSAGE[C_FIND] = FastFindResponse  # type: ignore[assignment]
     _association.time = _TimeShim(_association_sleep)  # type: ignore[assignment]
     _dul.time = _TimeShim(_dul_sleep)  # type: ignore[assignment]
+    _dul.DULServiceProvider.run_reactor = _run_reactor  # type: ignore[method-assign]
+    _dul.DULServiceProvider.send_pdu = _send_pdu  # type: ignore[method-assign]
