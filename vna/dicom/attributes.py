@@ -211,6 +211,7 @@ class UnreadableInstance(InvalidInstance):
 _TAGS = tuple((a, Tag(keyword_dict[a.keyword])) for a in ATTRIBUTES)
 
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_REQUIRED_TAGS = tuple((kw, Tag(keyword_dict[kw])) for kw in REQUIRED_UIDS)
 
 
 _NUMERIC_OR_DATE = ("US", "IS", "DA", "TM")
@@ -241,8 +242,8 @@ def _element_value(ds: Dataset, tag: BaseTag, vr: str) -> Any:
 
 def extract_header(ds: Dataset) -> InstanceHeader:
     """Map a dataset to index rows; refuse it if its identifying UIDs are missing or invalid."""
-    for kw in REQUIRED_UIDS:
-        value = str(ds.get(kw, "") or "").strip()
+    for kw, tag in _REQUIRED_TAGS:
+        value = str(_element_value(ds, tag, "UI") or "").strip()
         if not value:
             raise InvalidInstance(f"{kw} is missing")
         if not is_valid_uid(value):
