@@ -169,6 +169,19 @@ def test_missing_uid_leaves_nothing(archive: Archive, tmp_path: Path, missing: s
     assert counts(archive) == {"patient": 0, "study": 0, "series": 0, "instance": 0}
 
 
+@pytest.mark.parametrize("keyword,value", [
+    ("SOPInstanceUID", "1.2.abc"), ("StudyInstanceUID", "1.2.3\\1.2.4"),
+    ("SeriesInstanceUID", "1." + "2" * 70), ("SOPClassUID", "")])
+def test_malformed_uid_is_refused(archive: Archive, tmp_path: Path, keyword: str,
+                                  value: str) -> None:
+    ds = make_instance()
+    setattr(ds, keyword, value)
+    path = write(ds, tmp_path / "bad.dcm")
+    r = archive.store_file(path, source_aet="X")
+    assert r.outcome == "refused" and keyword in (r.reason or "") and not r.unreadable
+    assert counts(archive) == {"patient": 0, "study": 0, "series": 0, "instance": 0}
+
+
 def test_not_dicom_is_refused(archive: Archive, tmp_path: Path) -> None:
     p = tmp_path / "x.dcm"
     p.write_bytes(b"this is not DICOM at all" * 10)
