@@ -28,7 +28,6 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom.dsutils import split_dataset
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -129,6 +128,8 @@ def read_transfer_syntax(path: Path) -> tuple[str, int]:
                     ts = meta[pos:pos + length].rstrip(b"\x00 ").decode("ascii", "replace")
                     return ts, 144 + group_len
                 pos += length
+    from pynetdicom.dsutils import split_dataset  # rare: not worth importing pynetdicom
+
     file_meta, offset = split_dataset(path)
     return str(file_meta.get("TransferSyntaxUID", "") or ""), offset
 

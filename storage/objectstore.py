@@ -14,6 +14,7 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -87,6 +88,9 @@ class ObjectStore(ABC):
     def read(self, key: str) -> bytes:
         with self.open(key) as f:
             return f.read()
+
+
+FLUSH_THREADS = 8
 
 
 def _fsync_dir(path: Path) -> None:
@@ -197,13 +201,12 @@ class FileObjectStore(ObjectStore):
     def make_durable(self, keys: Iterable[str]) -> None:
         if not self.fsync:
             return
-        dirs: set[Path] = set()
-        for key in keys:
-            p = self.path(key)
-            _fsync_file(p)
-            dirs.add(p.parent)
-        for d in dirs:
-            _fsync_dir(d)
+        paths = [self.path(key) for key in keys]
+        # Several flushes in flight let the file system commit them together: about half
+        # the time per file of one after the other, on ext4.
+        with ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="vna-fsync") as pool:
+            list(pool.map(_fsync_file, paths))
+            list(pool.map(_fsync_dir, {p.parent for p in paths}))
 
     def open(self, key: str) -> BinaryIO:
         try:

@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from storage.index.models import Base, UTCDateTime
-from storage.migrate import upgrade
+from storage.migrate import HEAD, alembic_config, current, ensure_current, upgrade
 from vna.leadtimes import arrival_bin
 
 
@@ -21,6 +21,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'index.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+def test_head_is_the_newest_migration(db_url: str) -> None:
+    from alembic.script import ScriptDirectory
+
+    assert ScriptDirectory.from_config(alembic_config(db_url)).get_current_head() == HEAD
+    ensure_current(db_url)  # an empty database: migrated
+    assert current(db_url) == HEAD
+    ensure_current(db_url)  # at head: nothing to do
+    assert current(db_url) == HEAD
 
 
 def test_migrations_build_the_models_schema(db_url: str) -> None:

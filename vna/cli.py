@@ -42,9 +42,9 @@ def _logging(settings: Settings) -> None:
 
 def _prepare_data_dir(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    from storage.migrate import upgrade
+    from storage.migrate import ensure_current
 
-    upgrade(settings.resolved_database_url, lock_dir=settings.data_dir)
+    ensure_current(settings.resolved_database_url, lock_dir=settings.data_dir)
 
 
 @db_app.command("upgrade")
