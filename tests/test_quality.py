@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from storage.archive import Archive
 from storage.derive import Deriver
-from storage.index.models import InstanceFact, StudyFact
+from storage.index.models import LATE_ARRIVAL_SQL, InstanceFact, StudyFact
 from storage.migrate import upgrade
 from storage.outbox import pending
 from tests.api_client import RunningAPI, start_api, stop_api
@@ -125,12 +125,27 @@ def test_each_rule_finds_what_was_planted(planted: tuple[RunningAPI, dict[str, A
     assert all(r["count"] == 1 for r in rules.values()), rules
 
 
-def test_late_arrivals_have_their_own_index() -> None:
-    """`ix_instance_fact_late` is partial on the late-arrival threshold: keep them equal."""
-    index = next(i for i in InstanceFact.__table__.indexes  # type: ignore[attr-defined]
-                 if i.name == "ix_instance_fact_late")
-    threshold = float(str(index.dialect_options["postgresql"]["where"]).split(">")[1])
-    assert threshold == LATE_ARRIVAL.total_seconds()
+def test_late_arrivals_use_their_own_index(tmp_path: Path) -> None:
+    """The late-arrival query repeats its partial index's condition, so that SQLite uses
+    the index (it cannot with a bound threshold), and the condition is the rule's."""
+    from sqlalchemy import create_engine
+
+    from storage.index.stats import late_stmt
+    from vna.stats import Period
+
+    assert f"arrival_seconds > {int(LATE_ARRIVAL.total_seconds())}" == LATE_ARRIVAL_SQL
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    upgrade(url)
+    now = datetime.now(TZ)
+    stmt = select(InstanceFact.sop_instance_uid).where(
+        late_stmt(Period(now - timedelta(days=365), now, TZ)))
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        compiled = stmt.compile(conn)
+        plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled),
+                                    tuple(compiled.params.values())).all()
+    engine.dispose()
+    assert "ix_instance_fact_late" in str(plan)
 
 
 def test_study_exam_merges_instances_in_any_order(archive: Archive, tmp_path: Path) -> None:

@@ -22,7 +22,6 @@ from storage.outbox import lag
 from vna.access import Action, Principal
 from vna.leadtimes import RELATIVE_RESOLUTION, histogram_percentiles
 from vna.quality import (
-    LATE_ARRIVAL,
     SHORT_EXAM_MODALITIES,
     SHORT_EXAM_SECONDS,
     looks_like_personnummer,
@@ -230,7 +229,7 @@ def quality(request: Request, _: Principal = authorize(Action.STATS_READ),
     period, _filters, _tz = _query(request, first, last, view, [], [])
     with request.app.state.index.read_session() as s:
         exams = queries.exam_durations(s, period)
-        late = queries.late_arrivals(s, period, LATE_ARRIVAL.total_seconds())
+        late = queries.late_arrivals(s, period)
         no_referrer = queries.studies_missing(s, period, "referring_physician_name")
         no_accession = queries.studies_missing(s, period, "accession_number")
         ids = queries.patient_ids(s, period)

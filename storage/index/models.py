@@ -31,6 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from vna.quality import LATE_ARRIVAL
+
 
 class Base(DeclarativeBase):
     pass
@@ -284,6 +286,11 @@ class DocumentMedia(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+# The late-arrival rule as SQL, literally: SQLite uses a partial index only for queries that
+# repeat its condition with the same constant (a bound parameter would not do).
+LATE_ARRIVAL_SQL = f"arrival_seconds > {int(LATE_ARRIVAL.total_seconds())}"
+
+
 class InstanceFact(Base):
     """What lead times and data-quality rules need of an instance, read from its header by
     the workers: when it was made, the procedure step around it, the patient's name as
@@ -293,10 +300,10 @@ class InstanceFact(Base):
     __table_args__ = (Index("ix_instance_fact_received", "received_at"),
                       Index("ix_instance_fact_study", "study_instance_uid"),
                       Index("ix_instance_fact_patient", "patient_id"),
-                      # late arrivals (vna.quality.LATE_ARRIVAL) are few: their own index
+                      # late arrivals are few: an index of their own
                       Index("ix_instance_fact_late", "received_at",
-                            sqlite_where=text("arrival_seconds > 86400"),
-                            postgresql_where=text("arrival_seconds > 86400")))
+                            sqlite_where=text(LATE_ARRIVAL_SQL),
+                            postgresql_where=text(LATE_ARRIVAL_SQL)))
 
     sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID)

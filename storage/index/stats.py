@@ -9,12 +9,13 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, not_, or_, select
+from sqlalchemy import and_, case, func, not_, or_, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from storage.index.db import dialect_insert
 from storage.index.models import (
+    LATE_ARRIVAL_SQL,
     STATS_DIMENSIONS,
     Document,
     Instance,
@@ -241,11 +242,16 @@ def arrival_histograms(session: Session, period: Period) -> dict[str, Counter[in
     return out
 
 
-def late_arrivals(session: Session, period: Period, seconds: float) -> tuple[int, list[str]]:
-    """Instances received in the period more than `seconds` after their acquisition: how
+def late_stmt(period: Period) -> Any:
+    """The condition of a late arrival (vna.quality.LATE_ARRIVAL) received in the period,
+    in the words of its partial index."""
+    return and_(text(LATE_ARRIVAL_SQL), _in_period(InstanceFact.received_at, period))
+
+
+def late_arrivals(session: Session, period: Period) -> tuple[int, list[str]]:
+    """Instances received in the period more than LATE_ARRIVAL after their acquisition: how
     many, and the first ten."""
-    where = and_(InstanceFact.arrival_seconds > seconds,
-                 _in_period(InstanceFact.received_at, period))
+    where = late_stmt(period)
     count = session.scalar(select(func.count()).where(where)) or 0
     examples = session.scalars(select(InstanceFact.sop_instance_uid).where(where)
                                .order_by(InstanceFact.received_at).limit(10)).all()
