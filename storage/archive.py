@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -187,12 +188,30 @@ class Archive:
         if expected_sop_instance_uid and uid != expected_sop_instance_uid:
             return StoreResult("refused", uid, "SOPInstanceUID differs from the C-STORE request")
         # Fast path: no object at the key means a new instance, no index lookup needed.
-        if not (move and self.store.put_new(prepared.key, path)):
+        stored = self.store.put_new(prepared.key, path) if move else None
+        if not stored:
             dup = self._duplicate_check([prepared]).get(uid)
+            if dup is None and stored is False:
+                dup = self._wait_for_index_row(prepared)
             if dup is not None:
                 return dup
             self.store.put_file(prepared.key, path, move=move)
         return self._commit([prepared], source_aet)[0]
+
+    IN_FLIGHT_SECONDS = 5.0
+
+    def _wait_for_index_row(self, p: PreparedInstance) -> StoreResult | None:
+        """The key holds an object the index does not know: another association storing
+        this instance right now (its row follows within milliseconds), or what a crash
+        left. Replacing the first would put our bytes under its row; so wait for a row,
+        and only after IN_FLIGHT_SECONDS take the object for a leftover."""
+        deadline = time.monotonic() + self.IN_FLIGHT_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            dup = self._duplicate_check([p]).get(p.header.sop_instance_uid)
+            if dup is not None:
+                return dup
+        return None
 
     def store_files(self, paths: Sequence[Path], *, source_aet: str | None) -> list[StoreResult]:
         """Archive a batch: one index lookup, one fsync pass and one transaction for all."""

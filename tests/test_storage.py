@@ -328,3 +328,53 @@ def test_same_patient_id_other_issuer_is_another_patient(archive: Archive,
             NumberOfPatientRelatedStudies=None)
     assert sorted((r["IssuerOfPatientID"] or "", r["NumberOfPatientRelatedStudies"])
                   for r in res) == [("", 1), ("HOSP_A", 2), ("HOSP_B", 1)]
+
+
+def _two_versions(tmp_path: Path) -> tuple[Path, Path]:
+    """One SOP Instance UID, two contents (another patient name)."""
+    study = "1.2.826.0.1.3680043.8.498.31337"
+    a, b = (write(make_instance(study_uid=study, series_uid=f"{study}.1", sop_uid=f"{study}.1.1",
+                                patient_name=name), tmp_path / f"{n}.dcm")
+            for n, name in (("a", "First^Sender"), ("b", "Second^Sender")))
+    return a, b
+
+
+def test_store_in_flight_is_not_overwritten(archive: Archive, tmp_path: Path) -> None:
+    """Another content under a UID whose first store is between object and index row:
+    refused as a conflict once that row lands, and the first store's bytes stay."""
+    import threading
+
+    from storage.archive import prepare
+
+    if not isinstance(archive.store, FileObjectStore):
+        pytest.skip("S3 has no create-if-absent put; see the issue note")
+    a, b = _two_versions(tmp_path)
+    first, a_bytes = prepare(a), a.read_bytes()
+    assert archive.store.put_new(first.key, a)  # the first store, in flight
+    results = []
+    second = threading.Thread(target=lambda: results.append(
+        archive.store_file(b, source_aet="SECOND", move=True)))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # waiting for the first store's row
+    assert archive._commit([first], "FIRST")[0].ok
+    second.join(10)
+    assert results[0].outcome == "conflict"
+    assert archive.store.read(first.key) == a_bytes
+
+
+def test_object_left_by_a_crash_is_replaced(archive: Archive, tmp_path: Path) -> None:
+    """An object without an index row that nobody commits (a crash between the two): the
+    next store of that instance replaces it and is indexed."""
+    from storage.archive import prepare
+
+    if not isinstance(archive.store, FileObjectStore):
+        pytest.skip("S3 puts do not check for an object at the key")
+    a, b = _two_versions(tmp_path)
+    leftover = prepare(a)
+    assert archive.store.put_new(leftover.key, a)
+    b_bytes = b.read_bytes()
+    archive.IN_FLIGHT_SECONDS = 0.3
+    assert archive.store_file(b, source_aet="RESEND", move=True).outcome == "stored"
+    assert archive.store.read(leftover.key) == b_bytes
+    assert counts(archive)["instance"] == 1
