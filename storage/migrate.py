@@ -30,11 +30,11 @@ def alembic_config(url: str) -> Config:
 def ensure_current(url: str, *, lock_dir: Path | None = None) -> None:
     """Bring the index to the newest revision unless it is there already (what every
     `vna` command does as it starts)."""
-    if _revision(url) != HEAD:
+    if current(url) != HEAD:
         upgrade(url, lock_dir=lock_dir)
 
 
-def _revision(url: str) -> str | None:
+def current(url: str) -> str | None:
     """The index's revision, read without Alembic; None for an index without a schema."""
     engine = create_engine(url)
     try:
@@ -59,13 +59,3 @@ def upgrade(url: str, revision: str = "head", *, lock_dir: Path | None = None) -
         fcntl.flock(lock, fcntl.LOCK_EX)
         command.upgrade(cfg, revision)
 
-
-def current(url: str) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-    finally:
-        engine.dispose()

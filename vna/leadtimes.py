@@ -11,7 +11,9 @@ modality clock ahead of the archive's) mirror the positive bins.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping
+from typing import Any
 
 LINEAR_SECONDS = 128  # below this, one bin per second
 BINS_PER_DOUBLING = 64
@@ -54,3 +56,15 @@ def histogram_percentiles(counts: Mapping[int, int],
                 out[f"p{p}"] = round(bin_value(b), 1)
                 break
     return out
+
+
+def arrival_summary(by_modality: Mapping[str, Counter[int]]) -> dict[str, Any]:
+    """The answer of the stats API for per-modality histograms: count and percentiles
+    overall and by modality, and the resolution they are read with."""
+    overall: Counter[int] = Counter()
+    for histogram in by_modality.values():
+        overall.update(histogram)
+    return {"n": overall.total(), **histogram_percentiles(overall),
+            "byModality": {m: {"n": h.total(), **histogram_percentiles(h)}
+                           for m, h in sorted(by_modality.items())},
+            "relativeResolution": round(RELATIVE_RESOLUTION, 4)}

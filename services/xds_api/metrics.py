@@ -47,16 +47,22 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
         self.registry.register(ArchiveCollector(index))
-        if scp_metrics is not None:
-            try:
-                scp_metrics.mkdir(parents=True, exist_ok=True)  # `vna scp` may start later
-            except OSError:
-                return  # a data dir of its own, not writable: no SCP shares it
+        if scp_metrics is not None and _shared_dir(scp_metrics):
             MultiProcessCollector(self.registry, path=str(scp_metrics))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_duration.labels(method, route).observe(seconds)
+
+
+def _shared_dir(path: Path) -> bool:
+    """The SCP processes' metrics folder, made if `vna scp` has not started yet; False
+    where it cannot be (a data dir of the API's own, not writable: no SCP shares it)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return True
 
 
 class ArchiveCollector:

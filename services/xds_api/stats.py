@@ -7,7 +7,6 @@ periods and bucketing in `vna/stats.py`. For admins: these are the controllers' 
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import date
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -20,7 +19,7 @@ from storage.index import stats as queries
 from storage.index.export import Dataset, to_csv, to_parquet
 from storage.outbox import lag
 from vna.access import Action, Principal
-from vna.leadtimes import RELATIVE_RESOLUTION, histogram_percentiles
+from vna.leadtimes import arrival_summary
 from vna.quality import (
     SHORT_EXAM_MODALITIES,
     SHORT_EXAM_SECONDS,
@@ -197,15 +196,8 @@ def leadtimes(request: Request, _: Principal = authorize(Action.STATS_READ),
     with request.app.state.index.read_session() as s:
         arrivals = queries.arrival_histograms(s, period)
         exams = queries.exam_durations(s, period)
-    overall: Counter[int] = Counter()
-    for histogram in arrivals.values():
-        overall.update(histogram)
     return {
-        "acquisitionToArchive": {
-            "n": overall.total(), **histogram_percentiles(overall),
-            "byModality": {m: {"n": h.total(), **histogram_percentiles(h)}
-                           for m, h in sorted(arrivals.items())},
-            "relativeResolution": round(RELATIVE_RESOLUTION, 4)},
+        "acquisitionToArchive": arrival_summary(arrivals),
         "examDuration": _distribution(exams),
         # Needs the scheduled time, which comes with Modality Worklist (on the roadmap).
         "scheduledToPerformed": None,

@@ -30,6 +30,11 @@ from vna.leadtimes import arrival_bin
 from vna.stats import Dimension, Filters, Period
 
 
+def utc_hour(t: datetime) -> datetime:
+    """The UTC hour a time falls in: the rollups' bucket."""
+    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
 @dataclass(frozen=True)
 class RollupKey:
     """One counted thing: its hour (UTC), kind, dimensions ('' = unknown) and size."""
@@ -45,20 +50,16 @@ class RollupKey:
     document_class: str
     size: int
 
-    @staticmethod
-    def _hour(t: datetime) -> datetime:
-        return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
     @classmethod
     def of_instance(cls, row: Any) -> RollupKey:
-        return cls(cls._hour(row.received_at), "instance", row.modality or "",
+        return cls(utc_hour(row.received_at), "instance", row.modality or "",
                    row.institutional_department_name or "",
                    row.referring_physician_name or "", row.source_aet or "",
                    row.station_name or "", row.body_part_examined or "", "", int(row.size))
 
     @classmethod
     def of_document(cls, row: Any) -> RollupKey:
-        return cls(cls._hour(row.submission_time), "document", "", row.practice_setting_code,
+        return cls(utc_hour(row.submission_time), "document", "", row.practice_setting_code,
                    "", "", "", "", row.class_code, int(row.size))
 
 
@@ -108,7 +109,7 @@ def add_arrivals_to_rollup(conn: Connection, facts: Iterable[dict[str, Any]]) ->
     counts: Counter[tuple[datetime, str, int]] = Counter()
     for fact in facts:
         if fact["arrival_seconds"] is not None:
-            counts[(RollupKey._hour(fact["received_at"]), fact["modality"] or "",
+            counts[(utc_hour(fact["received_at"]), fact["modality"] or "",
                     arrival_bin(fact["arrival_seconds"]))] += 1
     for (hour, modality, b), n in counts.items():
         stmt = dialect_insert(conn)(StatsArrivalHourly).values(
@@ -127,23 +128,14 @@ def _merged(old: Any, new: Any, *, keep_earlier: bool) -> Any:
 def merge_study_facts(conn: Connection, facts: Iterable[dict[str, Any]]) -> None:
     """Merge instances' facts (`instance_fact` values) into their studies' `study_fact`:
     first arrival, earliest procedure step start, latest end, the patient's name and
-    whether another one was seen. Merging an instance twice changes nothing."""
-    merged: dict[str, dict[str, Any]] = {}
+    whether another one was seen; one upsert per instance, so the merge rule is written once,
+    here. Merging an instance twice changes nothing."""
     for f in facts:
-        m = merged.setdefault(f["study_instance_uid"], {
-            "study_instance_uid": f["study_instance_uid"], "modality": f["modality"],
-            "first_received_at": f["received_at"], "pps_start": f["pps_start"],
-            "pps_end": f["pps_end"], "patient_id": f["patient_id"],
-            "patient_name": f["patient_name"], "several_names": False})
-        m["modality"] = m["modality"] or f["modality"]
-        if f["patient_name"] and m["patient_name"] and f["patient_name"] != m["patient_name"]:
-            m["several_names"] = True
-        m["patient_name"] = m["patient_name"] or f["patient_name"]
-        m["first_received_at"] = min(m["first_received_at"], f["received_at"])
-        m["pps_start"] = min((t for t in (m["pps_start"], f["pps_start"]) if t), default=None)
-        m["pps_end"] = max((t for t in (m["pps_end"], f["pps_end"]) if t), default=None)
-    for values in merged.values():
-        stmt = dialect_insert(conn)(StudyFact).values(**values)
+        stmt = dialect_insert(conn)(StudyFact).values(
+            study_instance_uid=f["study_instance_uid"], modality=f["modality"],
+            first_received_at=f["received_at"], pps_start=f["pps_start"],
+            pps_end=f["pps_end"], patient_id=f["patient_id"],
+            patient_name=f["patient_name"], several_names=False)
         new = stmt.excluded
         conn.execute(stmt.on_conflict_do_update(index_elements=["study_instance_uid"], set_={
             "modality": func.coalesce(StudyFact.modality, new.modality),
@@ -152,7 +144,7 @@ def merge_study_facts(conn: Connection, facts: Iterable[dict[str, Any]]) -> None
             "pps_start": _merged(StudyFact.pps_start, new.pps_start, keep_earlier=True),
             "pps_end": _merged(StudyFact.pps_end, new.pps_end, keep_earlier=False),
             "patient_name": func.coalesce(StudyFact.patient_name, new.patient_name),
-            "several_names": or_(StudyFact.several_names, new.several_names, and_(
+            "several_names": or_(StudyFact.several_names, and_(
                 StudyFact.patient_name.isnot(None), new.patient_name.isnot(None),
                 StudyFact.patient_name != new.patient_name))}))
 
@@ -242,7 +234,7 @@ def arrival_histograms(session: Session, period: Period) -> dict[str, Counter[in
     return out
 
 
-def late_stmt(period: Period) -> Any:
+def late_arrival_condition(period: Period) -> Any:
     """The condition of a late arrival (vna.quality.LATE_ARRIVAL) received in the period,
     in the words of its partial index."""
     return and_(text(LATE_ARRIVAL_SQL), _in_period(InstanceFact.received_at, period))
@@ -251,7 +243,7 @@ def late_stmt(period: Period) -> Any:
 def late_arrivals(session: Session, period: Period) -> tuple[int, list[str]]:
     """Instances received in the period more than LATE_ARRIVAL after their acquisition: how
     many, and the first ten."""
-    where = late_stmt(period)
+    where = late_arrival_condition(period)
     count = session.scalar(select(func.count()).where(where)) or 0
     examples = session.scalars(select(InstanceFact.sop_instance_uid).where(where)
                                .order_by(InstanceFact.received_at).limit(10)).all()

@@ -211,7 +211,7 @@ class UnreadableInstance(InvalidInstance):
 _TAGS = tuple((a, Tag(keyword_dict[a.keyword])) for a in ATTRIBUTES)
 
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-_REQUIRED_TAGS = tuple((kw, Tag(keyword_dict[kw])) for kw in REQUIRED_UIDS)
+_REQUIRED = tuple(BY_KEYWORD[kw] for kw in REQUIRED_UIDS)
 
 
 _NUMERIC_OR_DATE = ("US", "IS", "DA", "TM")
@@ -242,12 +242,6 @@ def _element_value(ds: Dataset, tag: BaseTag, vr: str) -> Any:
 
 def extract_header(ds: Dataset) -> InstanceHeader:
     """Map a dataset to index rows; refuse it if its identifying UIDs are missing or invalid."""
-    for kw, tag in _REQUIRED_TAGS:
-        value = str(_element_value(ds, tag, "UI") or "").strip()
-        if not value:
-            raise InvalidInstance(f"{kw} is missing")
-        if not is_valid_uid(value):
-            raise InvalidInstance(f"{kw} is not a valid UID")
     header = InstanceHeader()
     levels = {P: header.patient, ST: header.study, SE: header.series, IM: header.instance}
     for attr, tag in _TAGS:
@@ -256,6 +250,12 @@ def extract_header(ds: Dataset) -> InstanceHeader:
         row[attr.column] = value
         if attr.vr == "PN":
             row[attr.column + "_upper"] = value.upper() if value else None
+    for attr in _REQUIRED:  # all indexed: checked as extracted, not read again
+        uid = levels[attr.level][attr.column]
+        if not uid:
+            raise InvalidInstance(f"{attr.keyword} is missing")
+        if not is_valid_uid(uid):
+            raise InvalidInstance(f"{attr.keyword} is not a valid UID")
     header.patient["patient_id"] = header.patient["patient_id"] or ""
     header.patient["issuer_of_patient_id"] = header.patient["issuer_of_patient_id"] or ""
     return header
