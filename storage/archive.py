@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,14 +31,13 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from sqlalchemy import select
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
-from storage.index.db import Index, dialect_insert
-from storage.index.models import Instance, Patient, Series, Study
+from storage.index.db import Index
+from storage.index.ingest import IndexWriter, InstanceRow
+from storage.index.models import Instance
 from storage.keys import dicom_object_key
 from storage.objectstore import ObjectStore, make_object_store
-from storage.outbox import INSTANCE_STORED, add_events
+from storage.outbox import INSTANCE_STORED
 from vna.dicom.attributes import (
     InstanceHeader,
     InvalidInstance,
@@ -165,6 +165,51 @@ def prepare(path: Path) -> PreparedInstance:
     return PreparedInstance(path, header, ts, sha256, size, offset)
 
 
+@dataclass(frozen=True)
+class ReceivedFile:
+    """A Part 10 file the DICOM service wrote, with what it learnt on the way: the archive
+    reads nothing of it back."""
+
+    path: Path
+    transfer_syntax_uid: str
+    dataset_offset: int
+    sha256: str
+    size: int
+    dataset_head: bytes  # the dataset's first bytes: all of a small one
+
+    @property
+    def whole_dataset(self) -> bool:
+        return self.dataset_offset + len(self.dataset_head) == self.size
+
+
+def _header_from_head(rf: ReceivedFile) -> Dataset | None:
+    """The header read from the bytes in memory, or None if they may not hold all of it."""
+    ts = rf.transfer_syntax_uid
+    if ts == DeflatedExplicitVRLittleEndian or not ts.startswith("1.2.840.10008.1.2"):
+        return None
+    fp = BytesIO(rf.dataset_head)
+    try:
+        ds = read_dataset(fp, is_implicit_VR=ts == ImplicitVRLittleEndian,
+                          is_little_endian=ts != ExplicitVRBigEndian, stop_when=_before_pixels)
+    except Exception:  # e.g. cut inside a sequence: the file decides
+        return None
+    # Stopped before the end of the head: every element before the stop was in it.
+    return ds if rf.whole_dataset or fp.tell() < len(rf.dataset_head) else None
+
+
+def prepare_received(rf: ReceivedFile) -> PreparedInstance:
+    """`prepare` for a file the DICOM service just received."""
+    ds = _header_from_head(rf)
+    if ds is None:
+        try:
+            ds = read_header(rf.path, rf.transfer_syntax_uid, rf.dataset_offset)
+        except Exception as exc:
+            raise UnreadableInstance(
+                f"not readable as DICOM: {exc.__class__.__name__}") from exc
+    return PreparedInstance(rf.path, extract_header(ds), rf.transfer_syntax_uid, rf.sha256,
+                            rf.size, rf.dataset_offset)
+
+
 class Archive:
     """The SOP Instance archive: object store + index, and the one ingest path into them."""
 
@@ -173,17 +218,22 @@ class Archive:
         self.settings = settings
         self.index = index or Index(settings.resolved_database_url, fsync=settings.fsync)
         self.store = store or make_object_store(settings)
-        self._parents: dict[tuple[str, ...], int] = {}
+        self.writer = IndexWriter(self.index.engine.dialect, INSTANCE_STORED)
 
     # -- ingest ---------------------------------------------------------------------------
 
-    def store_file(self, path: Path, *, source_aet: str | None, move: bool = False,
+    def store_file(self, source: Path | ReceivedFile, *, source_aet: str | None,
+                   move: bool = False,
                    expected_sop_instance_uid: str | None = None) -> StoreResult:
         """Archive one Part 10 file durably; the result says what happened."""
         try:
-            prepared = prepare(path)
+            if isinstance(source, ReceivedFile):
+                prepared = prepare_received(source)
+            else:
+                prepared = prepare(source)
         except InvalidInstance as exc:
             return _refused(exc)
+        path = prepared.path
         uid = prepared.header.sop_instance_uid
         if expected_sop_instance_uid and uid != expected_sop_instance_uid:
             return StoreResult("refused", uid, "SOPInstanceUID differs from the C-STORE request")
@@ -275,16 +325,13 @@ class Archive:
     def _commit(self, batch: list[PreparedInstance], source_aet: str | None, *,
                 retry: bool = True) -> list[StoreResult]:
         """Write the index rows of objects already stored; on failure remove the objects."""
-        now = datetime.now(UTC)
-        created: dict[tuple[str, ...], int] = {}
+        rows = [InstanceRow(p.header, p.transfer_syntax_uid, p.size, p.sha256,
+                            p.dataset_offset, p.key) for p in batch]
         try:
-            with self.index.begin() as conn:
-                for p in batch:
-                    write_index_rows(conn, p, source_aet, now, self._parents, created)
-                add_events(conn, INSTANCE_STORED, (p.header.sop_instance_uid for p in batch),
-                           now)
-        except IntegrityError:
-            self._parents.clear()  # a cached parent may have been deleted meanwhile
+            with self.index.begin_cursor() as cursor:
+                created = self.writer.write(cursor, rows, source_aet, datetime.now(UTC))
+        except self.index.integrity_error:
+            self.writer.forget()  # a cached parent may have been deleted meanwhile
             if retry:
                 return self._commit(batch, source_aet, retry=False)
             if len(batch) > 1:  # someone else archived one of them meanwhile: go one by one
@@ -295,9 +342,7 @@ class Archive:
             for p in batch:
                 self.store.delete(p.key)
             raise
-        if len(self._parents) > 50_000:
-            self._parents.clear()
-        self._parents.update(created)
+        self.writer.committed(created)
         return [StoreResult("stored", p.header.sop_instance_uid, size=p.size) for p in batch]
 
     def _concurrent_result(self, p: PreparedInstance) -> StoreResult:
@@ -315,65 +360,7 @@ def _refused(exc: InvalidInstance) -> StoreResult:
                        unreadable=isinstance(exc, UnreadableInstance))
 
 
-_P, _ST, _SE, _I = (m.__table__ for m in (Patient, Study, Series, Instance))
-
-
-def _fit(table: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """Values cut to their column's length: non-conformant long strings must not fail ingest."""
-    out = dict(values)
-    for k, v in values.items():
-        if isinstance(v, str):
-            length = getattr(table.c[k].type, "length", None)
-            if length and len(v) > length:
-                out[k] = v[:length]
-    return out
-
-
-def _parent_id(conn: Connection, table: Any, unique_cols: tuple[str, ...],
-               values: dict[str, Any], cache: dict[tuple[str, ...], int],
-               created: dict[tuple[str, ...], int], **parents: Any) -> int:
-    """Id of the patient/study/series row with this unique key, inserted if new.
-
-    Most instances belong to a known series: the cache answers before anything is built.
-    """
-    unique = _fit(table, {c: values[c] for c in unique_cols})
-    key = (table.name, *unique.values())
-    found = cache.get(key) or created.get(key)
-    if found is not None:
-        return found
-    where = [table.c[c] == v for c, v in unique.items()]
-    row_id = conn.execute(select(table.c.id).where(*where)).scalar()
-    if row_id is None:
-        conn.execute(dialect_insert(conn)(table).values(**_fit(table, {**values, **parents}))
-                     .on_conflict_do_nothing(index_elements=list(unique_cols)))
-        row_id = conn.execute(select(table.c.id).where(*where)).scalar_one()
-    created[key] = int(row_id)
-    return int(row_id)
-
-
-def write_index_rows(conn: Connection, p: PreparedInstance, source_aet: str | None,
-                     received_at: datetime, cache: dict[tuple[str, ...], int],
-                     created: dict[tuple[str, ...], int]) -> None:
-    """Insert the instance and, where new, its patient, study and series rows.
-
-    `cache` holds parent ids committed earlier; `created` collects the ones this
-    transaction adds (merged into the cache only after commit).
-    """
-    h = p.header
-    patient_fk = _parent_id(conn, _P, ("patient_id", "issuer_of_patient_id"), h.patient,
-                            cache, created)
-    study_fk = _parent_id(conn, _ST, ("study_instance_uid",), h.study, cache, created,
-                          patient_fk=patient_fk, created_at=received_at)
-    series_fk = _parent_id(conn, _SE, ("series_instance_uid",), h.series, cache, created,
-                           study_fk=study_fk)
-    conn.execute(insert_instance, _fit(_I, {
-        **h.instance, "series_fk": series_fk, "transfer_syntax_uid": p.transfer_syntax_uid,
-        "source_aet": source_aet, "received_at": received_at, "size": p.size,
-        "sha256": p.sha256, "dataset_offset": p.dataset_offset, "storage_key": p.key,
-    }))
-
-
-insert_instance = Instance.__table__.insert()  # type: ignore[attr-defined]
+_I = Instance.__table__
 
 
 def iter_dicom_files(paths: Iterable[Path]) -> Iterable[Path]:

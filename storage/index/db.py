@@ -11,11 +11,11 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Dialect, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -53,12 +53,47 @@ class _WriterLock:
             self._thread_lock.release()
 
 
-def dialect_insert(conn: Connection) -> Any:
+def dialect_insert(conn: Connection | Dialect) -> Any:
     """The INSERT with ON CONFLICT of this connection's database (both speak it)."""
     from sqlalchemy.dialects.postgresql import insert as pg_insert
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    dialect = conn.dialect if isinstance(conn, Connection) else conn
+    return pg_insert if dialect.name == "postgresql" else sqlite_insert
+
+
+class CompiledStatement:
+    """A Core statement compiled once for a dialect, executed on a DBAPI cursor.
+
+    The ingest path runs the same few statements for every SOP Instance; SQLAlchemy's work
+    per execution (coercion, cache key, result set-up) cost more CPU than the database's
+    own (about 0.5 of 1.3 ms per tiny instance, py-spy). The SQL text and each value's
+    conversion (its type's bind processor) are still SQLAlchemy's, worked out once here.
+    """
+
+    def __init__(self, stmt: Any, dialect: Dialect, columns: Sequence[str] | None = None) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(columns) if columns else None)
+        self.sql: str = compiled.string
+        self._order: Sequence[str] | None = compiled.positiontup  # positional paramstyles
+        self._processors = {name: proc for name, bind in compiled.binds.items()
+                            if (proc := bind.type.bind_processor(dialect)) is not None}
+
+    def params(self, values: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
+        procs = self._processors
+        if procs:
+            values = {k: procs[k](v) if k in procs else v for k, v in values.items()}
+        return values if self._order is None else [values[k] for k in self._order]
+
+    def execute(self, cursor: Any, values: Mapping[str, Any]) -> Any:
+        cursor.execute(self.sql, self.params(values))
+        return cursor
+
+    def executemany(self, cursor: Any, rows: Iterable[Mapping[str, Any]]) -> None:
+        cursor.executemany(self.sql, [self.params(r) for r in rows])
+
+    def scalar(self, cursor: Any, values: Mapping[str, Any]) -> Any:
+        row = self.execute(cursor, values).fetchone()
+        return None if row is None else row[0]
 
 
 def make_engine(url: str, *, fsync: bool = True, for_writes: bool = True) -> Engine:
@@ -118,6 +153,30 @@ class Index:
         """A Core connection in one write transaction: committed on success."""
         with self._writer, self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def begin_cursor(self) -> Iterator[Any]:
+        """A DBAPI cursor in one write transaction, for `CompiledStatement`s: committed on
+        success, rolled back on error (the DBAPI's own exceptions propagate)."""
+        with self._writer:
+            conn = self.engine.raw_connection()
+            try:
+                cursor = conn.cursor()
+                if self.dialect == "sqlite":
+                    cursor.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cursor
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+            finally:
+                conn.close()  # back to the pool
+
+    @property
+    def integrity_error(self) -> type[Exception]:
+        """The DBAPI's IntegrityError (what `begin_cursor` raises on a unique key)."""
+        return self.engine.dialect.loaded_dbapi.IntegrityError
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:

@@ -97,6 +97,15 @@ ATTRIBUTES: tuple[IndexedAttribute, ...] = (
 BY_KEYWORD: dict[str, IndexedAttribute] = {a.keyword: a for a in ATTRIBUTES}
 UNIQUE_KEY: dict[Level, IndexedAttribute] = {a.level: a for a in ATTRIBUTES if a.unique_key}
 
+def columns_of(level: Level) -> tuple[str, ...]:
+    """The index columns an `InstanceHeader` fills at `level` (PN also upper-cased)."""
+    out: list[str] = []
+    for a in ATTRIBUTES:
+        if a.level is level:
+            out += [a.column, a.column + "_upper"] if a.vr == "PN" else [a.column]
+    return tuple(out)
+
+
 # Computed return keys (PS3.4 C.6.1.1 / C.6.2.1), answered from counts, not columns.
 COMPUTED_KEYS: dict[str, Level] = {
     "NumberOfPatientRelatedStudies": P,
