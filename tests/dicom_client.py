@@ -65,9 +65,11 @@ def _cx(sop_class: str, ts: Sequence[str]) -> PresentationContext:
 
 def associate(port: int, contexts: list[PresentationContext], *, calling: str = "TESTSCU",
               called: str = "VNA", roles: list[Any] | None = None,
-              handlers: list[Any] | None = None) -> Association:
+              handlers: list[Any] | None = None, max_pdu: int | None = None) -> Association:
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    if max_pdu is not None:
+        ae.maximum_pdu_size = max_pdu
     assoc = ae.associate("127.0.0.1", port, contexts=contexts, ae_title=called,
                          ext_neg=roles or [], evt_handlers=handlers or [])
     return assoc
@@ -78,12 +80,19 @@ def echo(port: int, calling: str = "TESTSCU") -> Association:
     return assoc
 
 
-def store(port: int, paths: Sequence[Path], *, calling: str = "TESTSCU") -> list[int]:
-    """C-STORE each file as stored on disk; the status of each."""
+def store(port: int, paths: Sequence[Path], *, calling: str = "TESTSCU",
+          also_query: bool = False, max_pdu: int | None = None) -> list[int]:
+    """C-STORE each file as stored on disk; the status of each.
+
+    A storage-only association is served by the SCP's storage fast path; `also_query`
+    proposes a C-FIND context too, so that pynetdicom serves it.
+    """
     pairs = file_pairs(paths)
     contexts = [_cx(sc, [ts]) for sc, ts in sorted(set(pairs.values()))]
+    if also_query:
+        contexts.append(_cx(FIND["STUDY"], ["1.2.840.10008.1.2.1"]))
     assert len(contexts) <= 128
-    assoc = associate(port, contexts, calling=calling)
+    assoc = associate(port, contexts, calling=calling, max_pdu=max_pdu)
     assert assoc.is_established, "association refused"
     try:
         statuses = []

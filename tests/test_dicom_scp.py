@@ -71,8 +71,8 @@ def objects_on_disk(backend: Backend) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
-def _roundtrip(scp: RunningSCP, files: list[Path]) -> None:
-    statuses = dc.store(scp.port, files)
+def _roundtrip(scp: RunningSCP, files: list[Path], *, also_query: bool = False) -> None:
+    statuses = dc.store(scp.port, files, also_query=also_query)
     assert statuses == [0] * len(files), dict(zip(files, statuses, strict=True))
     pairs = set(dc.file_pairs(files).values())
     studies = {str(dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in files}
@@ -85,9 +85,15 @@ def _roundtrip(scp: RunningSCP, files: list[Path]) -> None:
         assert received.datasets[uid] == dataset_bytes(p), f"{p.name} changed"
 
 
-def test_pydicom_files_roundtrip_byte_for_byte(scp: RunningSCP) -> None:
+# Both receive paths: the storage fast path (storage-only associations) and pynetdicom's
+# (an association that also proposes C-FIND).
+PATHS = pytest.mark.parametrize("also_query", [False, True], ids=["fastpath", "pynetdicom"])
+
+
+@PATHS
+def test_pydicom_files_roundtrip_byte_for_byte(scp: RunningSCP, also_query: bool) -> None:
     """Round 1 (one file per SOP Instance UID) on both backends."""
-    _roundtrip(scp, CORPUS[0])
+    _roundtrip(scp, CORPUS[0], also_query=also_query)
     assert index_count(scp.backend) == len(CORPUS[0])
 
 
@@ -118,9 +124,10 @@ def test_echo_and_duplicate(scp: RunningSCP, tmp_path: Path) -> None:
     assert index_count(scp.backend) == 1
 
 
+@PATHS
 @pytest.mark.parametrize("missing", ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"])
 def test_store_without_uid_refused_and_nothing_left(embedded: Backend, tmp_path: Path,
-                                                     missing: str) -> None:
+                                                     missing: str, also_query: bool) -> None:
     with running_scp(embedded) as scp:
         ds = make_instance()
         sop_uid = ds.SOPInstanceUID
@@ -129,14 +136,16 @@ def test_store_without_uid_refused_and_nothing_left(embedded: Backend, tmp_path:
         f = tmp_path / "bad.dcm"
         ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
         ds.save_as(f, enforce_file_format=False)
-        [status] = dc.store(scp.port, [f])
+        [status] = dc.store(scp.port, [f], also_query=also_query)
         assert status == 0xA900
         assert index_count(embedded) == 0
         assert objects_on_disk(embedded) == []
         assert [p for p in (embedded.data_dir / "incoming").rglob("*") if p.is_file()] == []
 
 
-def test_store_uid_mismatch_and_conflict(embedded: Backend, tmp_path: Path) -> None:
+@PATHS
+def test_store_uid_mismatch_and_conflict(embedded: Backend, tmp_path: Path,
+                                         also_query: bool) -> None:
     with running_scp(embedded) as scp:
         ds = make_instance()
         good = write(ds, tmp_path / "good.dcm")
@@ -146,11 +155,14 @@ def test_store_uid_mismatch_and_conflict(embedded: Backend, tmp_path: Path) -> N
         ds.save_as(bad, enforce_file_format=False)
         ds2 = make_instance(sop_uid=str(ds.SOPInstanceUID), patient_id="OTHER")
         conflict = write(ds2, tmp_path / "conflict.dcm")
-        assert dc.store(scp.port, [good, bad, conflict]) == [0, 0xA900, 0xC001]
+        assert dc.store(scp.port, [good, bad, conflict], also_query=also_query) == \
+            [0, 0xA900, 0xC001]
         assert index_count(embedded) == 1
 
 
-def test_store_garbage_dataset_refused(embedded: Backend, tmp_path: Path) -> None:
+@PATHS
+def test_store_garbage_dataset_refused(embedded: Backend, tmp_path: Path,
+                                       also_query: bool) -> None:
     """A dataset that cannot be parsed: refused, nothing archived, association survives."""
     with running_scp(embedded) as scp:
         ds = make_instance()
@@ -159,7 +171,7 @@ def test_store_garbage_dataset_refused(embedded: Backend, tmp_path: Path) -> Non
         raw = f.read_bytes()
         broken = tmp_path / "broken.dcm"
         broken.write_bytes(raw[:off] + b"\x08\x00\x18\x00UI\xff\xff" + b"garbage" * 20)
-        first, second = dc.store(scp.port, [broken, f])
+        first, second = dc.store(scp.port, [broken, f], also_query=also_query)
         assert first in (0xA900, 0xC000) and second == 0
         assert index_count(embedded) == 1
 

@@ -114,6 +114,28 @@ def _implicit(elem: int, value: bytes) -> bytes:
 
 
 _COMMAND_FIELD = {"C_STORE": 0x8001, "C_FIND": 0x8020}
+NO_DATASET = 0x0101
+
+
+def encode_response_command(command_field: int, message_id: int, status: int, *,
+                            sop_class_uid: str | None = None,
+                            sop_instance_uid: str | None = None,
+                            error_comment: str | None = None,
+                            has_dataset: bool = False) -> bytes:
+    """The command set of a DIMSE response with the common fields (PS3.7 9.3, 9.1.5)."""
+    parts = []
+    if sop_class_uid:
+        parts.append(_implicit(0x0002, _pad(sop_class_uid, b"\x00")))
+    parts.append(_implicit(0x0100, struct.pack("<H", command_field)))
+    parts.append(_implicit(0x0120, struct.pack("<H", message_id)))
+    parts.append(_implicit(0x0800, struct.pack("<H", 0x0001 if has_dataset else NO_DATASET)))
+    parts.append(_implicit(0x0900, struct.pack("<H", status)))
+    if error_comment:
+        parts.append(_implicit(0x0902, _pad(error_comment, b" ")))
+    if sop_instance_uid:
+        parts.append(_implicit(0x1000, _pad(sop_instance_uid, b"\x00")))
+    body = b"".join(parts)
+    return _implicit(0x0000, struct.pack("<I", len(body))) + body
 
 
 def encode_response(rsp: Any) -> bytes | None:
@@ -121,20 +143,14 @@ def encode_response(rsp: Any) -> bytes | None:
     common fields (then pynetdicom's own encoder is used)."""
     if getattr(rsp, "OffendingElement", None) is not None:
         return None
-    has_data = bool(getattr(rsp, "Identifier", None))
-    parts = []
-    if rsp.AffectedSOPClassUID:
-        parts.append(_implicit(0x0002, _pad(str(rsp.AffectedSOPClassUID), b"\x00")))
-    parts.append(_implicit(0x0100, struct.pack("<H", _COMMAND_FIELD[type(rsp).__name__])))
-    parts.append(_implicit(0x0120, struct.pack("<H", int(rsp.MessageIDBeingRespondedTo))))
-    parts.append(_implicit(0x0800, struct.pack("<H", 0x0001 if has_data else 0x0101)))
-    parts.append(_implicit(0x0900, struct.pack("<H", int(rsp.Status))))
-    if rsp.ErrorComment:
-        parts.append(_implicit(0x0902, _pad(str(rsp.ErrorComment), b" ")))
-    if getattr(rsp, "AffectedSOPInstanceUID", None):
-        parts.append(_implicit(0x1000, _pad(str(rsp.AffectedSOPInstanceUID), b"\x00")))
-    body = b"".join(parts)
-    return _implicit(0x0000, struct.pack("<I", len(body))) + body
+    return encode_response_command(
+        _COMMAND_FIELD[type(rsp).__name__], int(rsp.MessageIDBeingRespondedTo),
+        int(rsp.Status),
+        sop_class_uid=str(rsp.AffectedSOPClassUID) if rsp.AffectedSOPClassUID else None,
+        sop_instance_uid=(str(rsp.AffectedSOPInstanceUID)
+                          if getattr(rsp, "AffectedSOPInstanceUID", None) else None),
+        error_comment=str(rsp.ErrorComment) if rsp.ErrorComment else None,
+        has_dataset=bool(getattr(rsp, "Identifier", None)))
 
 
 class FastResponse:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -17,7 +20,7 @@ from pynetdicom.sop_class import (
 
 from services.dicom_scp.metrics import ScpMetrics
 from services.dicom_scp.retrieve import ArchivedInstance, contexts_for
-from storage.archive import Archive
+from storage.archive import Archive, ReceivedFile
 from storage.index.models import Instance
 from storage.index.query import FindQuery, build_select, find
 from vna.dicom.attributes import UNIQUE_KEY, Level
@@ -92,10 +95,24 @@ class DicomService:
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
             (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_CONN_CLOSE, self.on_closed),
         ]
 
     def on_accepted(self, _event: Any) -> None:
+        self.association_accepted()
+
+    def association_accepted(self) -> None:
         self.metrics.associations.inc()
+
+    def on_closed(self, event: Any) -> None:
+        """A connection that ends (release, abort, peer gone) in the middle of a C-STORE
+        leaves the partly received file: never acknowledged, so removed."""
+        message = getattr(event.assoc.dimse, "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if partial is not None:
+            with contextlib.suppress(OSError):
+                partial.close()
+                os.unlink(partial.name)
 
     def on_rejected(self, event: Any) -> None:
         log.warning("association from %s (%s) rejected (calling AE title not allowed, "
@@ -105,26 +122,32 @@ class DicomService:
     # -- C-STORE --------------------------------------------------------------------------
 
     def on_store(self, event: Any) -> Dataset | int:
+        status, comment = self.store(event.dataset_path, event.assoc.requestor.ae_title,
+                                     str(event.request.AffectedSOPInstanceUID))
+        return _status(status, comment) if comment else status
+
+    def store(self, received: Path | ReceivedFile, calling_aet: str,
+              sop_instance_uid: str) -> tuple[int, str | None]:
+        """Archive one received instance: the C-STORE status and error comment to answer
+        (both receive paths, pynetdicom's and `storage_association`, come here)."""
         started = time.perf_counter()
-        calling = event.assoc.requestor.ae_title
         try:
-            result = self.archive.store_file(
-                event.dataset_path, source_aet=calling, move=True,
-                expected_sop_instance_uid=str(event.request.AffectedSOPInstanceUID))
+            result = self.archive.store_file(received, source_aet=calling_aet, move=True,
+                                             expected_sop_instance_uid=sop_instance_uid)
         except Exception:
-            log.exception("C-STORE from %s failed", calling)
+            log.exception("C-STORE from %s failed", calling_aet)
             self.metrics.stored("failed", time.perf_counter() - started)
-            return _status(STATUS_OUT_OF_RESOURCES, "archive unavailable")
+            return STATUS_OUT_OF_RESOURCES, "archive unavailable"
         self.metrics.stored(result.outcome, time.perf_counter() - started)
         if result.ok:
-            return STATUS_SUCCESS
-        log.warning("C-STORE from %s refused (%s): %s", calling, result.sop_instance_uid,
+            return STATUS_SUCCESS, None
+        log.warning("C-STORE from %s refused (%s): %s", calling_aet, result.sop_instance_uid,
                     result.reason)
         if result.outcome == "conflict":
             code = STATUS_DUPLICATE_CONFLICT
         else:
             code = STATUS_CANNOT_UNDERSTAND if result.unreadable else STATUS_DATASET_MISMATCH
-        return _status(code, result.reason)
+        return code, (result.reason or "")[:64]
 
     # -- C-FIND ---------------------------------------------------------------------------
 

@@ -19,8 +19,9 @@ import socket
 import tempfile
 import threading
 import time
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from pydicom.uid import (
     UID,
@@ -44,6 +45,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from services.dicom_scp import fastpath, metrics
 from services.dicom_scp.handlers import DicomService
 from services.dicom_scp.retrieve import install_send_as_stored
+from services.dicom_scp.storage_association import StorageAcceptor
 from storage.archive import Archive
 from vna.dicom.net import enable_client_tcp_nodelay
 from vna.settings import Settings
@@ -71,6 +73,8 @@ def _preference(ts: UID) -> int:
 TRANSFER_SYNTAXES = [str(ts) for ts in sorted(
     (t for t in AllTransferSyntaxes if "JPIP" not in t.name), key=_preference)]
 
+MAX_ASSOCIATIONS = 64  # per SCP process
+
 QR_MODELS = [
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -82,7 +86,15 @@ QR_MODELS = [
 
 
 class ReusePortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, sharing its port with sibling processes."""
+    """pynetdicom's threaded server, sharing its port with sibling processes; storage
+    associations are served by `storage_association` when `storage` is set."""
+
+    storage: StorageAcceptor | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.storage is not None and self.storage.serve(request):
+            return
+        super().finish_request(request, client_address)
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -100,7 +112,7 @@ def build_ae(settings: Settings) -> AE:
     """The AE with everything the Conformance Statement lists."""
     ae = AE(ae_title=settings.dicom_aet)
     ae.maximum_pdu_size = settings.dicom_max_pdu
-    ae.maximum_associations = 64
+    ae.maximum_associations = MAX_ASSOCIATIONS
     ae.network_timeout = 120
     ae.dimse_timeout = 120
     ae.add_supported_context(Verification)
@@ -137,10 +149,12 @@ def run_server_process(settings: Settings, ready: Any = None) -> None:
     archive = Archive(settings)
     service = DicomService(settings, archive)
     ae = build_ae(settings)
-    server = ae.make_server((settings.dicom_host, settings.dicom_port),
-                            evt_handlers=service.handlers(),  # type: ignore[arg-type]
-                            server_class=ReusePortServer)
+    server = cast(ReusePortServer, ae.make_server(
+        (settings.dicom_host, settings.dicom_port),
+        evt_handlers=service.handlers(),  # type: ignore[arg-type]
+        server_class=ReusePortServer))
     ae._servers.append(server)  # so that server.shutdown() finds itself
+    server.storage = StorageAcceptor(ae, server.contexts, service, Path(tempfile.gettempdir()))
 
     stopping = threading.Event()
 
