@@ -11,6 +11,7 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -39,14 +40,15 @@ class ObjectStore(ABC):
     """Where archived bytes live. Implementations must make `put_file` atomic."""
 
     @abstractmethod
-    def put_file(self, key: str, src: Path, *, move: bool = False, durable: bool = True) -> None:
+    def put_file(self, key: str, src: str | Path, *, move: bool = False,
+                 durable: bool = True) -> None:
         """Store the file at `src` under `key`. With `move`, `src` may be consumed.
 
         With `durable` the object is on stable storage when this returns; otherwise the
         caller must call `make_durable` before acknowledging it.
         """
 
-    def put_new(self, key: str, src: Path) -> bool | None:
+    def put_new(self, key: str, src: str | Path) -> bool | None:
         """Move `src` to `key` only if nothing is there: True if stored, False if an object
         exists, None if this backend cannot tell atomically (then nothing was done)."""
         return None
@@ -93,7 +95,13 @@ class ObjectStore(ABC):
 FLUSH_THREADS = 8
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dirs(dirs: Iterable[str]) -> None:
+    """fsync folders, the deepest first (a new folder's entry is in its parent)."""
+    for d in sorted(set(dirs), key=len, reverse=True):
+        _fsync_dir(d)
+
+
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -112,8 +120,11 @@ class FileObjectStore(ObjectStore):
         self.root = root.resolve()
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root = str(self.root)
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(exist_ok=True)
+        self._lock = threading.Lock()
+        self._changed_dirs: set[str] = set()  # new entries, for make_durable (`_parent_of`)
         self.sweep_stale_temp()
 
     def sweep_stale_temp(self, max_age: float | None = None) -> int:
@@ -129,29 +140,53 @@ class FileObjectStore(ObjectStore):
 
     def path(self, key: str) -> Path:
         """The file of `key`; keys are relative paths without `.`/`..` parts or links."""
+        return Path(self._file(key))
+
+    def _file(self, key: str) -> str:
         parts = key.split("/")
         if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
             raise ValueError(f"object key {key!r} escapes the store")
-        return self.root.joinpath(*parts)
+        return os.path.join(self._root, *parts)
 
-    def put_file(self, key: str, src: Path, *, move: bool = False, durable: bool = True) -> None:
-        dest = self.path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    def _parent_of(self, dest: str) -> tuple[str, list[str]]:
+        """The folder of `dest` and, when it had to be made, `_make_parent`'s folders."""
+        parent = os.path.dirname(dest)
+        return parent, ([] if os.path.isdir(parent) else self._make_parent(dest))
+
+    def _make_parent(self, dest: str) -> list[str]:
+        """Make the missing folder of `dest`; the folders whose entries may be new, up to the
+        root, to be flushed with the object: a new series folder is durable only once its
+        study folder is (and another writer may be making the same folders right now)."""
+        d = os.path.dirname(dest)
+        os.makedirs(d, exist_ok=True)
+        chain = []
+        while len(d) > len(self._root):
+            d = os.path.dirname(d)
+            chain.append(d)
+        return chain
+
+    def put_file(self, key: str, src: str | Path, *, move: bool = False,
+                 durable: bool = True) -> None:
+        dest = self._file(key)
+        parent, changed = self._parent_of(dest)
         sync = self.fsync and durable
         if not (move and self._move(src, dest, sync)):
             with open(src, "rb") as inp:
                 self._write_new(dest, inp, sync=sync)
         if sync:
-            _fsync_dir(dest.parent)
+            _fsync_dirs([parent, *changed])
+        else:
+            with self._lock:
+                self._changed_dirs.update(changed)  # for make_durable
 
     def put_stream(self, key: str, data: Readable, *, content_type: str) -> None:
-        dest = self.path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest = self._file(key)
+        parent, changed = self._parent_of(dest)
         self._write_new(dest, data, sync=self.fsync)
         if self.fsync:
-            _fsync_dir(dest.parent)
+            _fsync_dirs([parent, *changed])
 
-    def _write_new(self, dest: Path, data: Readable, *, sync: bool) -> None:
+    def _write_new(self, dest: str, data: Readable, *, sync: bool) -> None:
         """Copy `data` to a temp file, fsync it if asked, rename it to `dest`; on any error
         (a failed read included) the temp file goes and `dest` is untouched."""
         fd, tmp = tempfile.mkstemp(dir=self._tmp)
@@ -168,7 +203,7 @@ class FileObjectStore(ObjectStore):
                 os.unlink(tmp)
             raise
 
-    def _move(self, src: Path, dest: Path, sync: bool) -> bool:
+    def _move(self, src: str | Path, dest: str, sync: bool) -> bool:
         """Rename `src` into place; False if it is on another file system."""
         if sync:
             _fsync_file(src)
@@ -180,17 +215,21 @@ class FileObjectStore(ObjectStore):
             raise
         return True
 
-    def put_new(self, key: str, src: Path) -> bool | None:
-        dest = self.path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    def put_new(self, key: str, src: str | Path) -> bool | None:
+        dest = self._file(key)
         # The name first, then one flush of our own inode (held open, whatever happens to
         # the name): ext4 commits data and name in one journal transaction, and the
         # directory's fsync then finds nothing left to do. A crash in between leaves an
         # object without an index row: invisible, and replaced when the instance is resent.
         fd = os.open(src, os.O_RDONLY) if self.fsync else None
+        changed: list[str] = []
         try:
             try:
-                os.link(src, dest)  # atomic create-if-absent, unlike rename
+                try:
+                    os.link(src, dest)  # atomic create-if-absent, unlike rename
+                except FileNotFoundError:  # a new series: its folder first
+                    changed = self._make_parent(dest)
+                    os.link(src, dest)
             except FileExistsError:
                 return False
             except OSError as exc:
@@ -200,7 +239,7 @@ class FileObjectStore(ObjectStore):
             os.unlink(src)
             if fd is not None:
                 os.fsync(fd)
-                _fsync_dir(dest.parent)
+                _fsync_dirs([os.path.dirname(dest), *changed])
         finally:
             if fd is not None:
                 os.close(fd)
@@ -209,12 +248,15 @@ class FileObjectStore(ObjectStore):
     def make_durable(self, keys: Iterable[str]) -> None:
         if not self.fsync:
             return
-        paths = [self.path(key) for key in keys]
+        paths = [self._file(key) for key in keys]
         # Several flushes in flight let the file system commit them together: about half
         # the time per file of one after the other, on ext4.
         with ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="vna-fsync") as pool:
             list(pool.map(_fsync_file, paths))
-            list(pool.map(_fsync_dir, {p.parent for p in paths}))
+            list(pool.map(_fsync_dir, {os.path.dirname(p) for p in paths}))
+        with self._lock:
+            changed, self._changed_dirs = self._changed_dirs, set()
+        _fsync_dirs(changed)
 
     def open(self, key: str) -> BinaryIO:
         try:
@@ -264,7 +306,8 @@ class S3ObjectStore(ObjectStore):
                 if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
 
-    def put_file(self, key: str, src: Path, *, move: bool = False, durable: bool = True) -> None:
+    def put_file(self, key: str, src: str | Path, *, move: bool = False,
+                 durable: bool = True) -> None:
         self.client.fput_object(self.bucket, key, str(src),
                                 content_type="application/dicom")
         if move:
@@ -384,7 +427,7 @@ class _Limited:
         self.close()
 
 
-def _fsync_file(path: Path) -> None:
+def _fsync_file(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

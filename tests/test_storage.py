@@ -117,6 +117,36 @@ def test_stale_temp_files_of_dead_writers_are_swept(tmp_path: Path) -> None:
     assert not stale.exists() and fresh.exists()
 
 
+@pytest.mark.parametrize("put", ["put_new", "put_file", "batch"])
+def test_new_folders_are_flushed_with_the_object(tmp_path: Path, put: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new series folder is durable only once its study folder (and theirs) are."""
+    from storage import objectstore
+
+    flushed: list[str] = []
+    real = objectstore._fsync_dir
+    monkeypatch.setattr(objectstore, "_fsync_dir", lambda d: (flushed.append(str(d)), real(d)))
+    store = FileObjectStore(tmp_path / "objects")
+    src = tmp_path / "x"
+    src.write_bytes(b"x")
+    key = "dicom/1.2/1.2.3/1.2.3.4.dcm"
+    if put == "put_new":
+        assert store.put_new(key, src)
+    elif put == "put_file":
+        store.put_file(key, src)
+    else:
+        store.put_file(key, src, durable=False)
+        assert flushed == []
+        store.make_durable([key])
+    root = str(store.root)
+    for d in ("dicom/1.2/1.2.3", "dicom/1.2", "dicom"):
+        assert f"{root}/{d}" in flushed, (d, flushed)
+    flushed.clear()
+    src.write_bytes(b"y")
+    assert store.put_new("dicom/1.2/1.2.3/1.2.3.5.dcm", src)
+    assert flushed == [f"{root}/dicom/1.2/1.2.3"]  # an existing series: its folder only
+
+
 def test_file_store_refuses_escaping_keys(tmp_path: Path) -> None:
     store = FileObjectStore(tmp_path / "objects")
     src = tmp_path / "x"
