@@ -11,14 +11,16 @@ Order of work, so that nothing acknowledged can be lost:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
+import os
 import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from io import BytesIO
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,10 +41,12 @@ from storage.keys import dicom_object_key
 from storage.objectstore import ObjectStore, make_object_store
 from storage.outbox import INSTANCE_STORED
 from vna.dicom.attributes import (
+    HEADER_ELEMENTS,
     InstanceHeader,
     InvalidInstance,
     UnreadableInstance,
     extract_header,
+    header_from_elements,
 )
 from vna.settings import Settings
 
@@ -68,28 +72,32 @@ class StoreResult:
 class PreparedInstance:
     """A Part 10 file, parsed and hashed, ready to archive."""
 
-    path: Path
+    path: str | Path
     header: InstanceHeader
     transfer_syntax_uid: str
     sha256: str
     size: int
     dataset_offset: int
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         h = self.header
         return dicom_object_key(h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid)
 
 
-def _hash_file(path: Path) -> tuple[str, int]:
-    """SHA-256 and size of a file."""
+def _hash_file(path: Path, head: tuple[int, int] = (0, 0)) -> tuple[str, int, bytes]:
+    """SHA-256 and size of a file, and the `head[1]` bytes from offset `head[0]`."""
     h = hashlib.sha256()
     size = 0
+    start, length = head
+    kept = b""
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(1 << 20):
+            if len(kept) < length and size + len(chunk) > start:
+                kept += chunk[max(start - size, 0):][:length - len(kept)]
             h.update(chunk)
             size += len(chunk)
-    return h.hexdigest(), size
+    return h.hexdigest(), size, kept
 
 
 def dataset_sha256(stream: Any, offset: int) -> str:
@@ -139,7 +147,7 @@ def _before_pixels(tag: Any, _vr: Any, _length: int) -> bool:
     return int(tag) >= 0x7FE00008  # Float/Double Float/Pixel Data and what follows
 
 
-def read_header(path: Path, ts: str, offset: int) -> Dataset:
+def read_header(path: str | Path, ts: str, offset: int) -> Dataset:
     """The dataset up to the pixel data, read from `offset` with the known transfer syntax
     (pydicom's dcmread would parse the file meta a second time)."""
     if ts == DeflatedExplicitVRLittleEndian or not ts.startswith("1.2.840.10008.1.2"):
@@ -151,63 +159,61 @@ def read_header(path: Path, ts: str, offset: int) -> Dataset:
                             stop_when=_before_pixels)
 
 
-def prepare(path: Path) -> PreparedInstance:
-    """Parse and hash a Part 10 file; raises InvalidInstance for what the archive refuses."""
-    try:
-        ts, offset = read_transfer_syntax(path)
-        ds = read_header(path, ts, offset) if ts else None
-    except Exception as exc:  # pydicom raises a variety of errors on malformed data
-        raise UnreadableInstance(f"not readable as DICOM: {exc.__class__.__name__}") from exc
-    if ds is None:
-        raise UnreadableInstance("not a DICOM Part 10 file (no transfer syntax in file meta)")
-    header = extract_header(ds)
-    sha256, size = _hash_file(path)
-    return PreparedInstance(path, header, ts, sha256, size, offset)
+HEADER_BYTES = 256 << 10  # of a dataset, kept in memory to read the header from
 
 
 @dataclass(frozen=True)
 class ReceivedFile:
-    """A Part 10 file the DICOM service wrote, with what it learnt on the way: the archive
-    reads nothing of it back."""
+    """A Part 10 file with what is known of it: transfer syntax, hash, size and the first
+    bytes of its dataset. The DICOM service learns all of it while it writes the file,
+    so the archive reads nothing of it back."""
 
-    path: Path
+    path: str | Path
     transfer_syntax_uid: str
     dataset_offset: int
     sha256: str
     size: int
-    dataset_head: bytes  # the dataset's first bytes: all of a small one
+    dataset_head: bytes  # the dataset's first HEADER_BYTES: all of a small one
 
     @property
     def whole_dataset(self) -> bool:
         return self.dataset_offset + len(self.dataset_head) == self.size
 
 
-def _header_from_head(rf: ReceivedFile) -> Dataset | None:
-    """The header read from the bytes in memory, or None if they may not hold all of it."""
+def _read_header(rf: ReceivedFile) -> InstanceHeader:
+    """The index rows of the instance: from the head bytes when they can be read without
+    pydicom (`vna.dicom.rawscan`), else from the file through pydicom."""
     ts = rf.transfer_syntax_uid
-    if ts == DeflatedExplicitVRLittleEndian or not ts.startswith("1.2.840.10008.1.2"):
-        return None
-    fp = BytesIO(rf.dataset_head)
+    if ts != DeflatedExplicitVRLittleEndian and ts.startswith("1.2.840.10008.1.2"):
+        implicit, little = ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian
+        elements = HEADER_ELEMENTS.read(rf.dataset_head, implicit_vr=implicit,
+                                        little_endian=little, complete=rf.whole_dataset)
+        if elements is not None:
+            return header_from_elements(elements, implicit_vr=implicit, little_endian=little)
     try:
-        ds = read_dataset(fp, is_implicit_VR=ts == ImplicitVRLittleEndian,
-                          is_little_endian=ts != ExplicitVRBigEndian, stop_when=_before_pixels)
-    except Exception:  # e.g. cut inside a sequence: the file decides
-        return None
-    # Stopped before the end of the head: every element before the stop was in it.
-    return ds if rf.whole_dataset or fp.tell() < len(rf.dataset_head) else None
+        ds = read_header(rf.path, ts, rf.dataset_offset)
+    except Exception as exc:  # pydicom raises a variety of errors on malformed data
+        raise UnreadableInstance(f"not readable as DICOM: {exc.__class__.__name__}") from exc
+    return extract_header(ds)
 
 
 def prepare_received(rf: ReceivedFile) -> PreparedInstance:
-    """`prepare` for a file the DICOM service just received."""
-    ds = _header_from_head(rf)
-    if ds is None:
-        try:
-            ds = read_header(rf.path, rf.transfer_syntax_uid, rf.dataset_offset)
-        except Exception as exc:
-            raise UnreadableInstance(
-                f"not readable as DICOM: {exc.__class__.__name__}") from exc
-    return PreparedInstance(rf.path, extract_header(ds), rf.transfer_syntax_uid, rf.sha256,
+    """Parse a Part 10 file whose hash and head are known; raises InvalidInstance for what
+    the archive refuses."""
+    return PreparedInstance(rf.path, _read_header(rf), rf.transfer_syntax_uid, rf.sha256,
                             rf.size, rf.dataset_offset)
+
+
+def prepare(path: Path) -> PreparedInstance:
+    """Parse and hash a Part 10 file; raises InvalidInstance for what the archive refuses."""
+    try:
+        ts, offset = read_transfer_syntax(path)
+    except Exception as exc:
+        raise UnreadableInstance(f"not readable as DICOM: {exc.__class__.__name__}") from exc
+    if not ts:
+        raise UnreadableInstance("not a DICOM Part 10 file (no transfer syntax in file meta)")
+    sha256, size, head = _hash_file(path, head=(offset, HEADER_BYTES))
+    return prepare_received(ReceivedFile(path, ts, offset, sha256, size, head))
 
 
 class Archive:
@@ -225,7 +231,19 @@ class Archive:
     def store_file(self, source: Path | ReceivedFile, *, source_aet: str | None,
                    move: bool = False,
                    expected_sop_instance_uid: str | None = None) -> StoreResult:
-        """Archive one Part 10 file durably; the result says what happened."""
+        """Archive one Part 10 file durably; the result says what happened. With `move`
+        the file is consumed whatever happens: archived, or removed."""
+        result: StoreResult | None = None
+        try:
+            result = self._store_file(source, source_aet, move, expected_sop_instance_uid)
+            return result
+        finally:
+            if move and (result is None or result.outcome != "stored"):
+                with contextlib.suppress(OSError):
+                    os.unlink(source.path if isinstance(source, ReceivedFile) else source)
+
+    def _store_file(self, source: Path | ReceivedFile, source_aet: str | None, move: bool,
+                    expected_sop_instance_uid: str | None) -> StoreResult:
         try:
             if isinstance(source, ReceivedFile):
                 prepared = prepare_received(source)

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pydicom.charset import convert_encodings
 from pydicom.datadict import keyword_dict
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
+
+from vna.dicom.rawscan import ElementReader
 
 
 class Level(StrEnum):
@@ -224,37 +228,78 @@ _REQUIRED = tuple(BY_KEYWORD[kw] for kw in REQUIRED_UIDS)
 
 
 _NUMERIC_OR_DATE = ("US", "IS", "DA", "TM")
+_NOT_ASCII = object()
+
+
+def _plain_value(data: bytes, vr: str, little_endian: bool) -> Any:
+    """An ASCII text or unsigned short element's value from its raw bytes (`_NOT_ASCII` for
+    text that needs its character set decoded).
+
+    pydicom's general conversion costs more than everything else in an ingest; the index
+    only needs ASCII text and unsigned shorts, so those are decoded here.
+    """
+    if vr == "US":
+        if len(data) < 2:
+            return None
+        return struct.unpack("<H" if little_endian else ">H", data[:2])[0]
+    if not data.isascii() or b"\x1b" in data:  # ISO 2022 escapes are ASCII bytes too
+        return _NOT_ASCII
+    text = data.decode("ascii").strip("\x00 ")
+    return text.split("\\", 1)[0] if vr in _NUMERIC_OR_DATE else text
 
 
 def _element_value(ds: Dataset, tag: BaseTag, vr: str) -> Any:
-    """An element's value, decoded straight from its raw bytes when that is safe.
-
-    pydicom's general conversion costs more than everything else in an ingest; the
-    index only needs ASCII text and unsigned shorts, so those are decoded here and
-    anything else (e.g. a non-ASCII name) goes through pydicom.
-    """
+    """An element's value, from its raw bytes when that is safe, else through pydicom."""
     raw = ds.get_item(tag)
     if raw is None:
         return None
     if not isinstance(raw, RawDataElement) or raw.value is None:
         return ds[tag].value
-    data = raw.value
-    if vr == "US":
-        if len(data) < 2:
+    value = _plain_value(raw.value, vr, raw.is_little_endian)
+    return ds[tag].value if value is _NOT_ASCII else value
+
+
+_SPECIFIC_CHARACTER_SET = 0x00080005
+HEADER_ELEMENTS = ElementReader([int(t) for _, t in _TAGS] + [_SPECIFIC_CHARACTER_SET])
+
+
+def header_from_elements(elements: dict[int, tuple[bytes | None, bytes]], *,
+                         implicit_vr: bool, little_endian: bool) -> InstanceHeader:
+    """`extract_header` for the raw elements `HEADER_ELEMENTS` read; text that is not
+    ASCII is decoded by pydicom with the dataset's Specific Character Set."""
+    encodings: list[str] | None = None
+
+    def value(attr: IndexedAttribute, tag: BaseTag) -> Any:
+        nonlocal encodings
+        found = elements.get(int(tag))
+        if found is None:
             return None
-        return struct.unpack("<H" if raw.is_little_endian else ">H", data[:2])[0]
-    if not data.isascii():
-        return ds[tag].value
-    text = data.decode("ascii").strip("\x00 ")
-    return text.split("\\", 1)[0] if vr in _NUMERIC_OR_DATE else text
+        vr, data = found
+        plain = _plain_value(data, attr.vr, little_endian)
+        if plain is not _NOT_ASCII:
+            return plain
+        if encodings is None:
+            charset = elements.get(_SPECIFIC_CHARACTER_SET)
+            names = charset[1].decode("ascii", "replace").strip("\x00 ").split("\\") \
+                if charset else None
+            encodings = convert_encodings([n.strip() for n in names] if names else None)
+        raw = RawDataElement(tag, (vr or attr.vr.encode()).decode(), len(data), data, 0,
+                             implicit_vr, little_endian)
+        return convert_raw_data_element(raw, encoding=encodings).value
+
+    return _header(value)
 
 
 def extract_header(ds: Dataset) -> InstanceHeader:
     """Map a dataset to index rows; refuse it if its identifying UIDs are missing or invalid."""
+    return _header(lambda attr, tag: _element_value(ds, tag, attr.vr))
+
+
+def _header(element_value: Callable[[IndexedAttribute, BaseTag], Any]) -> InstanceHeader:
     header = InstanceHeader()
     levels = {P: header.patient, ST: header.study, SE: header.series, IM: header.instance}
     for attr, tag in _TAGS:
-        value = to_index_value(attr, _element_value(ds, tag, attr.vr))
+        value = to_index_value(attr, element_value(attr, tag))
         row = levels[attr.level]
         row[attr.column] = value
         if attr.vr == "PN":
