@@ -49,7 +49,7 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from pynetdicom.sop_class import Verification
 
 from services.dicom_scp.fastpath import FileMeta, encode_file_meta, encode_response_command
-from storage.archive import ReceivedFile
+from storage.archive import HEADER_BYTES, ReceivedFile
 
 log = logging.getLogger("vna.scp")
 
@@ -66,7 +66,6 @@ NO_DATASET = 0x0101
 
 LARGEST_ASSOCIATE_RQ = 64 << 10  # a larger request (hundreds of contexts) goes to pynetdicom
 LARGEST_PDU = 64 << 20  # a peer that sends more than this in one PDU is aborted
-HEAD_BYTES = 256 << 10  # of a dataset kept in memory for the archive to read the header from
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
@@ -197,52 +196,108 @@ def pdata_pdus(context_id: int, command: bool, data: bytes, max_pdu: int) -> byt
     return b"".join(out)
 
 
+class PDUReader:
+    """PDUs from a socket through one reused buffer: a recv takes whatever has arrived (often
+    the next PDU too), and each PDU's body is a view of the buffer, valid until `next`."""
+
+    def __init__(self, sock: socket.socket, capacity: int) -> None:
+        self.sock = sock
+        self.buf = bytearray(capacity)
+        self.start = self.end = 0  # the bytes received and not handed out yet
+
+    def next(self) -> tuple[int, memoryview]:
+        """The next PDU's type and body."""
+        if self.start == self.end:
+            self.start = self.end = 0
+        self._have(6)
+        s = self.start
+        pdu_type, length = self.buf[s], int.from_bytes(self.buf[s + 2:s + 6], "big")
+        if length > LARGEST_PDU:
+            raise ProtocolError(f"PDU of {length} bytes", INVALID_PDU_PARAMETER)
+        self._have(6 + length)
+        s = self.start
+        self.start = s + 6 + length
+        return pdu_type, memoryview(self.buf)[s + 6:s + 6 + length]
+
+    def _have(self, n: int) -> None:
+        """Receive until `n` bytes from `start` are in the buffer."""
+        if self.start + n > len(self.buf):  # make room: what is pending goes to the front
+            pending = self.buf[self.start:self.end]
+            if n > len(self.buf):
+                self.buf = bytearray(n + (64 << 10))
+            self.buf[:len(pending)] = pending
+            self.start, self.end = 0, len(pending)
+        while self.end - self.start < n:
+            got = self.sock.recv_into(memoryview(self.buf)[self.end:])
+            if not got:
+                raise PeerGone()
+            self.end += got
+
+
+def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    """One writev, then what a short write left (a full disk answers with an error next)."""
+    written = os.writev(fd, parts)
+    for part in parts:
+        if written >= len(part):
+            written -= len(part)
+            continue
+        view, written = memoryview(part)[written:], 0
+        while view:
+            view = view[os.write(fd, view):]
+
+
 class ReceiveFile:
-    """One incoming dataset, written as a Part 10 file and hashed while it arrives."""
+    """One incoming dataset, written as a Part 10 file and hashed while it arrives.
+
+    Its folder is the SCP process's own (see `server.configure_process`), so a counter
+    names the files; the preamble and file meta go out with the first fragment.
+    """
 
     _counter = itertools.count()
 
-    def __init__(self, directory: Path, meta: FileMeta) -> None:
-        self.path = directory / f"rx-{os.getpid()}-{next(self._counter)}.dcm"
-        prefix = PREAMBLE + encode_file_meta(meta)
+    def __init__(self, directory: str, meta: FileMeta) -> None:
+        self.path = f"{directory}/in-{next(self._counter)}.dcm"
+        self._prefix: bytes | None = PREAMBLE + encode_file_meta(meta)
         self.transfer_syntax_uid = meta.transfer_syntax
-        self.dataset_offset = len(prefix)
-        self._hash = hashlib.sha256(prefix)
-        self._size = len(prefix)
-        self._head = bytearray()
+        self.dataset_offset = len(self._prefix)
+        self._hash = hashlib.sha256(self._prefix)
+        self._size = self.dataset_offset
+        self._head: list[bytes] = []
+        self._head_size = 0
         self.error: OSError | None = None
-        self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - closed in finish/discard
-        self._write(prefix)
-
-    def _write(self, data: bytes | memoryview) -> None:
-        if self.error is not None:
-            return  # keep reading the message to answer it, store nothing
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[self._file.write(view):]
-        except OSError as exc:  # e.g. disk full: answered as Out of Resources
-            self.error = exc
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
     def write(self, fragment: memoryview) -> None:
-        self._write(fragment)
+        if self.error is None:  # else keep reading the message to answer it, store nothing
+            try:
+                _write_all(self._fd, [fragment] if self._prefix is None
+                           else [self._prefix, fragment])
+                self._prefix = None
+            except OSError as exc:  # e.g. disk full: answered as Out of Resources
+                self.error = exc
         self._hash.update(fragment)
         self._size += len(fragment)
-        room = HEAD_BYTES - len(self._head)
-        if room > 0:
-            self._head += fragment[:room]
+        if self._head_size < HEADER_BYTES:
+            part = bytes(fragment[:HEADER_BYTES - self._head_size])
+            self._head.append(part)
+            self._head_size += len(part)
 
     def finish(self) -> ReceivedFile:
-        self._file.close()
+        self._close()
         if self.error is not None:
             raise self.error
         return ReceivedFile(self.path, self.transfer_syntax_uid, self.dataset_offset,
-                            self._hash.hexdigest(), self._size, bytes(self._head))
+                            self._hash.hexdigest(), self._size, b"".join(self._head))
 
     def discard(self) -> None:
-        self._file.close()
+        self._close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class StorageService(Protocol):
@@ -323,14 +378,18 @@ class StorageAssociation:
 
     def run(self) -> None:
         """Accept, then serve PDUs until the association ends; always closes the socket."""
-        self.sock.settimeout(self.timeout)
+        # Blocking, with the timeout in the kernel: a Python-level timeout would cost a
+        # poll() before every recv and send.
+        self.sock.settimeout(None)
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            self.sock.setsockopt(socket.SOL_SOCKET, option, _timeval(self.timeout))
         try:
             self.accept()
             self._serve()
         except ProtocolError as exc:
             log.warning("association from %s aborted: %s", self.calling_aet, exc)
             self._abort(exc.reason)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO/SO_SNDTIMEO expired
             log.warning("association from %s aborted: no PDU for %.0f s", self.calling_aet,
                         self.timeout)
             self._abort(0x00)
@@ -342,24 +401,10 @@ class StorageAssociation:
             with contextlib.suppress(OSError):
                 self.sock.close()
 
-    def _recv_exact(self, view: memoryview) -> None:
-        while view:
-            n = self.sock.recv_into(view)
-            if not n:
-                raise PeerGone()
-            view = view[n:]
-
     def _serve(self) -> None:
-        buf = bytearray(max(self.max_pdu, 16 << 10) + 6)
+        pdus = PDUReader(self.sock, max(self.max_pdu, 16 << 10) + (64 << 10))
         while True:
-            self._recv_exact(memoryview(buf)[:6])
-            pdu_type, length = buf[0], int.from_bytes(buf[2:6], "big")
-            if length > LARGEST_PDU:
-                raise ProtocolError(f"PDU of {length} bytes", INVALID_PDU_PARAMETER)
-            if length > len(buf):
-                buf = bytearray(length)
-            body = memoryview(buf)[:length]
-            self._recv_exact(body)
+            pdu_type, body = pdus.next()
             if pdu_type == P_DATA_TF_PDU:
                 self._p_data(body)
             elif pdu_type == A_RELEASE_RQ_PDU:
@@ -412,7 +457,7 @@ class StorageAssociation:
             self._pending = (command, context_id)
             meta = FileMeta(command.sop_class_uid, command.sop_instance_uid,
                             str(cx.transfer_syntax[0]))
-            self._receiving = ReceiveFile(self.incoming, meta)
+            self._receiving = ReceiveFile(str(self.incoming), meta)
         else:
             raise ProtocolError(f"unsupported DIMSE command 0x{command.command_field:04x} "
                                 "on a storage association", UNRECOGNIZED_PDU_PARAMETER)
@@ -439,8 +484,6 @@ class StorageAssociation:
         else:
             status, comment = self.service.store(received, self.calling_aet,
                                                  command.sop_instance_uid)
-            with contextlib.suppress(OSError):  # left over only when it was not archived
-                os.unlink(received.path)
         self._respond(context_id, C_STORE_RSP, command.message_id, status,
                       sop_class_uid=command.sop_class_uid,
                       sop_instance_uid=command.sop_instance_uid, error_comment=comment)
