@@ -121,3 +121,25 @@ def test_up_runs_everything_and_ctrl_c_stops_it(embedded: Backend, tmp_path: Pat
         with pytest.raises(TimeoutError):
             wait_port(port, 1)
     assert "vna stopped" in log.read_text()
+
+
+@pytest.mark.parametrize("after", [0.5, 1.0, 1.5, 2.0])
+def test_scp_stopped_while_starting_leaves_no_process(embedded: Backend, after: float) -> None:
+    """SIGTERM while the SCP processes are still starting stops all of them (it used to
+    kill the supervisor alone and orphan its children)."""
+    env = vna_env({**embedded.env, "VNA_DICOM_PORT": str(free_port()),
+                   "VNA_DICOM_HOST": "127.0.0.1", "VNA_DICOM_PROCESSES": "2"})
+    proc = subprocess.Popen([*VNA, "scp"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(after)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) in (0, -signal.SIGTERM)  # still importing: no children yet
+
+    def session() -> list[str]:
+        out = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True)
+        return out.stdout.split()
+
+    deadline = time.monotonic() + 15
+    while session() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session() == []

@@ -214,20 +214,25 @@ def serve(settings: Settings) -> int:
         proc.start()
         return proc, ready
 
-    procs = [start_one() for _ in range(n)]
-    for _proc, ready in procs:
-        if not ready.wait(60):
-            log.error("an SCP process did not start")
-    log.info("DICOM service %s listening on %s:%d (%d processes)", settings.dicom_aet,
-             settings.dicom_host, settings.dicom_port, n)
-    metrics.serve(settings, metrics_path)
-
     def _stop(_sig: int, _frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
 
+    # Before any child starts: a signal during start-up must stop them too, not kill the
+    # supervisor alone (the children would be orphans, one stuck signalling its start).
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    procs = [start_one() for _ in range(n)]
+    deadline = time.monotonic() + 60
+    for _proc, ready in procs:
+        while not stopping and not ready.wait(0.2):
+            if time.monotonic() > deadline:
+                log.error("an SCP process did not start")
+                break
+    if not stopping:
+        log.info("DICOM service %s listening on %s:%d (%d processes)", settings.dicom_aet,
+                 settings.dicom_host, settings.dicom_port, n)
+        metrics.serve(settings, metrics_path)
     while not stopping:
         time.sleep(0.2)
         for i, (proc, _ready) in enumerate(procs):
