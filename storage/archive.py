@@ -34,6 +34,7 @@ from pydicom.uid import (
 )
 from sqlalchemy import select
 
+from storage.groupcommit import GroupCommit
 from storage.index.db import Index
 from storage.index.ingest import IndexWriter, InstanceRow
 from storage.index.models import Instance
@@ -78,6 +79,7 @@ class PreparedInstance:
     sha256: str
     size: int
     dataset_offset: int
+    source_aet: str | None = None  # who sent it, once known
 
     @functools.cached_property
     def key(self) -> str:
@@ -225,6 +227,8 @@ class Archive:
         self.index = index or Index(settings.resolved_database_url, fsync=settings.fsync)
         self.store = store or make_object_store(settings)
         self.writer = IndexWriter(self.index.engine.dialect, INSTANCE_STORED)
+        # C-STOREs of concurrent associations share a transaction (storage.groupcommit)
+        self._group: GroupCommit[PreparedInstance, StoreResult] = GroupCommit(self._commit)
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -264,7 +268,8 @@ class Archive:
             if dup is not None:
                 return dup
             self.store.put_file(prepared.key, path, move=move)
-        return self._commit([prepared], source_aet)[0]
+        prepared.source_aet = source_aet
+        return self._group.submit(prepared)
 
     IN_FLIGHT_SECONDS = 5.0
 
@@ -308,7 +313,9 @@ class Archive:
                 todo.append((i, p))
         if todo:
             self.store.make_durable(p.key for _, p in todo)
-            committed = self._commit([p for _, p in todo], source_aet)
+            for _, p in todo:
+                p.source_aet = source_aet
+            committed = self._commit([p for _, p in todo])
             for (i, _), res in zip(todo, committed, strict=True):
                 results[i] = res
         return [r for r in results if r is not None]
@@ -340,20 +347,19 @@ class Archive:
                 "an instance with this SOPInstanceUID and other content is archived")
         return out
 
-    def _commit(self, batch: list[PreparedInstance], source_aet: str | None, *,
-                retry: bool = True) -> list[StoreResult]:
+    def _commit(self, batch: list[PreparedInstance], *, retry: bool = True) -> list[StoreResult]:
         """Write the index rows of objects already stored; on failure remove the objects."""
         rows = [InstanceRow(p.header, p.transfer_syntax_uid, p.size, p.sha256,
-                            p.dataset_offset, p.key) for p in batch]
+                            p.dataset_offset, p.key, p.source_aet) for p in batch]
         try:
             with self.index.begin_cursor() as cursor:
-                created = self.writer.write(cursor, rows, source_aet, datetime.now(UTC))
+                created = self.writer.write(cursor, rows, datetime.now(UTC))
         except self.index.integrity_error:
             self.writer.forget()  # a cached parent may have been deleted meanwhile
             if retry:
-                return self._commit(batch, source_aet, retry=False)
+                return self._commit(batch, retry=False)
             if len(batch) > 1:  # someone else archived one of them meanwhile: go one by one
-                return [self._commit([p], source_aet)[0] for p in batch]
+                return [self._commit([p])[0] for p in batch]
             # Another association archived this SOP Instance UID while we wrote it.
             return [self._concurrent_result(batch[0])]
         except BaseException:

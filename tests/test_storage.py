@@ -23,6 +23,26 @@ def counts(a: Archive) -> dict[str, int]:
                 for m in (Patient, Study, Series, Instance)}
 
 
+def test_ingest_writes_values_as_sqlalchemy_does(archive: Archive, tmp_path: Path) -> None:
+    """The ingest path's compiled statements convert values like SQLAlchemy's execution:
+    an outbox event written by each path reads back the same, in the same stored form."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from storage.outbox import add_events
+
+    assert archive.store_file(write(make_instance(), tmp_path / "a.dcm"), source_aet="X").ok
+    with archive.index.begin() as conn:
+        add_events(conn, "core", ["s"], datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
+    with archive.index.read_session() as s:
+        rows = s.execute(text("SELECT kind, CAST(created_at AS TEXT) FROM outbox_event "
+                              "ORDER BY id")).all()
+    (_, ingest), (_, core) = rows
+    assert core.startswith("2026-01-02 03:04:05.000006")
+    assert len(ingest) == len(core) and ingest[19] == core[19]  # same form, e.g. no "+00:00"
+
+
 def test_migration_at_head(archive: Archive) -> None:
     assert current(archive.index.url) == "0004"
 
@@ -387,7 +407,8 @@ def test_store_in_flight_is_not_overwritten(archive: Archive, tmp_path: Path) ->
     second.start()
     second.join(0.3)
     assert second.is_alive()  # waiting for the first store's row
-    assert archive._commit([first], "FIRST")[0].ok
+    first.source_aet = "FIRST"
+    assert archive._commit([first])[0].ok
     second.join(10)
     assert results[0].outcome == "conflict"
     assert archive.store.read(first.key) == a_bytes
@@ -408,3 +429,39 @@ def test_object_left_by_a_crash_is_replaced(archive: Archive, tmp_path: Path) ->
     assert archive.store_file(b, source_aet="RESEND", move=True).outcome == "stored"
     assert archive.store.read(leftover.key) == b_bytes
     assert counts(archive)["instance"] == 1
+
+
+def test_ingest_survives_a_dropped_database_connection(archive: Archive, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingest path keeps one connection (Index.begin_cursor). When the database drops
+    it (a restart), a store either fails (never acknowledged) or reconnects; the next
+    ones succeed, and nothing is half written."""
+    if archive.index.dialect != "postgresql":
+        pytest.skip("a SQLite connection cannot be dropped from outside")
+    import sqlalchemy as sa
+
+    files = [write(make_instance(), tmp_path / f"{i}.dcm") for i in range(4)]
+    assert archive.store_file(files[0], source_aet="X").ok
+
+    def drop_connections() -> None:
+        admin = sa.create_engine(archive.index.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        admin.dispose()
+
+    drop_connections()  # used just now: no ping, the store fails and drops the connection
+    with pytest.raises(Exception):  # noqa: B017 - whatever the driver says
+        archive.store_file(files[1], source_aet="X")
+    assert archive.store_file(files[2], source_aet="X").ok
+    drop_connections()
+    monkeypatch.setattr(archive.index, "CURSOR_PING_AFTER", 0.0)  # idle: pinged, reconnects
+    assert archive.store_file(files[3], source_aet="X").ok
+    assert counts(archive)["instance"] == 3
+    assert not archive.store.exists(archive_key(files[1]))
+
+
+def archive_key(path: Path) -> str:
+    from storage.archive import prepare
+
+    return prepare(path).key

@@ -39,6 +39,7 @@ class InstanceRow:
     sha256: str
     dataset_offset: int
     storage_key: str
+    source_aet: str | None
 
 
 class _Fit:
@@ -113,7 +114,7 @@ class IndexWriter:
         self._kind = outbox_kind
         self._parents: dict[tuple[Any, ...], int] = {}
 
-    def write(self, cursor: Any, rows: Sequence[InstanceRow], source_aet: str | None,
+    def write(self, cursor: Any, rows: Sequence[InstanceRow],
               received_at: datetime) -> dict[tuple[Any, ...], int]:
         """Insert the rows (and their new parents) and their outbox events; returns the
         parents this transaction created, for `committed` once it is."""
@@ -128,7 +129,7 @@ class IndexWriter:
                                         self._parents, created)
             self._insert_instance.execute(cursor, self._fit_instance({
                 **h.instance, "series_fk": series_fk,
-                "transfer_syntax_uid": row.transfer_syntax_uid, "source_aet": source_aet,
+                "transfer_syntax_uid": row.transfer_syntax_uid, "source_aet": row.source_aet,
                 "received_at": received_at, "size": row.size, "sha256": row.sha256,
                 "dataset_offset": row.dataset_offset, "storage_key": row.storage_key}))
         events = [{"created_at": received_at, "kind": self._kind,
