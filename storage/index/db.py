@@ -8,9 +8,11 @@ and queue on a kernel file lock before that (see `_WriterLock`). Writes go throu
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -75,8 +77,9 @@ class CompiledStatement:
         compiled = stmt.compile(dialect=dialect, column_keys=list(columns) if columns else None)
         self.sql: str = compiled.string
         self._order: Sequence[str] | None = compiled.positiontup  # positional paramstyles
-        self._processors = {name: proc for name, bind in compiled.binds.items()
-                            if (proc := bind.type.bind_processor(dialect)) is not None}
+        self._processors = {  # the dialect's own conversion, as SQLAlchemy's execution uses
+            name: proc for name, bind in compiled.binds.items()
+            if (proc := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None}
 
     def params(self, values: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
         procs = self._processors
@@ -143,6 +146,9 @@ class Index:
         self.read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
         self._writer: AbstractContextManager[None] = (
             _WriterLock(url) if url.startswith("sqlite") else nullcontext())
+        self._cursor_lock = threading.Lock()
+        self._cursor_conn: Any = None  # see begin_cursor
+        self._cursor_used = 0.0
 
     @property
     def dialect(self) -> str:
@@ -157,9 +163,15 @@ class Index:
     @contextmanager
     def begin_cursor(self) -> Iterator[Any]:
         """A DBAPI cursor in one write transaction, for `CompiledStatement`s: committed on
-        success, rolled back on error (the DBAPI's own exceptions propagate)."""
-        with self._writer:
-            conn = self.engine.raw_connection()
+        success, rolled back on error (the DBAPI's own exceptions propagate).
+
+        These transactions run one at a time on one kept connection: the pool's check-out
+        and reset cost as much as a small ingest transaction. A connection idle for a
+        while is pinged first (the database may have restarted); after an error other
+        than an integrity error it is dropped and the next transaction gets a new one.
+        """
+        with self._writer, self._cursor_lock:
+            conn = self._cursor_connection()
             try:
                 cursor = conn.cursor()
                 if self.dialect == "sqlite":
@@ -170,8 +182,35 @@ class Index:
                     conn.rollback()
                     raise
                 conn.commit()
+            except self.integrity_error:
+                raise
+            except BaseException:
+                self._drop_cursor_connection()
+                raise
             finally:
-                conn.close()  # back to the pool
+                self._cursor_used = time.monotonic()
+
+    CURSOR_PING_AFTER = 10.0  # seconds idle
+
+    def _cursor_connection(self) -> Any:
+        conn = self._cursor_conn
+        if conn is not None and self.dialect != "sqlite" and \
+                time.monotonic() - self._cursor_used > self.CURSOR_PING_AFTER:
+            try:
+                conn.cursor().execute("SELECT 1")
+                conn.rollback()
+            except Exception:
+                self._drop_cursor_connection()
+                conn = None
+        if conn is None:
+            conn = self._cursor_conn = self.engine.raw_connection()
+        return conn
+
+    def _drop_cursor_connection(self) -> None:
+        conn, self._cursor_conn = self._cursor_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
 
     @property
     def integrity_error(self) -> type[Exception]:
@@ -185,6 +224,10 @@ class Index:
             yield s
 
     def dispose(self) -> None:
+        with self._cursor_lock:
+            if self._cursor_conn is not None:
+                self._cursor_conn.close()
+                self._cursor_conn = None
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
