@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -48,9 +49,13 @@ class ScpMetrics:
             ["outcome"], buckets=STORE_BUCKETS, registry=None)
         self.associations = Counter("vna_dicom_associations",
                                     "DICOM associations accepted", registry=None)
+        self._by_outcome: dict[str, Any] = {}  # labels() costs as much as observe()
 
     def stored(self, outcome: str, seconds: float) -> None:
-        self.store_seconds.labels(outcome).observe(seconds)
+        child = self._by_outcome.get(outcome)
+        if child is None:
+            child = self._by_outcome[outcome] = self.store_seconds.labels(outcome)
+        child.observe(seconds)
 
 
 def serve(settings: Settings, path: Path) -> None:
