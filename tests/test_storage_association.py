@@ -135,6 +135,38 @@ def test_pdata_pdus_fit_the_peer(max_pdu: int) -> None:
     assert [pdv.data[0] for pdv in pdvs] == [0x01] * (len(pdvs) - 1) + [0x03]
 
 
+def test_pdu_reader_hands_out_whole_pdus() -> None:
+    """Whatever the sender's write sizes: PDUs smaller and larger than the buffer, several
+    in one segment, one cut over many."""
+    import threading
+
+    from services.dicom_scp.storage_association import PDUReader
+
+    bodies = [bytes([i % 251]) * n for i, n in enumerate([10, 0, 5000, 70_000, 3, 200_000, 7])]
+    wire = b"".join(struct.pack(">BxI", 0x04, len(b)) + b for b in bodies)
+    ours, theirs = socket.socketpair()
+
+    def send() -> None:
+        for i in range(0, len(wire), 3001):  # odd slices: PDUs cut anywhere
+            theirs.sendall(wire[i:i + 3001])
+        theirs.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    reader = PDUReader(ours, 16 << 10)
+    got = []
+    for _ in bodies:
+        pdu_type, body = reader.next()
+        got.append((pdu_type, bytes(body)))
+    sender.join(5)
+    assert got == [(0x04, b) for b in bodies]
+    from services.dicom_scp.storage_association import PeerGone
+
+    with pytest.raises(PeerGone):
+        reader.next()
+    ours.close()
+
+
 # -- over the wire ----------------------------------------------------------------------
 
 

@@ -83,7 +83,7 @@ class ProtocolError(Exception):
 
 
 class PeerGone(Exception):
-    """The connection closed (or timed out) while a PDU was expected."""
+    """The connection closed while a PDU was expected."""
 
 
 def peek_associate_rq(sock: socket.socket, timeout: float) -> bytes | None:
