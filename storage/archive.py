@@ -79,7 +79,6 @@ class PreparedInstance:
     sha256: str
     size: int
     dataset_offset: int
-    source_aet: str | None = None  # who sent it, once known
 
     @functools.cached_property
     def key(self) -> str:
@@ -228,7 +227,7 @@ class Archive:
         self.store = store or make_object_store(settings)
         self.writer = IndexWriter(self.index.engine.dialect, INSTANCE_STORED)
         # C-STOREs of concurrent associations share a transaction (storage.groupcommit)
-        self._group: GroupCommit[PreparedInstance, StoreResult] = GroupCommit(self._commit)
+        self._group: GroupCommit[Sent, StoreResult | Exception] = GroupCommit(self._commit)
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -237,12 +236,10 @@ class Archive:
                    expected_sop_instance_uid: str | None = None) -> StoreResult:
         """Archive one Part 10 file durably; the result says what happened. With `move`
         the file is consumed whatever happens: archived, or removed."""
-        result: StoreResult | None = None
         try:
-            result = self._store_file(source, source_aet, move, expected_sop_instance_uid)
-            return result
+            return self._store_file(source, source_aet, move, expected_sop_instance_uid)
         finally:
-            if move and (result is None or result.outcome != "stored"):
+            if move:  # gone already when it was moved into place
                 with contextlib.suppress(OSError):
                     os.unlink(source.path if isinstance(source, ReceivedFile) else source)
 
@@ -268,8 +265,7 @@ class Archive:
             if dup is not None:
                 return dup
             self.store.put_file(prepared.key, path, move=move)
-        prepared.source_aet = source_aet
-        return self._group.submit(prepared)
+        return _raise_if_failed(self._group.submit((prepared, source_aet)))
 
     IN_FLIGHT_SECONDS = 5.0
 
@@ -313,11 +309,9 @@ class Archive:
                 todo.append((i, p))
         if todo:
             self.store.make_durable(p.key for _, p in todo)
-            for _, p in todo:
-                p.source_aet = source_aet
-            committed = self._commit([p for _, p in todo])
+            committed = self._commit([(p, source_aet) for _, p in todo])
             for (i, _), res in zip(todo, committed, strict=True):
-                results[i] = res
+                results[i] = _raise_if_failed(res)  # the database is down: so is the import
         return [r for r in results if r is not None]
 
     def _duplicate_check(self, batch: Sequence[PreparedInstance]) -> dict[str, StoreResult]:
@@ -347,27 +341,35 @@ class Archive:
                 "an instance with this SOPInstanceUID and other content is archived")
         return out
 
-    def _commit(self, batch: list[PreparedInstance], *, retry: bool = True) -> list[StoreResult]:
-        """Write the index rows of objects already stored; on failure remove the objects."""
+    def _commit(self, batch: Sequence[Sent], *,
+                retried: bool = False) -> list[StoreResult | Exception]:
+        """Write the index rows of objects already stored, in one transaction. If that
+        fails, instance by instance, so that one bad instance (from any association of a
+        group commit) fails alone: its object is removed and its result is the error."""
         rows = [InstanceRow(p.header, p.transfer_syntax_uid, p.size, p.sha256,
-                            p.dataset_offset, p.key, p.source_aet) for p in batch]
+                            p.dataset_offset, p.key, source_aet) for p, source_aet in batch]
         try:
             with self.index.begin_cursor() as cursor:
                 created = self.writer.write(cursor, rows, datetime.now(UTC))
         except self.index.integrity_error:
             self.writer.forget()  # a cached parent may have been deleted meanwhile
-            if retry:
-                return self._commit(batch, retry=False)
+            if not retried:
+                return self._commit(batch, retried=True)
             if len(batch) > 1:  # someone else archived one of them meanwhile: go one by one
-                return [self._commit([p])[0] for p in batch]
+                return [r for sent in batch for r in self._commit([sent], retried=True)]
             # Another association archived this SOP Instance UID while we wrote it.
-            return [self._concurrent_result(batch[0])]
+            return [self._concurrent_result(batch[0][0])]
+        except Exception as exc:
+            if len(batch) > 1:
+                return [r for sent in batch for r in self._commit([sent], retried=retried)]
+            self.store.delete(batch[0][0].key)
+            return [exc]
         except BaseException:
-            for p in batch:
+            for p, _ in batch:
                 self.store.delete(p.key)
             raise
         self.writer.committed(created)
-        return [StoreResult("stored", p.header.sop_instance_uid, size=p.size) for p in batch]
+        return [StoreResult("stored", p.header.sop_instance_uid, size=p.size) for p, _ in batch]
 
     def _concurrent_result(self, p: PreparedInstance) -> StoreResult:
         uid = p.header.sop_instance_uid
@@ -377,6 +379,15 @@ class Archive:
         if sha == p.sha256:
             return StoreResult("duplicate", uid, size=p.size)
         return StoreResult("conflict", uid, "archived concurrently with other content")
+
+
+Sent = tuple[PreparedInstance, str | None]  # an instance and the AE title that sent it
+
+
+def _raise_if_failed(result: StoreResult | Exception) -> StoreResult:
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def _refused(exc: InvalidInstance) -> StoreResult:

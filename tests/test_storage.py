@@ -140,31 +140,38 @@ def test_stale_temp_files_of_dead_writers_are_swept(tmp_path: Path) -> None:
 @pytest.mark.parametrize("put", ["put_new", "put_file", "batch"])
 def test_new_folders_are_flushed_with_the_object(tmp_path: Path, put: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """A new series folder is durable only once its study folder (and theirs) are."""
+    """A new series folder is durable only once its study folder (and theirs) are; so is
+    one that another writer made and may not have flushed yet."""
     from storage import objectstore
 
     flushed: list[str] = []
     real = objectstore._fsync_dir
     monkeypatch.setattr(objectstore, "_fsync_dir", lambda d: (flushed.append(str(d)), real(d)))
     store = FileObjectStore(tmp_path / "objects")
-    src = tmp_path / "x"
-    src.write_bytes(b"x")
-    key = "dicom/1.2/1.2.3/1.2.3.4.dcm"
-    if put == "put_new":
-        assert store.put_new(key, src)
-    elif put == "put_file":
-        store.put_file(key, src)
-    else:
-        store.put_file(key, src, durable=False)
-        assert flushed == []
-        store.make_durable([key])
     root = str(store.root)
-    for d in ("dicom/1.2/1.2.3", "dicom/1.2", "dicom"):
-        assert f"{root}/{d}" in flushed, (d, flushed)
-    flushed.clear()
-    src.write_bytes(b"y")
-    assert store.put_new("dicom/1.2/1.2.3/1.2.3.5.dcm", src)
-    assert flushed == [f"{root}/dicom/1.2/1.2.3"]  # an existing series: its folder only
+    src = tmp_path / "x"
+
+    def put(key: str) -> None:
+        flushed.clear()
+        src.write_bytes(key.encode())
+        if put == "put_new":
+            assert store.put_new(key, src)
+        elif put == "put_file":
+            store.put_file(key, src)
+        else:
+            store.put_file(key, src, durable=False)
+            assert flushed == []
+            store.make_durable([key])
+
+    put("dicom/1.2/1.2.3/1.2.3.4.dcm")
+    assert set(flushed) >= {f"{root}/dicom/1.2/1.2.3", f"{root}/dicom/1.2", f"{root}/dicom"}
+    put("dicom/1.2/1.2.3/1.2.3.5.dcm")
+    assert flushed == [f"{root}/dicom/1.2/1.2.3"]  # known folder: its own entry only
+    put("dicom/1.2/1.2.9/1.2.9.1.dcm")
+    assert flushed == [f"{root}/dicom/1.2/1.2.9", f"{root}/dicom/1.2"]  # new series
+    (store.root / "dicom" / "1.2" / "1.2.7").mkdir()  # made by another process
+    put("dicom/1.2/1.2.7/1.2.7.1.dcm")
+    assert flushed == [f"{root}/dicom/1.2/1.2.7", f"{root}/dicom/1.2"]
 
 
 def test_file_store_refuses_escaping_keys(tmp_path: Path) -> None:
@@ -407,8 +414,7 @@ def test_store_in_flight_is_not_overwritten(archive: Archive, tmp_path: Path) ->
     second.start()
     second.join(0.3)
     assert second.is_alive()  # waiting for the first store's row
-    first.source_aet = "FIRST"
-    assert archive._commit([first])[0].ok
+    assert archive._commit([(first, "FIRST")])[0].ok  # type: ignore[union-attr]
     second.join(10)
     assert results[0].outcome == "conflict"
     assert archive.store.read(first.key) == a_bytes
@@ -465,3 +471,33 @@ def archive_key(path: Path) -> str:
     from storage.archive import prepare
 
     return prepare(path).key
+
+
+def test_one_bad_instance_fails_alone_in_a_shared_commit(archive: Archive, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instances of several associations commit together (group commit); one that the
+    database refuses fails alone: the others are indexed, its object is removed."""
+    from storage.archive import prepare
+
+    sent = []
+    for i in range(3):
+        f = write(make_instance(), tmp_path / f"{i}.dcm")
+        p = prepare(f)
+        archive.store.put_file(p.key, f)
+        sent.append((p, f"AE{i}"))
+    bad = sent[1][0].header.sop_instance_uid
+    real = archive.writer._insert_instance.execute
+
+    def execute(cursor: object, values: dict[str, object]) -> object:
+        if values["sop_instance_uid"] == bad:
+            raise ValueError("a value the database refuses")
+        return real(cursor, values)
+
+    monkeypatch.setattr(archive.writer._insert_instance, "execute", execute)
+    results = archive._commit(sent)
+    assert isinstance(results[1], ValueError)
+    assert all(not isinstance(r, Exception) and r.outcome == "stored"
+               for r in (results[0], results[2]))
+    assert counts(archive)["instance"] == 2
+    assert not archive.store.exists(sent[1][0].key)
+    assert archive.store.exists(sent[0][0].key) and archive.store.exists(sent[2][0].key)
