@@ -95,12 +95,6 @@ class ObjectStore(ABC):
 FLUSH_THREADS = 8
 
 
-def _fsync_dirs(dirs: Iterable[str]) -> None:
-    """fsync folders, the deepest first (a new folder's entry is in its parent)."""
-    for d in sorted(set(dirs), key=len, reverse=True):
-        _fsync_dir(d)
-
-
 def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -124,7 +118,7 @@ class FileObjectStore(ObjectStore):
         self._tmp = self.root / ".tmp"
         self._tmp.mkdir(exist_ok=True)
         self._lock = threading.Lock()
-        self._changed_dirs: set[str] = set()  # new entries, for make_durable (`_parent_of`)
+        self._durable_dirs: set[str] = set()  # entries known flushed (see `_flush_folder`)
         self.sweep_stale_temp()
 
     def sweep_stale_temp(self, max_age: float | None = None) -> int:
@@ -148,43 +142,48 @@ class FileObjectStore(ObjectStore):
             raise ValueError(f"object key {key!r} escapes the store")
         return os.path.join(self._root, *parts)
 
-    def _parent_of(self, dest: str) -> tuple[str, list[str]]:
-        """The folder of `dest` and, when it had to be made, `_make_parent`'s folders."""
+    def _parent_of(self, dest: str) -> str:
+        """The folder of `dest`, made if missing."""
         parent = os.path.dirname(dest)
-        return parent, ([] if os.path.isdir(parent) else self._make_parent(dest))
+        if parent not in self._durable_dirs:
+            os.makedirs(parent, exist_ok=True)
+        return parent
 
-    def _make_parent(self, dest: str) -> list[str]:
-        """Make the missing folder of `dest`; the folders whose entries may be new, up to the
-        root, to be flushed with the object: a new series folder is durable only once its
-        study folder is (and another writer may be making the same folders right now)."""
-        d = os.path.dirname(dest)
-        os.makedirs(d, exist_ok=True)
-        chain = []
-        while len(d) > len(self._root):
-            d = os.path.dirname(d)
-            chain.append(d)
-        return chain
+    def _flush_folder(self, folder: str) -> None:
+        """fsync the folder an object was just written into, and, the first time this
+        process uses it, the folders above it up to one known to be flushed: a new series
+        folder is durable only once its study folder is, and whoever made it (another
+        thread or SCP process) may not have flushed that yet."""
+        todo = [folder]
+        while todo[-1] not in self._durable_dirs and len(todo[-1]) > len(self._root):
+            todo.append(os.path.dirname(todo[-1]))
+        for d in todo:
+            _fsync_dir(d)
+        if len(todo) > 1:
+            with self._lock:
+                if len(self._durable_dirs) > self.DURABLE_DIRS_KEPT:
+                    self._durable_dirs.clear()
+                self._durable_dirs.update(todo[:-1])  # each entry flushed in its parent
+
+    DURABLE_DIRS_KEPT = 100_000
 
     def put_file(self, key: str, src: str | Path, *, move: bool = False,
                  durable: bool = True) -> None:
         dest = self._file(key)
-        parent, changed = self._parent_of(dest)
+        parent = self._parent_of(dest)
         sync = self.fsync and durable
         if not (move and self._move(src, dest, sync)):
             with open(src, "rb") as inp:
                 self._write_new(dest, inp, sync=sync)
         if sync:
-            _fsync_dirs([parent, *changed])
-        else:
-            with self._lock:
-                self._changed_dirs.update(changed)  # for make_durable
+            self._flush_folder(parent)
 
     def put_stream(self, key: str, data: Readable, *, content_type: str) -> None:
         dest = self._file(key)
-        parent, changed = self._parent_of(dest)
+        parent = self._parent_of(dest)
         self._write_new(dest, data, sync=self.fsync)
         if self.fsync:
-            _fsync_dirs([parent, *changed])
+            self._flush_folder(parent)
 
     def _write_new(self, dest: str, data: Readable, *, sync: bool) -> None:
         """Copy `data` to a temp file, fsync it if asked, rename it to `dest`; on any error
@@ -222,13 +221,12 @@ class FileObjectStore(ObjectStore):
         # directory's fsync then finds nothing left to do. A crash in between leaves an
         # object without an index row: invisible, and replaced when the instance is resent.
         fd = os.open(src, os.O_RDONLY) if self.fsync else None
-        changed: list[str] = []
         try:
             try:
                 try:
                     os.link(src, dest)  # atomic create-if-absent, unlike rename
                 except FileNotFoundError:  # a new series: its folder first
-                    changed = self._make_parent(dest)
+                    os.makedirs(os.path.dirname(dest), exist_ok=True)
                     os.link(src, dest)
             except FileExistsError:
                 return False
@@ -236,10 +234,15 @@ class FileObjectStore(ObjectStore):
                 if exc.errno == errno.EXDEV:  # another file system: let put_file copy it
                     return None
                 raise
-            os.unlink(src)
-            if fd is not None:
-                os.fsync(fd)
-                _fsync_dirs([os.path.dirname(dest), *changed])
+            try:
+                os.unlink(src)
+                if fd is not None:
+                    os.fsync(fd)
+                    self._flush_folder(os.path.dirname(dest))
+            except BaseException:  # not durable: not there either (a resend would wait)
+                with contextlib.suppress(OSError):
+                    os.unlink(dest)
+                raise
         finally:
             if fd is not None:
                 os.close(fd)
@@ -253,10 +256,7 @@ class FileObjectStore(ObjectStore):
         # the time per file of one after the other, on ext4.
         with ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="vna-fsync") as pool:
             list(pool.map(_fsync_file, paths))
-            list(pool.map(_fsync_dir, {os.path.dirname(p) for p in paths}))
-        with self._lock:
-            changed, self._changed_dirs = self._changed_dirs, set()
-        _fsync_dirs(changed)
+            list(pool.map(self._flush_folder, {os.path.dirname(p) for p in paths}))
 
     def open(self, key: str) -> BinaryIO:
         try:
