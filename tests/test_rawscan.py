@@ -106,6 +106,21 @@ def test_variants_same_as_pydicom(tmp_path: Path) -> None:
         assert got == _pydicom(path), path.name
 
 
+def test_other_vrs_and_nul_bytes(tmp_path: Path) -> None:
+    """Values sent with another VR than the dictionary's go through pydicom's conversion on
+    both paths; a NUL inside text is dropped (PostgreSQL refuses it in text)."""
+    ds = make_instance(patient_name="Doe\x00^John")
+    del ds.Rows
+    ds.add_new(0x00280010, "IS", "8")  # Rows as IS, not US
+    del ds.InstanceNumber
+    ds.add_new(0x00200013, "US", 5)  # InstanceNumber as US, not IS
+    path = write(ds, tmp_path / "vr.dcm")
+    got = _raw(path)
+    assert isinstance(got, InstanceHeader) and got == _pydicom(path)
+    assert got.instance["rows"] == 8 and got.instance["instance_number"] == "5"
+    assert got.patient["patient_name"] == "Doe^John"
+
+
 def test_refuses_what_pydicom_path_refuses(tmp_path: Path) -> None:
     ds = make_instance()
     del ds.SeriesInstanceUID

@@ -158,13 +158,16 @@ def to_index_value(attr: IndexedAttribute, raw: Any) -> Any:
         else:
             raw = "\\".join(str(v) for v in raw)
     if attr.vr == "US":
-        return int(raw)
+        try:
+            return int(raw)
+        except (TypeError, ValueError):  # e.g. sent with another VR: indexed without it
+            return None
     if attr.vr == "IS":
         try:
             return int(raw) if attr.column == "number_of_frames" else str(int(raw))
         except (TypeError, ValueError):
             return None
-    text = str(raw).strip()
+    text = str(raw).replace("\x00", "").strip()  # NUL: not text, and PostgreSQL refuses it
     if not text:
         return None
     if attr.vr == "DA":
@@ -253,7 +256,8 @@ def _element_value(ds: Dataset, tag: BaseTag, vr: str) -> Any:
     raw = ds.get_item(tag)
     if raw is None:
         return None
-    if not isinstance(raw, RawDataElement) or raw.value is None:
+    if not isinstance(raw, RawDataElement) or raw.value is None or \
+            raw.VR not in (None, vr, "UN"):  # sent with another VR: pydicom's conversion
         return ds[tag].value
     value = _plain_value(raw.value, vr, raw.is_little_endian)
     return ds[tag].value if value is _NOT_ASCII else value
@@ -275,9 +279,10 @@ def header_from_elements(elements: dict[int, tuple[bytes | None, bytes]], *,
         if found is None:
             return None
         vr, data = found
-        plain = _plain_value(data, attr.vr, little_endian)
-        if plain is not _NOT_ASCII:
-            return plain
+        if vr in (None, b"UN", attr.vr.encode()):
+            plain = _plain_value(data, attr.vr, little_endian)
+            if plain is not _NOT_ASCII:
+                return plain
         if encodings is None:
             charset = elements.get(_SPECIFIC_CHARACTER_SET)
             names = charset[1].decode("ascii", "replace").strip("\x00 ").split("\\") \
