@@ -289,3 +289,60 @@ def test_association_limit(embedded: Backend, tmp_path: Path) -> None:
                 p.close()
         _until(lambda: False, 1.0)  # the closed ones end
         assert dc.store(scp.port, [f]) == [0]
+
+
+def _response_status(peer: RawPeer) -> int:
+    from io import BytesIO
+
+    from pydicom.filereader import read_dataset
+
+    pdu_type, body = peer.read_pdu()
+    assert pdu_type == 0x04
+    data = body[6:]  # one PDV: length, context, control, command set
+    return int(read_dataset(BytesIO(data), is_implicit_VR=True, is_little_endian=True).Status)
+
+
+def test_request_without_valid_uids_is_refused(embedded: Backend, tmp_path: Path) -> None:
+    """A C-STORE-RQ whose Affected SOP Instance UID is not a UID: 0xC000, nothing kept."""
+    f = write(make_instance(size=64), tmp_path / "a.dcm")
+    with running_scp(embedded) as scp:
+        peer = RawPeer(scp.port)
+        try:
+            command = _store_rq("1.2.3.4").replace(b"1.2.3.4\x00", b"1.2.\xff.4\x00")
+            peer.pdv(1, 0x03, command)
+            peer.pdv(1, 0x02, dataset_bytes(f))
+            assert _response_status(peer) == 0xC000
+        finally:
+            peer.close()
+        assert index_count(embedded) == 0 and _left_in_incoming(embedded) == []
+
+
+def test_receive_file_that_cannot_be_written_is_out_of_resources(embedded: Backend,
+                                                                 tmp_path: Path) -> None:
+    """A receive file that cannot be made (here: a file where the incoming folder was;
+    or no inode left): A700 for that C-STORE, and the association goes on. A folder that
+    was just removed is made again."""
+    import shutil
+
+    f = write(make_instance(size=64), tmp_path / "a.dcm")
+    with running_scp(embedded, VNA_DICOM_PROCESSES="1") as scp:
+        peer = RawPeer(scp.port)
+        try:
+            [incoming] = (embedded.data_dir / "incoming").iterdir()
+            shutil.rmtree(incoming)
+            peer.pdv(1, 0x03, _store_rq(str(dc.read_uids(f).SOPInstanceUID)))
+            peer.pdv(1, 0x02, dataset_bytes(f))
+            assert _response_status(peer) == 0x0000  # made again
+            shutil.rmtree(incoming)
+            incoming.write_bytes(b"not a folder")
+            peer.pdv(1, 0x03, _store_rq("1.2.3.4", message_id=2))
+            peer.pdv(1, 0x02, dataset_bytes(f))
+            assert _response_status(peer) == 0xA700
+            incoming.unlink()
+            peer.pdv(1, 0x03, _store_rq("1.2.3.4", message_id=3))  # still served
+            peer.pdv(1, 0x02, dataset_bytes(f))
+            assert _response_status(peer) == 0xA900  # the data set's UID is another
+        finally:
+            peer.close()
+        assert index_count(embedded) == 1
+        assert "could not write the received file" in scp.logtext()

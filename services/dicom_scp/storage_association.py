@@ -48,8 +48,14 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from pynetdicom.sop_class import Verification
 
-from services.dicom_scp.fastpath import FileMeta, encode_file_meta, encode_response_command
+from services.dicom_scp.fastpath import (
+    NO_DATASET,
+    FileMeta,
+    encode_file_meta,
+    encode_response_command,
+)
 from storage.archive import HEADER_BYTES, ReceivedFile
+from vna.dicom.attributes import is_valid_uid
 
 log = logging.getLogger("vna.scp")
 
@@ -62,16 +68,21 @@ A_RELEASE_RQ_PDU, A_RELEASE_RP_PDU, A_ABORT_PDU = 0x05, 0x06, 0x07
 
 # DIMSE command fields (PS3.7 E.1)
 C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8030
-NO_DATASET = 0x0101
 
 LARGEST_ASSOCIATE_RQ = 64 << 10  # a larger request (hundreds of contexts) goes to pynetdicom
 LARGEST_PDU = 64 << 20  # a peer that sends more than this in one PDU is aborted
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
+KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
+
 # A-ABORT sources and reasons (PS3.8 9.3.8)
 SERVICE_PROVIDER = 0x02
-UNEXPECTED_PDU, UNRECOGNIZED_PDU_PARAMETER, INVALID_PDU_PARAMETER = 0x02, 0x04, 0x06
+UNRECOGNIZED_PDU, UNEXPECTED_PDU = 0x01, 0x02
+UNRECOGNIZED_PDU_PARAMETER, INVALID_PDU_PARAMETER = 0x04, 0x06
+
+# C-STORE statuses answered here without the archive (PS3.4 B.2.3)
+STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0xA700, 0xC000
 
 
 class ProtocolError(Exception):
@@ -246,34 +257,52 @@ def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
             view = view[os.write(fd, view):]
 
 
-class ReceiveFile:
+class IncomingFile:
     """One incoming dataset, written as a Part 10 file and hashed while it arrives.
 
     Its folder is the SCP process's own (see `server.configure_process`), so a counter
-    names the files; the preamble and file meta go out with the first fragment.
+    names the files; the preamble and file meta go out with the first fragment. With a
+    `refusal` (a request that cannot be archived) the fragments are only read, to be
+    answered with that status.
     """
 
     _counter = itertools.count()
 
-    def __init__(self, directory: str, meta: FileMeta) -> None:
+    def __init__(self, directory: str, meta: FileMeta,
+                 refusal: tuple[int, str] | None = None) -> None:
         self.path = f"{directory}/in-{next(self._counter)}.dcm"
-        self._prefix: bytes | None = PREAMBLE + encode_file_meta(meta)
+        self.refusal = refusal
+        self.error: OSError | None = None  # writing failed: answered as Out of Resources
+        self._fd = -1
+        self._prefix: bytes | None = None
         self.transfer_syntax_uid = meta.transfer_syntax
-        self.dataset_offset = len(self._prefix)
-        self._hash = hashlib.sha256(self._prefix)
-        self._size = self.dataset_offset
+        self.dataset_offset = self._size = 0
         self._head: list[bytes] = []
         self._head_size = 0
-        self.error: OSError | None = None
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        if refusal is not None:
+            return
+        self._prefix = PREAMBLE + encode_file_meta(meta)
+        self.dataset_offset = self._size = len(self._prefix)
+        self._hash = hashlib.sha256(self._prefix)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            try:
+                self._fd = os.open(self.path, flags, 0o600)
+            except FileNotFoundError:  # the folder was removed under us: make it again
+                os.makedirs(directory, exist_ok=True)
+                self._fd = os.open(self.path, flags, 0o600)
+        except OSError as exc:  # e.g. no inodes left
+            self.error = exc
 
     def write(self, fragment: memoryview) -> None:
+        if self.refusal is not None:
+            return
         if self.error is None:  # else keep reading the message to answer it, store nothing
             try:
                 _write_all(self._fd, [fragment] if self._prefix is None
                            else [self._prefix, fragment])
                 self._prefix = None
-            except OSError as exc:  # e.g. disk full: answered as Out of Resources
+            except OSError as exc:  # e.g. disk full
                 self.error = exc
         self._hash.update(fragment)
         self._size += len(fragment)
@@ -283,21 +312,21 @@ class ReceiveFile:
             self._head_size += len(part)
 
     def finish(self) -> ReceivedFile:
+        """The file, complete (only without refusal or error)."""
         self._close()
-        if self.error is not None:
-            raise self.error
         return ReceivedFile(self.path, self.transfer_syntax_uid, self.dataset_offset,
                             self._hash.hexdigest(), self._size, b"".join(self._head))
 
     def discard(self) -> None:
         self._close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        if self.refusal is None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
     def _close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class StorageService(Protocol):
@@ -333,7 +362,7 @@ class StorageAssociation:
         self._implementation = (implementation_uid, implementation_version)
         self._command = bytearray()
         self._command_cx: int | None = None
-        self._receiving: ReceiveFile | None = None
+        self._receiving: IncomingFile | None = None
         self._pending: tuple[Command, int] | None = None  # a C-STORE-RQ whose dataset comes
 
     # -- association setup and release --------------------------------------------------
@@ -347,7 +376,8 @@ class StorageAssociation:
         ac.result_source = 0x01
         ac.presentation_context_definition_results_list = self.results
         max_length = MaximumLengthNotification()
-        max_length.maximum_length_received = self.max_pdu
+        # what this loop takes (LARGEST_PDU) even when the AE announces "unlimited" (0)
+        max_length.maximum_length_received = min(self.max_pdu or LARGEST_PDU, LARGEST_PDU)
         impl_uid = ImplementationClassUIDNotification()
         impl_uid.implementation_class_uid = self._implementation[0]
         impl_version = ImplementationVersionNameNotification()
@@ -415,8 +445,10 @@ class StorageAssociation:
                 return
             elif pdu_type == A_ABORT_PDU:
                 return
-            else:
+            elif pdu_type in KNOWN_PDU_TYPES:
                 raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02x}", UNEXPECTED_PDU)
+            else:
+                raise ProtocolError(f"unknown PDU type 0x{pdu_type:02x}", UNRECOGNIZED_PDU)
 
     def _p_data(self, body: memoryview) -> None:
         pos, end = 0, len(body)
@@ -457,7 +489,11 @@ class StorageAssociation:
             self._pending = (command, context_id)
             meta = FileMeta(command.sop_class_uid, command.sop_instance_uid,
                             str(cx.transfer_syntax[0]))
-            self._receiving = ReceiveFile(str(self.incoming), meta)
+            refusal = None
+            if not (is_valid_uid(meta.sop_class_uid) and is_valid_uid(meta.sop_instance_uid)):
+                refusal = (STATUS_CANNOT_UNDERSTAND,
+                           "Affected SOP Class or Instance UID missing or invalid")
+            self._receiving = IncomingFile(str(self.incoming), meta, refusal)
         else:
             raise ProtocolError(f"unsupported DIMSE command 0x{command.command_field:04x} "
                                 "on a storage association", UNRECOGNIZED_PDU_PARAMETER)
@@ -471,22 +507,25 @@ class StorageAssociation:
             receiving, self._receiving, self._pending = self._receiving, None, None
             self._stored(context_id, command, receiving)
 
-    def _stored(self, context_id: int, command: Command, receiving: ReceiveFile) -> None:
+    def _stored(self, context_id: int, command: Command, receiving: IncomingFile) -> None:
         status: int
         comment: str | None
-        try:
-            received = receiving.finish()
-        except OSError:
-            log.exception("C-STORE from %s: could not write the received file",
-                          self.calling_aet)
+        if receiving.refusal is not None:
+            status, comment = receiving.refusal
+            log.warning("C-STORE from %s refused: %s", self.calling_aet, comment)
             receiving.discard()
-            status, comment = 0xA700, "archive unavailable"
+        elif receiving.error is not None:
+            log.error("C-STORE from %s: could not write the received file: %s",
+                      self.calling_aet, receiving.error)
+            receiving.discard()
+            status, comment = STATUS_OUT_OF_RESOURCES, "archive unavailable"
         else:
-            status, comment = self.service.store(received, self.calling_aet,
+            status, comment = self.service.store(receiving.finish(), self.calling_aet,
                                                  command.sop_instance_uid)
         self._respond(context_id, C_STORE_RSP, command.message_id, status,
-                      sop_class_uid=command.sop_class_uid,
-                      sop_instance_uid=command.sop_instance_uid, error_comment=comment)
+                      sop_class_uid=_uid_or_none(command.sop_class_uid),
+                      sop_instance_uid=_uid_or_none(command.sop_instance_uid),
+                      error_comment=comment)
 
     def _respond(self, context_id: int, command_field: int, message_id: int, status: int,
                  **fields: Any) -> None:
@@ -494,9 +533,14 @@ class StorageAssociation:
         self.sock.sendall(pdata_pdus(context_id, True, encoded, self.peer_max_pdu))
 
 
+def _uid_or_none(uid: str) -> str | None:
+    return uid if is_valid_uid(uid) else None  # never echo what cannot be encoded
+
+
 class StorageAcceptor:
-    """Takes the connections whose association this module serves (`serve`), counting
-    them with pynetdicom's against the AE's association limit."""
+    """Takes the connections whose association this module serves (`serve`). Beyond the
+    AE's association limit, counting these and pynetdicom's (which counts only its own),
+    a request is rejected (transient, local limit exceeded)."""
 
     def __init__(self, ae: AE, contexts: list[PresentationContext], service: StorageService,
                  incoming: Path) -> None:
