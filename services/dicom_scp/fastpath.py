@@ -277,6 +277,29 @@ def _send_pdu(self: _dul.DULServiceProvider, primitive: Any) -> None:
             wake[1].send(b"\0")
 
 
+_original_serve_request = _association.Association._serve_request
+
+
+def _serve_request(self: _association.Association, msg: Any, context_id: int) -> None:
+    """pynetdicom's reactor can take the response a `send_c_*()` in another thread waits
+    for: it looks at the pause flag just before the sender clears the checkpoint, then
+    reads the queue and drops the response as "unexpected", and the sender waits for its
+    DIMSE timeout (pynetdicom issue #875). A fast peer hits that window; vna's storage
+    path is one. So a response that arrives while a sender waits goes back to it."""
+    if (not msg.is_valid_request and msg.is_valid_response
+            and not self._reactor_checkpoint.is_set()):
+        self.dimse.msg_queue.put((context_id, msg))
+        return
+    _original_serve_request(self, msg, context_id)
+
+
+@functools.cache
+def install_response_handback() -> None:
+    """Fix the race above in this process: SCP processes (C-MOVE sub-operations) and
+    any pynetdicom requestor talking to a fast SCP (the tests' client)."""
+    _association.Association._serve_request = _serve_request  # type: ignore[method-assign]
+
+
 @functools.cache
 def install() -> None:
     """Install the lean receive path in this process (once)."""
@@ -291,3 +314,4 @@ def install() -> None:
     _dul.time = _TimeShim(_dul_sleep)  # type: ignore[assignment]
     _dul.DULServiceProvider.run_reactor = _run_reactor  # type: ignore[method-assign]
     _dul.DULServiceProvider.send_pdu = _send_pdu  # type: ignore[method-assign]
+    install_response_handback()
