@@ -5,6 +5,7 @@ refusal and kill -9 tests in test_dicom_scp.py and by DCMTK in test_dcmtk.py."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
@@ -203,6 +204,15 @@ class RawPeer:
     def close(self) -> None:
         self.sock.close()
 
+    def hang_up(self) -> None:
+        """Close our side and wait until the SCP has closed its own: by then it has read
+        everything sent (a busy SCP may not have, when the test looks)."""
+        self.sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            while self.sock.recv(65536):
+                pass
+        self.sock.close()
+
 
 def _left_in_incoming(backend: Backend) -> list[Path]:
     return [p for p in (backend.data_dir / "incoming").rglob("*") if p.is_file()]
@@ -247,8 +257,8 @@ def test_peer_breaking_the_protocol(embedded: Backend, tmp_path: Path, breach: s
                 peer.pdv(1, 0x03, b"\x00\x00\x01\x00\xff\xff\xff\x7f")
                 assert peer.read_pdu()[0] == 0x07
         finally:
-            peer.close()
-        _until(lambda: not _left_in_incoming(embedded))
+            peer.hang_up()
+        _until(lambda: not _left_in_incoming(embedded))  # pynetdicom: right after the close
         assert _left_in_incoming(embedded) == []
         assert index_count(embedded) == 0 and objects_on_disk(embedded) == []
         assert dc.store(scp.port, [f]) == [0]  # the service goes on
@@ -346,3 +356,18 @@ def test_receive_file_that_cannot_be_written_is_out_of_resources(embedded: Backe
             peer.close()
         assert index_count(embedded) == 1
         assert "could not write the received file" in scp.logtext()
+
+
+def test_stale_receive_files_are_swept(tmp_path: Path) -> None:
+    """The safety net under both paths: a receive file nobody wrote for 10 minutes goes."""
+    import os
+
+    from services.dicom_scp.server import STALE_INCOMING_SECONDS, sweep_incoming
+
+    stale, busy = tmp_path / "in-1.dcm", tmp_path / "in-2.dcm"
+    stale.write_bytes(b"half")
+    busy.write_bytes(b"being received")
+    old = time.time() - STALE_INCOMING_SECONDS - 1
+    os.utime(stale, (old, old))
+    assert sweep_incoming(tmp_path) == 1
+    assert not stale.exists() and busy.exists()

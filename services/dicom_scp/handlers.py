@@ -95,7 +95,10 @@ class DicomService:
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
             (evt.EVT_REJECTED, self.on_rejected),
-            (evt.EVT_CONN_CLOSE, self.on_closed),
+            # a C-STORE cut short leaves its partly received file: never acknowledged
+            (evt.EVT_CONN_CLOSE, self.drop_partial),
+            (evt.EVT_ABORTED, self.drop_partial),
+            (evt.EVT_RELEASED, self.drop_partial),
         ]
 
     def on_accepted(self, _event: Any) -> None:
@@ -104,14 +107,15 @@ class DicomService:
     def association_accepted(self) -> None:
         self.metrics.associations.inc()
 
-    def on_closed(self, event: Any) -> None:
-        """A connection that ends (release, abort, peer gone) in the middle of a C-STORE
-        leaves the partly received file: never acknowledged, so removed."""
+    def drop_partial(self, event: Any) -> None:
+        """Remove the file of a C-STORE whose dataset had not arrived when the association
+        ended (released, aborted, connection lost), as pynetdicom keeps it."""
         message = getattr(event.assoc.dimse, "message", None)
         partial = getattr(message, "_data_set_file", None)
         if partial is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(Exception):  # its reactor may be writing it right now
                 partial.close()
+            with contextlib.suppress(OSError):
                 os.unlink(partial.name)
 
     def on_rejected(self, event: Any) -> None:

@@ -10,6 +10,7 @@ which the archive renames into place instead of copying.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -166,12 +167,39 @@ def run_server_process(settings: Settings, ready: Any = None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+    threading.Thread(target=_sweep_incoming, args=(Path(tempfile.gettempdir()), stopping),
+                     name="vna-sweep-incoming", daemon=True).start()
     if ready is not None:
         ready.set()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
         archive.index.dispose()
+
+
+STALE_INCOMING_SECONDS = 600  # well past the network timeout: nobody writes it any more
+
+
+def sweep_incoming(folder: Path, max_age: float = STALE_INCOMING_SECONDS) -> int:
+    """Remove the receive files in `folder` nobody has written for `max_age` seconds: a
+    C-STORE cut short that no handler saw end (a file being received is written with every
+    fragment; a received one is archived or removed at once). Returns how many."""
+    cutoff = time.time() - max_age
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            with contextlib.suppress(OSError):
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+    if removed:
+        log.warning("removed %d stale receive file(s): C-STOREs cut short", removed)
+    return removed
+
+
+def _sweep_incoming(folder: Path, stopping: threading.Event) -> None:
+    while not stopping.wait(60):
+        sweep_incoming(folder)
 
 
 def _clean_incoming(settings: Settings) -> None:
