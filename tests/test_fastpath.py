@@ -93,3 +93,21 @@ def test_idle_association_sleeps_and_answers_at_once(scp: Any) -> None:
         assert (time.perf_counter() - t0) / 40 < 0.02
     finally:
         assoc.release()
+
+
+def test_response_taken_by_the_reactor_goes_back_to_the_waiting_sender() -> None:
+    """pynetdicom #875: a response the reactor reads while a `send_c_*()` waits (checkpoint
+    cleared) is put back on the queue that sender reads, not dropped as unexpected."""
+    from pynetdicom import AE, Association
+
+    from services.dicom_scp import fastpath
+
+    fastpath.install_response_handback()
+    assert Association._serve_request is fastpath._serve_request
+    assoc = Association(AE(), mode="requestor")
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo, rsp.Status = 7, 0x0000
+    assert rsp.is_valid_response and not rsp.is_valid_request
+    assoc._reactor_checkpoint.clear()  # a sender waits for its response
+    assoc._serve_request(rsp, 3)
+    assert assoc.dimse.msg_queue.get_nowait() == (3, rsp)
