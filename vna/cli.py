@@ -38,6 +38,8 @@ console = Console(stderr=True)
 def _logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic announces each of its plugins at INFO; the migrations it runs stay visible
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _prepare_data_dir(settings: Settings) -> None:
