@@ -44,10 +44,11 @@ class GroupCommit(Generic[T, R]):
             self._queue.append(me)
             while self._committing and not me.done:
                 self._cond.wait()
-            if not me.done:  # nobody is committing: commit the queue, this item included
+            leader = not me.done  # nobody is committing: commit the queue, this item included
+            if leader:
                 batch, self._queue = self._queue, []
                 self._committing = True
-        if not me.done:
+        if leader:
             self._run(batch)
         if me.error is not None:
             raise me.error

@@ -95,6 +95,20 @@ class ObjectStore(ABC):
 FLUSH_THREADS = 8
 
 
+def remove_stale_files(folder: Path | str, max_age: float) -> int:
+    """Remove the files in `folder` nobody has written for `max_age` seconds (what dead or
+    stuck writers left); returns how many."""
+    cutoff = time.time() - max_age
+    removed = 0
+    with contextlib.suppress(OSError):  # the folder itself may be gone
+        for entry in os.scandir(folder):
+            with contextlib.suppress(OSError):
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
+
+
 def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -123,14 +137,8 @@ class FileObjectStore(ObjectStore):
 
     def sweep_stale_temp(self, max_age: float | None = None) -> int:
         """Remove temp files left by writers that died; returns how many."""
-        cutoff = time.time() - (self.STALE_TEMP_SECONDS if max_age is None else max_age)
-        removed = 0
-        for entry in os.scandir(self._tmp):
-            with contextlib.suppress(OSError):
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
-        return removed
+        return remove_stale_files(self._tmp,
+                                  self.STALE_TEMP_SECONDS if max_age is None else max_age)
 
     def path(self, key: str) -> Path:
         """The file of `key`; keys are relative paths without `.`/`..` parts or links."""

@@ -95,7 +95,9 @@ class DicomService:
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
             (evt.EVT_REJECTED, self.on_rejected),
-            # a C-STORE cut short leaves its partly received file: never acknowledged
+            # a C-STORE cut short leaves its partly received file: never acknowledged. The
+            # association may stop its DUL before that handles the closed connection, so
+            # on release and abort too; a later call finds nothing left.
             (evt.EVT_CONN_CLOSE, self.drop_partial),
             (evt.EVT_ABORTED, self.drop_partial),
             (evt.EVT_RELEASED, self.drop_partial),

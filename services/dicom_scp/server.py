@@ -10,7 +10,6 @@ which the archive renames into place instead of copying.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -48,6 +47,7 @@ from services.dicom_scp.handlers import DicomService
 from services.dicom_scp.retrieve import install_send_as_stored
 from services.dicom_scp.storage_association import StorageAcceptor
 from storage.archive import Archive
+from storage.objectstore import remove_stale_files
 from vna.dicom.net import enable_client_tcp_nodelay
 from vna.settings import Settings
 
@@ -184,14 +184,7 @@ def sweep_incoming(folder: Path, max_age: float = STALE_INCOMING_SECONDS) -> int
     """Remove the receive files in `folder` nobody has written for `max_age` seconds: a
     C-STORE cut short that no handler saw end (a file being received is written with every
     fragment; a received one is archived or removed at once). Returns how many."""
-    cutoff = time.time() - max_age
-    removed = 0
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(folder):
-            with contextlib.suppress(OSError):
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
+    removed = remove_stale_files(folder, max_age)
     if removed:
         log.warning("removed %d stale receive file(s): C-STOREs cut short", removed)
     return removed

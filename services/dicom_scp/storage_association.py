@@ -262,8 +262,8 @@ class IncomingFile:
 
     Its folder is the SCP process's own (see `server.configure_process`), so a counter
     names the files; the preamble and file meta go out with the first fragment. With a
-    `refusal` (a request that cannot be archived) the fragments are only read, to be
-    answered with that status.
+    `refusal` (a request that cannot be archived, or a file that cannot be written) the
+    fragments are only read, to be answered with that status.
     """
 
     _counter = itertools.count()
@@ -272,7 +272,7 @@ class IncomingFile:
                  refusal: tuple[int, str] | None = None) -> None:
         self.path = f"{directory}/in-{next(self._counter)}.dcm"
         self.refusal = refusal
-        self.error: OSError | None = None  # writing failed: answered as Out of Resources
+        self.error: OSError | None = None  # why the file could not be written
         self._fd = -1
         self._prefix: bytes | None = None
         self.transfer_syntax_uid = meta.transfer_syntax
@@ -292,18 +292,22 @@ class IncomingFile:
                 os.makedirs(directory, exist_ok=True)
                 self._fd = os.open(self.path, flags, 0o600)
         except OSError as exc:  # e.g. no inodes left
-            self.error = exc
+            self._cannot_write(exc)
+
+    def _cannot_write(self, exc: OSError) -> None:
+        self.error = exc
+        self.refusal = (STATUS_OUT_OF_RESOURCES, "archive unavailable")
 
     def write(self, fragment: memoryview) -> None:
         if self.refusal is not None:
+            return  # read to be answered; nothing kept
+        try:
+            _write_all(self._fd, [fragment] if self._prefix is None
+                       else [self._prefix, fragment])
+        except OSError as exc:  # e.g. disk full
+            self._cannot_write(exc)
             return
-        if self.error is None:  # else keep reading the message to answer it, store nothing
-            try:
-                _write_all(self._fd, [fragment] if self._prefix is None
-                           else [self._prefix, fragment])
-                self._prefix = None
-            except OSError as exc:  # e.g. disk full
-                self.error = exc
+        self._prefix = None
         self._hash.update(fragment)
         self._size += len(fragment)
         if self._head_size < HEADER_BYTES:
@@ -312,16 +316,15 @@ class IncomingFile:
             self._head_size += len(part)
 
     def finish(self) -> ReceivedFile:
-        """The file, complete (only without refusal or error)."""
+        """The file, complete (only without refusal)."""
         self._close()
         return ReceivedFile(self.path, self.transfer_syntax_uid, self.dataset_offset,
                             self._hash.hexdigest(), self._size, b"".join(self._head))
 
     def discard(self) -> None:
         self._close()
-        if self.refusal is None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
+        with contextlib.suppress(OSError):  # none, if it was refused before being made
+            os.unlink(self.path)
 
     def _close(self) -> None:
         fd, self._fd = self._fd, -1
@@ -512,13 +515,12 @@ class StorageAssociation:
         comment: str | None
         if receiving.refusal is not None:
             status, comment = receiving.refusal
-            log.warning("C-STORE from %s refused: %s", self.calling_aet, comment)
+            if receiving.error is not None:
+                log.error("C-STORE from %s: could not write the received file: %s",
+                          self.calling_aet, receiving.error)
+            else:
+                log.warning("C-STORE from %s refused: %s", self.calling_aet, comment)
             receiving.discard()
-        elif receiving.error is not None:
-            log.error("C-STORE from %s: could not write the received file: %s",
-                      self.calling_aet, receiving.error)
-            receiving.discard()
-            status, comment = STATUS_OUT_OF_RESOURCES, "archive unavailable"
         else:
             status, comment = self.service.store(receiving.finish(), self.calling_aet,
                                                  command.sop_instance_uid)
