@@ -3,10 +3,12 @@
 Order of work, so that nothing acknowledged can be lost:
 1. parse the header (identifying UIDs must be present and valid), hash and size the file;
 2. an already archived instance with the same dataset bytes is a duplicate: nothing is written;
+   one with other content, or archived for another patient, is a conflict;
 3. write the object (atomic; fsynced when VNA_FSYNC=true);
 4. write the index rows and the outbox event (work for the workers) in one transaction
-   and commit (fsynced by the database);
-5. only then report success. A failure after 3 removes the object again.
+   and commit (fsynced by the database); the same transaction refuses an instance whose
+   study or series the archive holds for another patient or study (`IndexWriter`);
+5. only then report success. A failure or refusal after 3 removes the object again.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from sqlalchemy import select
 from storage.groupcommit import GroupCommit
 from storage.index.db import Index
 from storage.index.ingest import IndexWriter, InstanceRow
-from storage.index.models import Instance
+from storage.index.models import Instance, Patient, Series, Study
 from storage.keys import dicom_object_key
 from storage.objectstore import ObjectStore, make_object_store
 from storage.outbox import INSTANCE_STORED
@@ -49,11 +51,14 @@ from vna.dicom.attributes import (
     extract_header,
     header_from_elements,
 )
+from vna.dicom.identity import IdentityConflict, PatientIdentity
 from vna.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["stored", "duplicate", "conflict", "refused"]
+# conflict: the SOP Instance UID (or its series) is archived with other content or in
+# another study; patient_conflict: the study or instance is archived for another patient.
+Outcome = Literal["stored", "duplicate", "conflict", "patient_conflict", "refused"]
 
 
 @dataclass
@@ -63,6 +68,16 @@ class StoreResult:
     reason: str | None = None
     size: int = 0
     unreadable: bool = False  # refused because the bytes are not DICOM at all
+    conflict: IdentityConflict | None = None  # what a conflict contradicted
+    archived_key: str | None = None  # a duplicate's or conflict's object, as archived
+
+    @classmethod
+    def refused_for(cls, conflict: IdentityConflict, size: int = 0,
+                    archived_key: str | None = None) -> StoreResult:
+        outcome: Outcome = "patient_conflict" if conflict.rule == "patient_conflict" \
+            else "conflict"
+        return cls(outcome, conflict.sop_instance_uid, conflict.reason, size,
+                   conflict=conflict, archived_key=archived_key)
 
     @property
     def ok(self) -> bool:
@@ -225,7 +240,8 @@ class Archive:
         self.settings = settings
         self.index = index or Index(settings.resolved_database_url, fsync=settings.fsync)
         self.store = store or make_object_store(settings)
-        self.writer = IndexWriter(self.index.engine.dialect, INSTANCE_STORED)
+        self.writer = IndexWriter(self.index.engine.dialect, INSTANCE_STORED,
+                                  settings.patient_conflict)
         # C-STOREs of concurrent associations share a transaction (storage.groupcommit)
         self._group: GroupCommit[Sent, StoreResult | Exception] = GroupCommit(self._commit)
 
@@ -263,6 +279,7 @@ class Archive:
             if dup is None and stored is False:
                 dup = self._wait_for_index_row(prepared)
             if dup is not None:
+                self._record_conflicts([(dup, source_aet)])
                 return dup
             self.store.put_file(prepared.key, path, move=move)
         return _raise_if_failed(self._group.submit((prepared, source_aet)))
@@ -299,6 +316,7 @@ class Archive:
             seen.add(p.key)
             prepared[i] = p
         duplicates = self._duplicate_check(list(prepared.values()))
+        self._record_conflicts([(d, source_aet) for d in duplicates.values()])
         todo: list[tuple[int, PreparedInstance]] = []
         for i, p in prepared.items():
             dup = duplicates.get(p.header.sop_instance_uid)
@@ -314,11 +332,15 @@ class Archive:
                 results[i] = _raise_if_failed(res)  # the database is down: so is the import
         return [r for r in results if r is not None]
 
-    def _duplicate_check(self, batch: Sequence[PreparedInstance]) -> dict[str, StoreResult]:
-        """Duplicate or conflict results for the instances of `batch` already archived.
+    def _duplicate_check(self, batch: Sequence[PreparedInstance], *,
+                         in_store: bool = False) -> dict[str, StoreResult]:
+        """Duplicate or conflict results for the instances of `batch` already archived
+        (`in_store`: the batch's bytes are in the store already, at their keys).
 
         Same SHA-256 of the object: duplicate. Otherwise the dataset bytes (without the file
         meta, which senders write differently) decide; they are hashed only in this case.
+        Other content is a conflict: a patient conflict if the archived instance is another
+        patient's, else a UID conflict that says where the instance is archived.
         """
         by_uid = {p.header.sop_instance_uid: p for p in batch}
         if not by_uid:
@@ -326,31 +348,67 @@ class Archive:
         with self.index.read_engine.connect() as conn:
             rows = conn.execute(
                 select(_I.c.sop_instance_uid, _I.c.sha256, _I.c.dataset_offset,
-                       _I.c.storage_key).where(_I.c.sop_instance_uid.in_(by_uid))).all()
+                       _I.c.storage_key, Series.series_instance_uid,
+                       Study.study_instance_uid, Patient.patient_id,
+                       Patient.issuer_of_patient_id)
+                .join(Series, Series.id == _I.c.series_fk)
+                .join(Study, Study.id == Series.study_fk)
+                .join(Patient, Patient.id == Study.patient_fk)
+                .where(_I.c.sop_instance_uid.in_(by_uid))).all()
         out: dict[str, StoreResult] = {}
         for row in rows:
             p = by_uid[row.sop_instance_uid]
             same = row.sha256 == p.sha256
             if not same:
-                with self.store.open(row.storage_key) as stored, open(p.path, "rb") as new:
+                with self.store.open(row.storage_key) as stored, \
+                        (self.store.open(p.key) if in_store else open(p.path, "rb")) as new:
                     same = dataset_sha256(stored, row.dataset_offset) == \
                         dataset_sha256(new, p.dataset_offset)
-            out[row.sop_instance_uid] = StoreResult(
-                "duplicate", row.sop_instance_uid, size=p.size) if same else StoreResult(
-                "conflict", row.sop_instance_uid,
-                "an instance with this SOPInstanceUID and other content is archived")
+            if same:
+                out[row.sop_instance_uid] = StoreResult(
+                    "duplicate", row.sop_instance_uid, size=p.size,
+                    archived_key=row.storage_key)
+                continue
+            h = p.header
+            uids = (h.sop_instance_uid, h.study_instance_uid, h.series_instance_uid)
+            sent = PatientIdentity(h.patient["patient_id"], h.patient["issuer_of_patient_id"])
+            archived = PatientIdentity(row.patient_id, row.issuer_of_patient_id or "")
+            if not archived.matches(sent):
+                conflict = IdentityConflict.instance_of_another_patient(*uids, sent, archived)
+            elif (row.study_instance_uid, row.series_instance_uid) != uids[1:]:
+                conflict = IdentityConflict.instance_elsewhere(
+                    *uids, sent, row.study_instance_uid, row.series_instance_uid)
+            else:
+                conflict = IdentityConflict.other_content(*uids, sent)
+            out[row.sop_instance_uid] = StoreResult.refused_for(conflict, p.size,
+                                                                row.storage_key)
         return out
+
+    def _record_conflicts(self, results: Iterable[tuple[StoreResult, str | None]]) -> None:
+        """Keep the conflicts found before any write (a known SOP Instance) for the
+        statistics. Best effort: the refusal stands even if the index cannot take it."""
+        found = [(r.conflict, aet) for r, aet in results if r.conflict is not None]
+        if not found:
+            return
+        try:
+            with self.index.begin_cursor() as cursor:
+                for conflict, aet in found:
+                    self.writer.record_conflict(cursor, conflict, rejected=True,
+                                                source_aet=aet, at=datetime.now(UTC))
+        except Exception:
+            log.exception("could not record %d ingest conflict(s)", len(found))
 
     def _commit(self, batch: Sequence[Sent], *,
                 retried: bool = False) -> list[StoreResult | Exception]:
         """Write the index rows of objects already stored, in one transaction. If that
         fails, instance by instance, so that one bad instance (from any association of a
-        group commit) fails alone: its object is removed and its result is the error."""
+        group commit) fails alone: its object is removed and its result is the error.
+        A refused instance's object is removed too."""
         rows = [InstanceRow(p.header, p.transfer_syntax_uid, p.size, p.sha256,
                             p.dataset_offset, p.key, source_aet) for p, source_aet in batch]
         try:
             with self.index.begin_cursor() as cursor:
-                created = self.writer.write(cursor, rows, datetime.now(UTC))
+                written = self.writer.write(cursor, rows, datetime.now(UTC))
         except self.index.integrity_error:
             self.writer.forget()  # a cached parent may have been deleted meanwhile
             if not retried:
@@ -358,7 +416,7 @@ class Archive:
             if len(batch) > 1:  # someone else archived one of them meanwhile: go one by one
                 return [r for sent in batch for r in self._commit([sent], retried=True)]
             # Another association archived this SOP Instance UID while we wrote it.
-            return [self._concurrent_result(batch[0][0])]
+            return [self._archived_meanwhile(*batch[0])]
         except Exception as exc:
             if len(batch) > 1:
                 return [r for sent in batch for r in self._commit([sent], retried=retried)]
@@ -368,17 +426,27 @@ class Archive:
             for p, _ in batch:
                 self.store.delete(p.key)
             raise
-        self.writer.committed(created)
-        return [StoreResult("stored", p.header.sop_instance_uid, size=p.size) for p, _ in batch]
+        self.writer.committed(written)
+        results: list[StoreResult | Exception] = []
+        for i, (p, _) in enumerate(batch):
+            if i in written.rejected:
+                self.store.delete(p.key)
+                results.append(StoreResult.refused_for(written.conflicts[i], p.size))
+            else:
+                results.append(StoreResult("stored", p.header.sop_instance_uid, size=p.size))
+        return results
 
-    def _concurrent_result(self, p: PreparedInstance) -> StoreResult:
-        uid = p.header.sop_instance_uid
-        with self.index.read_engine.connect() as conn:
-            sha = conn.execute(select(_I.c.sha256)
-                               .where(_I.c.sop_instance_uid == uid)).scalar()
-        if sha == p.sha256:
-            return StoreResult("duplicate", uid, size=p.size)
-        return StoreResult("conflict", uid, "archived concurrently with other content")
+    def _archived_meanwhile(self, p: PreparedInstance, source_aet: str | None) -> StoreResult:
+        """The result for an instance whose row another writer committed first. Our object
+        goes unless it is the one that row names."""
+        result = self._duplicate_check([p], in_store=True).get(p.header.sop_instance_uid)
+        if result is None:  # deleted again meanwhile: nothing to compare with
+            result = StoreResult("conflict", p.header.sop_instance_uid,
+                                 "archived and deleted concurrently; send it again")
+        if result.archived_key != p.key:
+            self.store.delete(p.key)
+        self._record_conflicts([(result, source_aet)])
+        return result
 
 
 Sent = tuple[PreparedInstance, str | None]  # an instance and the AE title that sent it

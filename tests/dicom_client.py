@@ -89,6 +89,14 @@ def store(port: int, paths: Sequence[Path], *, calling: str = "TESTSCU",
     A storage-only association is served by the SCP's storage fast path; `also_query`
     proposes a C-FIND context too, so that pynetdicom serves it.
     """
+    return [int(rsp.Status) if "Status" in rsp else -1
+            for rsp in store_responses(port, paths, calling=calling, also_query=also_query,
+                                       max_pdu=max_pdu)]
+
+
+def store_responses(port: int, paths: Sequence[Path], *, calling: str = "TESTSCU",
+                    also_query: bool = False, max_pdu: int | None = None) -> list[Dataset]:
+    """C-STORE each file as stored on disk; the C-STORE-RSP of each (Status, ErrorComment)."""
     pairs = file_pairs(paths)
     contexts = [_cx(sc, [ts]) for sc, ts in sorted(set(pairs.values()))]
     if also_query:
@@ -97,11 +105,7 @@ def store(port: int, paths: Sequence[Path], *, calling: str = "TESTSCU",
     assoc = associate(port, contexts, calling=calling, max_pdu=max_pdu)
     assert assoc.is_established, "association refused"
     try:
-        statuses = []
-        for p in paths:
-            rsp = assoc.send_c_store(p)
-            statuses.append(int(rsp.Status) if "Status" in rsp else -1)
-        return statuses
+        return [assoc.send_c_store(p) for p in paths]
     finally:
         assoc.release()
 

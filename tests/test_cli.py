@@ -24,7 +24,7 @@ def vna(backend: Backend, *args: str, timeout: float = 300) -> subprocess.Comple
 def test_db_upgrade(backend: Backend) -> None:
     p = vna(backend, "db", "upgrade")
     assert p.returncode == 0, p.stderr
-    assert "0004" in p.stderr + p.stdout
+    assert "0005" in p.stderr + p.stdout
     assert vna(backend, "db", "upgrade").returncode == 0  # idempotent
 
 

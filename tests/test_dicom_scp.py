@@ -153,10 +153,15 @@ def test_store_uid_mismatch_and_conflict(embedded: Backend, tmp_path: Path,
         ds.preamble = b"\0" * 128
         bad = tmp_path / "mismatch.dcm"
         ds.save_as(bad, enforce_file_format=False)
+        # the SOP Instance UID again, other content: of another patient (tests/
+        # test_patient_identity.py says more), or of the same one
         ds2 = make_instance(sop_uid=str(ds.SOPInstanceUID), patient_id="OTHER")
-        conflict = write(ds2, tmp_path / "conflict.dcm")
-        assert dc.store(scp.port, [good, bad, conflict], also_query=also_query) == \
-            [0, 0xA900, 0xC001]
+        other_patient = write(ds2, tmp_path / "other-patient.dcm")
+        ds3 = make_instance(sop_uid=str(ds.SOPInstanceUID), study_uid=str(ds.StudyInstanceUID),
+                            series_uid=str(ds.SeriesInstanceUID), accession="CHANGED")
+        conflict = write(ds3, tmp_path / "conflict.dcm")
+        assert dc.store(scp.port, [good, bad, other_patient, conflict],
+                        also_query=also_query) == [0, 0xA900, 0xA778, 0xC001]
         assert index_count(embedded) == 1
 
 

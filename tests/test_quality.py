@@ -95,6 +95,16 @@ def planted(module_backend: Backend, tmp_path_factory: pytest.TempPathFactory,
                   acquired=now - hour)
     # Arrived three days after it was acquired.
     p["late"] = _instance(tmp, archive, 1, study=f"{ROOT}.8", acquired=now - 72 * hour)
+    # Another patient's instance in a known study; a known instance with other content.
+    p["patient_conflict"] = f"{ROOT}.4"
+    other = make_instance(patient_id="PAT-OTHER", study_uid=p["patient_conflict"],
+                          series_uid=f"{ROOT}.4.1", sop_uid=f"{ROOT}.4.1.2")
+    assert archive.store_file(write(other, tmp / "other.dcm"), source_aet="Q").outcome == \
+        "patient_conflict"
+    p["uid_conflict"] = f"{ROOT}.12"
+    changed = make_instance(study_uid=p["uid_conflict"], sop_uid=p["late"])
+    assert archive.store_file(write(changed, tmp / "changed.dcm"), source_aet="Q").outcome \
+        == "conflict"
     deriver = Deriver(archive.index, archive.store, TZ)
     deriver.process(pending(archive.index))
     archive.index.dispose()
@@ -121,6 +131,8 @@ def test_each_rule_finds_what_was_planted(planted: tuple[RunningAPI, dict[str, A
     # within one study, and between two
     assert rules["several_names"]["examples"] == ["19121212-1212", "PAT9"]
     assert rules["late_arrival"]["examples"] == [p["late"]]
+    assert rules["patient_conflict"]["examples"] == [p["patient_conflict"]]
+    assert rules["uid_conflict"]["examples"] == [p["uid_conflict"]]
     assert rules.pop("several_names")["count"] == 2
     assert all(r["count"] == 1 for r in rules.values()), rules
 

@@ -44,7 +44,7 @@ def test_ingest_writes_values_as_sqlalchemy_does(archive: Archive, tmp_path: Pat
 
 
 def test_migration_at_head(archive: Archive) -> None:
-    assert current(archive.index.url) == "0004"
+    assert current(archive.index.url) == "0005"
 
 
 def test_migrations_match_models(archive: Archive) -> None:

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vna.dicom.identity import ConflictPolicy
+
 
 class DicomPeer:
     """A remote AE we may connect to (a C-MOVE destination)."""
@@ -80,6 +82,9 @@ class Settings(BaseSettings):
     dicom_metrics_port: int = Field(default=0, ge=0, le=65535, description=(
         "where `vna scp` serves its Prometheus /metrics (on VNA_DICOM_HOST); 0 = not served"))
     dicom_max_pdu: int = Field(default=1 << 20, ge=0, description="max PDU we receive, bytes")
+    patient_conflict: ConflictPolicy = Field(default=ConflictPolicy.REJECT, description=(
+        "an instance of a known study or SOP Instance under another patient: reject, or "
+        "accept (filed under the patient it names, never another)"))
 
     http_host: str = "127.0.0.1"
     http_port: int = 8000

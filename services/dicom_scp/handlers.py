@@ -41,6 +41,9 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_DUPLICATE_CONFLICT = 0xC001
+# The study or SOP Instance is archived for another patient (vna.dicom.identity); the
+# code dcm4chee-arc answers, so that what modality engineers know applies.
+STATUS_PATIENT_CONFLICT = 0xA778
 # C-FIND/C-GET/C-MOVE
 STATUS_PENDING = 0xFF00
 STATUS_CANCEL = 0xFE00
@@ -48,11 +51,22 @@ STATUS_IDENTIFIER_MISMATCH = 0xA900
 STATUS_UNABLE_TO_PROCESS = 0xC000
 
 
+# ErrorComment is an LO (64 characters). A conflict's comment names the study and both
+# patient IDs, which a UID alone can fill: like dcm4chee-arc we send it whole, up to this.
+ERROR_COMMENT_MAX = 512
+
+
+def error_comment(text: str) -> str:
+    """What fits an ErrorComment: the default character repertoire (a command set has no
+    other), at most ERROR_COMMENT_MAX characters."""
+    return text.encode("ascii", "replace").decode("ascii")[:ERROR_COMMENT_MAX]
+
+
 def _status(code: int, comment: str | None = None) -> Dataset:
     ds = Dataset()
     ds.Status = code
     if comment:
-        ds.ErrorComment = comment[:64]
+        ds.ErrorComment = error_comment(comment)
     return ds
 
 
@@ -148,12 +162,14 @@ class DicomService:
         if result.ok:
             return STATUS_SUCCESS, None
         log.warning("C-STORE from %s refused (%s): %s", calling_aet, result.sop_instance_uid,
-                    result.reason)
-        if result.outcome == "conflict":
+                    result.outcome if result.conflict else result.reason)
+        if result.outcome == "patient_conflict":
+            code = STATUS_PATIENT_CONFLICT
+        elif result.outcome == "conflict":
             code = STATUS_DUPLICATE_CONFLICT
         else:
             code = STATUS_CANNOT_UNDERSTAND if result.unreadable else STATUS_DATASET_MISMATCH
-        return code, (result.reason or "")[:64]
+        return code, error_comment(result.reason or "")
 
     # -- C-FIND ---------------------------------------------------------------------------
 

@@ -226,6 +226,8 @@ def quality(request: Request, _: Principal = authorize(Action.STATS_READ),
         no_accession = queries.studies_missing(s, period, "accession_number")
         ids = queries.patient_ids(s, period)
         several_names = queries.ids_with_several_names(s, period)
+        patient_conflicts = queries.ingest_conflicts(s, period, "patient_conflict")
+        uid_conflicts = queries.ingest_conflicts(s, period, "uid_conflict")
     short = [uid for uid, modality, seconds in exams
              if modality in SHORT_EXAM_MODALITIES and seconds < SHORT_EXAM_SECONDS]
     invalid = [pid for pid in ids if looks_like_personnummer(pid)
@@ -240,6 +242,13 @@ def quality(request: Request, _: Principal = authorize(Action.STATS_READ),
          len(invalid), invalid[:10]),
         ("several_names", "one patient ID with several patient names", *several_names),
         ("late_arrival", "instance archived more than 24 h after it was acquired", *late),
+        ("patient_conflict", "instance of a study (or SOP Instance) the archive holds for "
+                             "another patient: refused, or filed under its own patient "
+                             "(VNA_PATIENT_CONFLICT); examples are the studies",
+         *patient_conflicts),
+        ("uid_conflict", "SOP Instance UID archived with other content or in another "
+                         "series or study, or a series archived in another study: refused; "
+                         "examples are the studies sent", *uid_conflicts),
     ]
     return {"rules": [{"rule": r, "description": d, "count": n, "examples": ex}
                       for r, d, n, ex in rules], "freshness": _freshness(request)}

@@ -98,6 +98,9 @@ class CompiledStatement:
         row = self.execute(cursor, values).fetchone()
         return None if row is None else row[0]
 
+    def rows(self, cursor: Any, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        return list(self.execute(cursor, values).fetchall())
+
 
 def make_engine(url: str, *, fsync: bool = True, for_writes: bool = True) -> Engine:
     """An engine whose errors never show bound values: those are patient IDs and names."""

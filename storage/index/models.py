@@ -88,11 +88,17 @@ class Patient(Base):
 
 
 class Study(Base):
+    """A study of one patient. A Study Instance UID has one row, except where
+    VNA_PATIENT_CONFLICT=accept filed instances of it under other patients: one row each
+    (`vna.dicom.identity`)."""
+
     __tablename__ = "study"
+    __table_args__ = (UniqueConstraint("study_instance_uid", "patient_fk",
+                                       name="uq_study_identity"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     patient_fk: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
-    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
     study_date: Mapped[str | None] = mapped_column(String(8), index=True)
     study_time: Mapped[str | None] = mapped_column(String(16))
     accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -109,11 +115,15 @@ class Study(Base):
 
 
 class Series(Base):
+    """A series of one study row (so of one patient, like the study)."""
+
     __tablename__ = "series"
+    __table_args__ = (UniqueConstraint("series_instance_uid", "study_fk",
+                                       name="uq_series_identity"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_fk: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
-    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
     modality: Mapped[str | None] = mapped_column(String(16), index=True)
     series_number: Mapped[str | None] = mapped_column(String(12))
     series_description: Mapped[str | None] = mapped_column(String(64))
@@ -379,6 +389,30 @@ class StatsArrivalHourly(Base):
     modality: Mapped[str] = mapped_column(String(16))
     bin: Mapped[int] = mapped_column(Integer)
     count: Mapped[int] = mapped_column(BigInteger)
+
+
+class IngestConflict(Base):
+    """An instance whose identity contradicts the archive (`vna.dicom.identity`): refused,
+    or, for a patient conflict under VNA_PATIENT_CONFLICT=accept, filed under its own
+    patient. What /api/v1/stats/quality counts as `patient_conflict` and `uid_conflict`."""
+
+    __tablename__ = "ingest_conflict"
+    __table_args__ = (Index("ix_ingest_conflict_rule_at", "rule", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    rule: Mapped[str] = mapped_column(String(32))  # patient_conflict | uid_conflict
+    action: Mapped[str] = mapped_column(String(16))  # rejected | accepted
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    sent_patient_id: Mapped[str] = mapped_column(String(64))
+    sent_issuer: Mapped[str] = mapped_column(String(64))
+    archived_patient_id: Mapped[str | None] = mapped_column(String(64))
+    archived_issuer: Mapped[str | None] = mapped_column(String(64))
+    source_aet: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class FixityCheck(Base):

@@ -18,6 +18,7 @@ from storage.index.models import (
     LATE_ARRIVAL_SQL,
     STATS_DIMENSIONS,
     Document,
+    IngestConflict,
     Instance,
     InstanceFact,
     Series,
@@ -292,3 +293,15 @@ def ids_with_several_names(session: Session, period: Period) -> tuple[int, list[
             .order_by(StudyFact.patient_id))
     found = list(session.scalars(stmt))
     return len(found), found[:10]
+
+
+def ingest_conflicts(session: Session, period: Period, rule: str) -> tuple[int, list[str]]:
+    """Instances of the period whose identity contradicted the archive under `rule`
+    (refused, or filed under their own patient): how many, and the first ten studies."""
+    where = and_(IngestConflict.rule == rule, _in_period(IngestConflict.at, period))
+    count = session.scalar(select(func.count()).where(where)) or 0
+    first = func.min(IngestConflict.at)
+    examples = session.scalars(select(IngestConflict.study_instance_uid).where(where)
+                               .group_by(IngestConflict.study_instance_uid)
+                               .order_by(first).limit(10)).all()
+    return int(count), list(examples)

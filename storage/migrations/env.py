@@ -1,7 +1,7 @@
 """Alembic environment: the URL comes from `storage.migrate`, never from an ini file."""
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from storage.index.models import Base
 
@@ -22,6 +22,10 @@ def run_migrations_online() -> None:
         context.configure(connection=connection, target_metadata=Base.metadata,
                           render_as_batch=True)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Nodes sharing one database may start together: one migrates, the
+                # others wait and then find nothing left to do.
+                connection.execute(text("SELECT pg_advisory_xact_lock(7462837)"))
             context.run_migrations()
     engine.dispose()
 
