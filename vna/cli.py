@@ -176,12 +176,20 @@ def api() -> None:
     _prepare_data_dir(settings)
     import uvicorn
 
+    from services.supervision import wait_for_free_port
     from services.xds_api.app import create_app
 
+    if not wait_for_free_port(settings.http_host, settings.http_port, "HTTP",
+                              settings.port_wait_seconds):
+        console.print(f"[red]HTTP port {settings.http_host}:{settings.http_port} is in use "
+                      "by another process; not starting[/red]")
+        raise typer.Exit(1)
     # The audit middleware writes the access log with route templates: uvicorn's own
-    # access log would put patient IDs from URLs into the logs.
+    # access log would put patient IDs from URLs into the logs. A stop waits at most
+    # GRACEFUL_STOP_SECONDS for requests in flight (an upload cut off leaves nothing).
     uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
-                log_level=settings.log_level.lower(), access_log=False)
+                log_level=settings.log_level.lower(), access_log=False,
+                timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS)
 
 
 @app.command()
@@ -269,6 +277,9 @@ def import_(
         raise typer.Exit(1)
 
 
+GRACEFUL_STOP_SECONDS = 10
+
+
 def _wait_port(host: str, port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host
@@ -291,12 +302,16 @@ def up() -> None:
     settings = get_settings()
     _logging(settings)
     _prepare_data_dir(settings)
+    from services.supervision import child_of_this_process
     from services.xds_api.security import ensure_admin_token
 
     token, created = ensure_admin_token(settings)
     cmd = [sys.executable, "-m", "vna.cli"]
+    # Own sessions (Ctrl-C at the terminal reaches this process, which stops them in
+    # order); each dies with this process however it dies (services.supervision).
     children = {
-        name: subprocess.Popen([*cmd, *args], start_new_session=True)
+        name: subprocess.Popen([*cmd, *args], start_new_session=True,
+                               preexec_fn=child_of_this_process())
         for name, args in (("scp", ["scp"]), ("api", ["api"]), ("worker", ["worker", "--beat"]))
     }
     ok_dicom = _wait_port(settings.dicom_host, settings.dicom_port, 60)

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
         default=DEFAULT_REPOSITORY_UNIQUE_ID,
         description="XDS repositoryUniqueId of this archive (an OID)")
     log_level: str = "INFO"
+    port_wait_seconds: float = Field(default=15.0, ge=0, description=(
+        "how long a starting service waits for its port to be free (a killed parent's "
+        "children on their way out) before it gives up"))
 
     @field_validator("dicom_aet")
     @classmethod

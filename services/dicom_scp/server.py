@@ -46,6 +46,7 @@ from services.dicom_scp import fastpath, metrics
 from services.dicom_scp.handlers import DicomService
 from services.dicom_scp.retrieve import install_send_as_stored
 from services.dicom_scp.storage_association import StorageAcceptor
+from services.supervision import die_with_parent, wait_for_free_port
 from storage.archive import Archive
 from storage.objectstore import remove_stale_files
 from vna.dicom.net import enable_client_tcp_nodelay
@@ -144,8 +145,11 @@ def configure_process(settings: Settings) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
-def run_server_process(settings: Settings, ready: Any = None) -> None:
-    """One SCP process: serve associations until SIGTERM."""
+def run_server_process(settings: Settings, ready: Any = None,
+                       parent_pid: int | None = None) -> None:
+    """One SCP process: serve associations until SIGTERM (or until its supervisor dies)."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     configure_process(settings)
     archive = Archive(settings)
     service = DicomService(settings, archive)
@@ -175,6 +179,8 @@ def run_server_process(settings: Settings, ready: Any = None) -> None:
         server.serve_forever(poll_interval=0.2)
     finally:
         archive.index.dispose()
+        # nothing in it was acknowledged; a restart need not find it
+        shutil.rmtree(tempfile.gettempdir(), ignore_errors=True)
 
 
 STALE_INCOMING_SECONDS = 600  # well past the network timeout: nobody writes it any more
@@ -219,7 +225,14 @@ def _alive(pid: int) -> bool:
 
 
 def serve(settings: Settings) -> int:
-    """Supervise VNA_DICOM_PROCESSES SCP processes; restart any that dies; stop on a signal."""
+    """Supervise VNA_DICOM_PROCESSES SCP processes; restart any that dies; stop on a signal.
+    Refuses to start (1) while another process listens on the port: with SO_REUSEPORT it
+    would otherwise answer next to it."""
+    if not wait_for_free_port(settings.dicom_host, settings.dicom_port, "DICOM",
+                              settings.port_wait_seconds):
+        log.error("DICOM port %s:%d is in use by another process; not starting",
+                  settings.dicom_host, settings.dicom_port)
+        return 1
     _clean_incoming(settings)
     metrics_path = metrics.prepare(settings)
     if not settings.allowed_aets:
@@ -230,7 +243,7 @@ def serve(settings: Settings) -> int:
 
     def start_one() -> Any:
         ready = ctx.Event()
-        proc = ctx.Process(target=run_server_process, args=(settings, ready),
+        proc = ctx.Process(target=run_server_process, args=(settings, ready, os.getpid()),
                            name="vna-scp", daemon=False)
         proc.start()
         return proc, ready

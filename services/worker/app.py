@@ -7,9 +7,21 @@ share one data dir.
 
 from __future__ import annotations
 
-from celery import Celery
+import os
 
+from celery import Celery, signals
+
+from services.supervision import die_with_parent
 from vna.settings import Settings, get_settings
+
+_MAIN_PID = os.getpid()  # the worker's main process, which forks the pool and beat
+
+
+@signals.worker_process_init.connect
+@signals.beat_embedded_init.connect
+def _die_with_the_worker(**_: object) -> None:
+    """A pool process or embedded beat does not outlive the worker that forked it."""
+    die_with_parent(_MAIN_PID)
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
