@@ -90,20 +90,63 @@ def _write_file_meta_info(fp: IO[bytes], meta: Any, enforce_standard: bool = Tru
 
 
 class _ReceiveFile:
-    """What pynetdicom uses of NamedTemporaryFile(delete=False), without its random names."""
+    """What pynetdicom uses of NamedTemporaryFile(delete=False), without its random names.
+
+    pynetdicom writes dataset fragments from its DUL reactor, where an exception ends the
+    association unanswered. So a file that cannot be made or written (a full disk) only
+    remembers why, reads on, and the handler answers 0xA700 (`receive_failed`)."""
 
     _counter = itertools.count()
 
     def __init__(self, mode: str = "wb", suffix: str = "", delete: bool = False, **_: Any) -> None:
         directory = tempfile.gettempdir()
         self.name = os.path.join(directory, f"rx-{os.getpid()}-{next(self._counter)}{suffix}")
-        self.file = open(self.name, "xb")  # noqa: SIM115 - closed by pynetdicom
+        self._file: IO[bytes] | None = None
+        try:
+            self._file = open(self.name, "xb")  # noqa: SIM115 - closed by pynetdicom
+        except OSError as exc:
+            self._failed(exc)
+
+    @property
+    def file(self) -> _ReceiveFile:
+        return self  # pynetdicom calls `.file.flush()` after each fragment
+
+    def _failed(self, exc: OSError) -> None:
+        _FAILED_RECEIVES[self.name] = exc
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.name)
+
+    def _guarded(self, op: Any, *args: Any) -> None:
+        try:
+            op(*args)
+        except OSError as exc:
+            self._failed(exc)
 
     def write(self, data: bytes) -> int:
-        return self.file.write(data)
+        if self._file is not None:
+            self._guarded(self._file.write, data)
+        return len(data)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._guarded(self._file.flush)
 
     def close(self) -> None:
-        self.file.close()
+        if self._file is not None:  # close flushes what is buffered: may fail like a write
+            self._guarded(self._file.close)
+
+
+_FAILED_RECEIVES: dict[str, OSError] = {}
+
+
+def receive_failed(path: str | os.PathLike[str]) -> OSError | None:
+    """Why the receive file at `path` could not be written, if it could not (asked once,
+    by the C-STORE handler; the file is gone already)."""
+    return _FAILED_RECEIVES.pop(os.fspath(path), None)
 
 
 # -- C-STORE-RSP -----------------------------------------------------------------------------

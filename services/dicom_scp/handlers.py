@@ -18,6 +18,7 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
 )
 
+from services.dicom_scp.fastpath import receive_failed
 from services.dicom_scp.metrics import ScpMetrics
 from services.dicom_scp.retrieve import ArchivedInstance, contexts_for
 from storage.archive import Archive, ReceivedFile
@@ -142,7 +143,14 @@ class DicomService:
     # -- C-STORE --------------------------------------------------------------------------
 
     def on_store(self, event: Any) -> Dataset | int:
-        status, comment = self.store(event.dataset_path, event.assoc.requestor.ae_title,
+        calling_aet = event.assoc.requestor.ae_title
+        error = receive_failed(event.dataset_path)
+        if error is not None:  # e.g. a full disk: nothing was kept
+            log.error("C-STORE from %s: could not write the received file: %s", calling_aet,
+                      error)
+            self.metrics.stored("failed", 0.0)
+            return _status(STATUS_OUT_OF_RESOURCES, "archive unavailable")
+        status, comment = self.store(event.dataset_path, calling_aet,
                                      str(event.request.AffectedSOPInstanceUID))
         return _status(status, comment) if comment else status
 

@@ -10,11 +10,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 import vna
 from services.xds_api import admin, dashboard, documents, metrics, stats
 from services.xds_api.audit import AuditMiddleware
 from services.xds_api.security import ensure_admin_token
+from storage.errors import is_storage_full
 from storage.index.db import Index
 from storage.index.documents import Documents
 from storage.index.tokens import AuditTrail, Tokens
@@ -51,6 +53,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": "the document's bytes are missing from object "
                                        "storage; the archive's operators have been told"},
                             status_code=503)
+
+    @app.exception_handler(DBAPIError)
+    async def _index_unavailable(_request: Request, exc: DBAPIError) -> JSONResponse:
+        # A database restart or a full disk: nothing was half written (one transaction);
+        # the engine reconnects by itself, so the client may simply try again.
+        if is_storage_full(exc):
+            log.error("the index database is full: %s", type(exc.orig).__name__)
+            return JSONResponse({"detail": "the index database is full; nothing was "
+                                           "stored"}, status_code=507)
+        log.error("the index database is unavailable: %s", type(exc.orig).__name__)
+        return JSONResponse({"detail": "the index database is unavailable; nothing was "
+                                       "changed, try again"}, status_code=503,
+                            headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

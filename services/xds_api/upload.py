@@ -26,6 +26,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from services.xds_api.threads import in_own_thread
+from storage.errors import is_storage_full
 from storage.index.documents import StoredObject
 from storage.objectstore import ObjectStore
 from vna.documents import mime
@@ -42,6 +43,14 @@ class UploadError(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+
+
+def store_refused(exc: BaseException) -> UploadError:
+    """The answer to an object store that could not take the document: 507 when it is
+    full, 503 when it is unavailable (the client may try again later, either way)."""
+    if is_storage_full(exc):
+        return UploadError(507, "object storage is full: the document was not stored")
+    return UploadError(503, f"object storage refused the document: {type(exc).__name__}")
 
 
 class _Aborted(Exception):
@@ -357,9 +366,10 @@ class UploadReceiver:
         self._head = []
 
     def _check_writer(self) -> None:
-        if self._writer is not None and self._writer.done() and self._writer.exception():
-            raise UploadError(503, "object storage refused the document: "
-                                   f"{type(self._writer.exception()).__name__}")
+        if self._writer is not None and self._writer.done():
+            exc = self._writer.exception()
+            if exc is not None:
+                raise store_refused(exc)
 
     async def _finish_file(self) -> None:
         if self._mime is None:  # an empty file: nothing to sniff
@@ -369,8 +379,7 @@ class UploadReceiver:
         try:
             await self._writer
         except Exception as exc:
-            raise UploadError(503, f"object storage refused the document: "
-                                   f"{type(exc).__name__}") from exc
+            raise store_refused(exc) from exc
         self._stored = True
 
     async def _discard(self) -> None:
