@@ -390,11 +390,13 @@ class Archive:
         found = [(r.conflict, aet) for r, aet in results if r.conflict is not None]
         if not found:
             return
+        def record(cursor: Any) -> None:
+            for conflict, aet in found:
+                self.writer.record_conflict(cursor, conflict, rejected=True, source_aet=aet,
+                                            at=datetime.now(UTC))
+
         try:
-            with self.index.begin_cursor() as cursor:
-                for conflict, aet in found:
-                    self.writer.record_conflict(cursor, conflict, rejected=True,
-                                                source_aet=aet, at=datetime.now(UTC))
+            self.index.run_write(record)
         except Exception:
             log.exception("could not record %d ingest conflict(s)", len(found))
 
@@ -406,9 +408,9 @@ class Archive:
         A refused instance's object is removed too."""
         rows = [InstanceRow(p.header, p.transfer_syntax_uid, p.size, p.sha256,
                             p.dataset_offset, p.key, source_aet) for p, source_aet in batch]
+        now = datetime.now(UTC)
         try:
-            with self.index.begin_cursor() as cursor:
-                written = self.writer.write(cursor, rows, datetime.now(UTC))
+            written = self.index.run_write(lambda cursor: self.writer.write(cursor, rows, now))
         except self.index.integrity_error:
             self.writer.forget()  # a cached parent may have been deleted meanwhile
             if not retried:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from vna.settings import Settings
 
@@ -292,19 +292,46 @@ class FileObjectStore(ObjectStore):
         yield p
 
 
+# The minio SDK's public API has no conditional PUT and no listing of unfinished multipart
+# uploads; these private methods are used here, and only here, and checked at start.
+_MINIO_PRIVATE = ("_put_object", "_list_multipart_uploads", "_abort_multipart_upload")
+
+
 class S3ObjectStore(ObjectStore):
     """Objects in an S3 bucket (MinIO in production), through the minio SDK.
 
     A successful PUT is durable by the server's contract, so `make_durable` has nothing to do.
+    Requests are bounded: a server that is down or hangs fails a request within seconds
+    (CONNECT_TIMEOUT, a few quick retries), never minio's default of minutes.
     """
+
+    CONNECT_TIMEOUT = 5.0
+    READ_TIMEOUT = 60.0
 
     def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str,
                  *, secure: bool = False) -> None:
+        import urllib3
         from minio import Minio
 
+        missing = [m for m in _MINIO_PRIVATE if not callable(getattr(Minio, m, None))]
+        if missing:
+            raise RuntimeError(f"this minio SDK lacks {', '.join(missing)}; vna needs "
+                               "minio 7.2 (see pyproject.toml)")
+        tls: dict[str, Any] = {}
+        if secure:
+            import certifi
+
+            tls = {"cert_reqs": "CERT_REQUIRED",
+                   "ca_certs": os.environ.get("SSL_CERT_FILE") or certifi.where()}
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=self.CONNECT_TIMEOUT, read=self.READ_TIMEOUT),
+            retries=urllib3.Retry(total=3, backoff_factor=0.2,
+                                  status_forcelist=[500, 502, 503, 504]),
+            maxsize=16, **tls)
         self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
-                            secure=secure)
+                            secure=secure, http_client=http)
         self.bucket = bucket
+        self._conditional_puts = True  # until the server says it has none
         if not self.client.bucket_exists(bucket):
             from minio.error import S3Error
 
@@ -321,6 +348,33 @@ class S3ObjectStore(ObjectStore):
         if move:
             with contextlib.suppress(OSError):
                 os.unlink(src)
+
+    # A conditional PUT sends the object in one request, read into memory: up to this size
+    # (nearly every instance). Larger ones go the way without it (`put_new` says None).
+    PUT_NEW_LIMIT = 64 << 20
+
+    def put_new(self, key: str, src: str | Path) -> bool | None:
+        """A PUT with `If-None-Match: *` (S3 conditional writes; MinIO and SeaweedFS have
+        them): two nodes storing one SOP Instance at once cannot overwrite each other."""
+        from minio.error import S3Error
+
+        if not self._conditional_puts or os.path.getsize(src) > self.PUT_NEW_LIMIT:
+            return None
+        with open(src, "rb") as f:
+            data = f.read()
+        try:
+            self.client._put_object(self.bucket, key, data, {  # noqa: SLF001
+                "If-None-Match": "*", "Content-Type": "application/dicom"})
+        except S3Error as exc:
+            if exc.code == "PreconditionFailed":
+                return False
+            if exc.code == "NotImplemented":  # a server without conditional writes
+                self._conditional_puts = False
+                return None
+            raise
+        with contextlib.suppress(OSError):
+            os.unlink(src)
+        return True
 
     # A streamed upload holds STREAM_PARALLEL parts in flight plus the one being read (and
     # a transient copy of it): about 50 MB whatever the size. 8 MiB parts allow objects of

@@ -13,12 +13,14 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Dialect, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 
 class _WriterLock:
@@ -130,7 +132,11 @@ def make_engine(url: str, *, fsync: bool = True, for_writes: bool = True) -> Eng
         return engine
     if url.startswith("postgresql"):
         # synchronous_commit is on by default in PostgreSQL; with fsync off we relax it.
-        options = {} if fsync else {"options": "-c synchronous_commit=off"}
+        # connect_timeout: a database host that does not answer fails a request in
+        # seconds (one that is down refuses at once), never the OS's minutes.
+        options: dict[str, Any] = {"connect_timeout": 5}
+        if not fsync:
+            options["options"] = "-c synchronous_commit=off"
         return create_engine(url, pool_size=8, max_overflow=8, connect_args=options,
                              pool_pre_ping=True, hide_parameters=True)
     return create_engine(url, hide_parameters=True)
@@ -150,7 +156,7 @@ class Index:
         self._writer: AbstractContextManager[None] = (
             _WriterLock(url) if url.startswith("sqlite") else nullcontext())
         self._cursor_lock = threading.Lock()
-        self._cursor_conn: Any = None  # see begin_cursor
+        self._cursor_conn: Any = None  # see run_write
         self._cursor_used = 0.0
 
     @property
@@ -163,39 +169,57 @@ class Index:
         with self._writer, self.engine.begin() as conn:
             yield conn
 
-    @contextmanager
-    def begin_cursor(self) -> Iterator[Any]:
-        """A DBAPI cursor in one write transaction, for `CompiledStatement`s: committed on
-        success, rolled back on error (the DBAPI's own exceptions propagate).
+    def run_write(self, work: Callable[[Any], T]) -> T:
+        """`work(cursor)` in one write transaction on a DBAPI cursor, for
+        `CompiledStatement`s: committed when it returns, rolled back if it raises (the
+        DBAPI's own exceptions propagate).
 
         These transactions run one at a time on one kept connection: the pool's check-out
         and reset cost as much as a small ingest transaction. A connection idle for a
-        while is pinged first (the database may have restarted); after an error other
-        than an integrity error it is dropped and the next transaction gets a new one.
+        while is pinged first; after an error other than an integrity error it is
+        dropped and the next transaction gets a new one. A kept connection the server
+        closed meanwhile (a database restart) fails before anything was done: then the
+        work runs once more on a new connection. A failure at COMMIT is never retried (it
+        may have committed); `work` must not act outside the transaction.
         """
-        with self._writer, self._cursor_lock:
-            conn = self._cursor_connection()
-            try:
-                cursor = conn.cursor()
-                if self.dialect == "sqlite":
-                    cursor.execute("BEGIN IMMEDIATE")
+        for attempt in (1, 2):
+            with self._writer, self._cursor_lock:
+                conn, reused = self._cursor_connection()
+                committing = False
                 try:
-                    yield cursor
-                except BaseException:
-                    conn.rollback()
+                    cursor = conn.cursor()
+                    if self.dialect == "sqlite":
+                        cursor.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = work(cursor)
+                    except BaseException:
+                        conn.rollback()
+                        raise
+                    committing = True
+                    conn.commit()
+                    return result
+                except self.integrity_error:
                     raise
-                conn.commit()
-            except self.integrity_error:
-                raise
-            except BaseException:
-                self._drop_cursor_connection()
-                raise
-            finally:
-                self._cursor_used = time.monotonic()
+                except BaseException as exc:
+                    retry = attempt == 1 and reused and not committing and \
+                        self._is_disconnect(exc, conn)
+                    self._drop_cursor_connection()
+                    if retry:
+                        continue
+                    raise
+                finally:
+                    self._cursor_used = time.monotonic()
+        raise AssertionError("unreachable")
+
+    def _is_disconnect(self, exc: BaseException, conn: Any) -> bool:
+        dialect = self.engine.dialect
+        return isinstance(exc, dialect.loaded_dbapi.Error) and bool(
+            dialect.is_disconnect(exc, getattr(conn, "dbapi_connection", conn), None))
 
     CURSOR_PING_AFTER = 10.0  # seconds idle
 
-    def _cursor_connection(self) -> Any:
+    def _cursor_connection(self) -> tuple[Any, bool]:
+        """The kept connection (and True), or a new one (and False)."""
         conn = self._cursor_conn
         if conn is not None and self.dialect != "sqlite" and \
                 time.monotonic() - self._cursor_used > self.CURSOR_PING_AFTER:
@@ -205,9 +229,10 @@ class Index:
             except Exception:
                 self._drop_cursor_connection()
                 conn = None
-        if conn is None:
-            conn = self._cursor_conn = self.engine.raw_connection()
-        return conn
+        if conn is not None:
+            return conn, True
+        conn = self._cursor_conn = self.engine.raw_connection()
+        return conn, False
 
     def _drop_cursor_connection(self) -> None:
         conn, self._cursor_conn = self._cursor_conn, None
@@ -217,7 +242,7 @@ class Index:
 
     @property
     def integrity_error(self) -> type[Exception]:
-        """The DBAPI's IntegrityError (what `begin_cursor` raises on a unique key)."""
+        """The DBAPI's IntegrityError (what `run_write` raises on a unique key)."""
         return self.engine.dialect.loaded_dbapi.IntegrityError
 
     @contextmanager

@@ -3,7 +3,7 @@
 Every C-STORE and every imported file runs the same statements: find (or insert) its
 patient, study and series, insert the instance, and record its outbox event. They are
 built here with SQLAlchemy Core, compiled once per dialect and run on the DBAPI cursor
-of one write transaction (`Index.begin_cursor`): see `CompiledStatement` for why.
+of one write transaction (`Index.run_write`): see `CompiledStatement` for why.
 
 Each instance goes under the study row of the patient its own header names
 (`vna.dicom.identity`); what contradicts the archive is found here, inside the transaction
