@@ -24,3 +24,18 @@ def document_object_key(entry_uuid: str, received: datetime) -> str:
     under the month it arrived, so a bucket lists by time."""
     u = uuid.UUID(entry_uuid.removeprefix("urn:uuid:"))
     return f"documents/{received:%Y}/{received:%m}/{u}"
+
+
+def subject_of_key(key: str) -> tuple[str, str] | None:
+    """What an object key names: ("instance", SOP Instance UID) or ("document",
+    entryUUID); None for a key neither scheme makes."""
+    parts = key.split("/")
+    if len(parts) == 4 and parts[0] == "dicom" and parts[3].endswith(".dcm"):
+        uid = parts[3][:-4]
+        return ("instance", uid) if is_valid_uid(uid) else None
+    if len(parts) == 4 and parts[0] == "documents":
+        try:
+            return "document", f"urn:uuid:{uuid.UUID(parts[3])}"
+        except ValueError:
+            return None
+    return None

@@ -13,10 +13,13 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -34,6 +37,26 @@ class Readable(Protocol):
 
 class ObjectNotFound(KeyError):
     pass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object as a listing gives it: its key, size, and when it was last written."""
+
+    key: str
+    size: int
+    modified: datetime  # aware UTC
+    version: str = ""  # what changes when the object is written again (inode, ETag)
+
+
+@dataclass(frozen=True)
+class PartialWrite:
+    """A write that never completed: a temp file whose writer died (files) or an unfinished
+    multipart upload (S3). Invisible to readers; it only takes space until discarded."""
+
+    key: str
+    started: datetime  # aware UTC
+    upload_id: str | None = None
 
 
 class ObjectStore(ABC):
@@ -75,6 +98,22 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every complete object whose key starts with `prefix`."""
+
+    @abstractmethod
+    def remove_orphan(self, info: ObjectInfo) -> bool:
+        """Delete the object listed as `info` if it is still that very object (not written
+        again since it was listed); whether it was deleted."""
+
+    @abstractmethod
+    def partial_writes(self) -> Iterator[PartialWrite]:
+        """The writes in this store that were begun and never completed."""
+
+    @abstractmethod
+    def discard_partial(self, partial: PartialWrite) -> None: ...
 
     @contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
@@ -284,6 +323,54 @@ class FileObjectStore(ObjectStore):
         with contextlib.suppress(OSError):
             self.path(key).unlink()
 
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        top = self._root if not prefix else os.path.join(self._root, *prefix.rstrip("/")
+                                                          .split("/"))
+        for folder, dirs, files in os.walk(top):
+            if folder == self._root:
+                dirs[:] = [d for d in dirs if d != ".tmp"]  # partial writes, not objects
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(folder, name)
+                with contextlib.suppress(FileNotFoundError):  # gone meanwhile
+                    st = os.stat(path)
+                    key = os.path.relpath(path, self._root).replace(os.sep, "/")
+                    yield ObjectInfo(key, st.st_size,
+                                     datetime.fromtimestamp(st.st_mtime, UTC),
+                                     f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}")
+
+    def remove_orphan(self, info: ObjectInfo) -> bool:
+        """Claim the file by renaming it away (atomic), then look at what was claimed: the
+        listed file is deleted; one written at the key since (a store replacing what it
+        took for a crash's leftover) is put back."""
+        claimed = os.path.join(self._tmp, f"orphan-{uuid.uuid4().hex}")
+        try:
+            os.rename(self._file(info.key), claimed)
+        except FileNotFoundError:
+            return False
+        st = os.stat(claimed)
+        if f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}" == info.version:
+            os.unlink(claimed)
+            return True
+        try:
+            os.link(claimed, self._file(info.key))  # not ours to delete: back it goes
+        except FileExistsError:  # and written a third time meanwhile: that one stays
+            return False
+        os.unlink(claimed)
+        return False
+
+    def partial_writes(self) -> Iterator[PartialWrite]:
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self._tmp):
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_file():
+                        yield PartialWrite(f".tmp/{entry.name}", datetime.fromtimestamp(
+                            entry.stat().st_mtime, UTC))
+
+    def discard_partial(self, partial: PartialWrite) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self._tmp, partial.key.removeprefix(".tmp/")))
+
     @contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         p = self.path(key)
@@ -427,6 +514,48 @@ class S3ObjectStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self.client.remove_object(self.bucket, key)
+
+    def list_objects(self, prefix: str) -> Iterator[ObjectInfo]:
+        for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
+            if o.object_name is None or o.is_dir:
+                continue
+            modified = o.last_modified or datetime.now(UTC)
+            yield ObjectInfo(o.object_name, int(o.size or 0), modified.astimezone(UTC),
+                             f"{o.etag}:{modified.isoformat()}")
+
+    def remove_orphan(self, info: ObjectInfo) -> bool:
+        """S3 has no conditional delete: the object is looked at once more just before, and
+        left if it was written again since it was listed."""
+        from minio.error import S3Error
+
+        try:
+            st = self.client.stat_object(self.bucket, info.key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
+            raise
+        modified = (st.last_modified or datetime.now(UTC)).astimezone(UTC)
+        if f"{st.etag}:{modified.isoformat()}" != info.version:
+            return False
+        self.client.remove_object(self.bucket, info.key)
+        return True
+
+    def partial_writes(self) -> Iterator[PartialWrite]:
+        key_marker = upload_marker = None
+        while True:
+            page = self.client._list_multipart_uploads(  # noqa: SLF001
+                self.bucket, key_marker=key_marker, upload_id_marker=upload_marker)
+            for u in page.uploads:
+                yield PartialWrite(u.object_name, (u.initiated_time or datetime.now(UTC))
+                                   .astimezone(UTC), u.upload_id)
+            if not page.is_truncated:
+                return
+            key_marker, upload_marker = page.next_key_marker, page.next_upload_id_marker
+
+    def discard_partial(self, partial: PartialWrite) -> None:
+        if partial.upload_id is not None:
+            self.client._abort_multipart_upload(  # noqa: SLF001
+                self.bucket, partial.key, partial.upload_id)
 
 
 class _ResponseReader:

@@ -98,14 +98,11 @@ def archive_state(backend: Backend) -> tuple[int, list[str]]:
     finally:
         index.dispose()
     if settings.storage == "s3":
-        from minio import Minio
+        from storage.objectstore import make_object_store
 
-        client = Minio(settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key,
-                       secure=False)
-        objects = sorted(o.object_name for o in client.list_objects(
-            settings.s3_bucket, prefix="documents/", recursive=True))
-        uploads = [u.object_name for u in client._list_multipart_uploads(  # noqa: SLF001
-            settings.s3_bucket, prefix="documents/").uploads]
+        store = make_object_store(settings)
+        objects = sorted(o.key for o in store.list_objects("documents/"))
+        uploads = [u.key for u in store.partial_writes() if u.key.startswith("documents/")]
         return rows, objects + [f"(unfinished upload) {u}" for u in uploads]
     root = settings.objects_dir
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*")

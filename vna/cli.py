@@ -158,6 +158,59 @@ def fixity_run(
 
 
 @app.command()
+def check(
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="delete objects without index rows, discard unfinished writes")] = False,
+    hashes: Annotated[bool, typer.Option(
+        "--hashes/--no-hashes", help="re-hash every object (all bytes read) or only see "
+                                     "that it is there")] = True,
+    grace_minutes: Annotated[float, typer.Option(
+        help="objects without a row younger than this are left alone (a store in "
+             "flight writes its row a moment after its object)")] = 60,
+    upload_grace_hours: Annotated[float, typer.Option(
+        help="unfinished uploads younger than this are left alone (a large upload on a "
+             "slow link takes hours)")] = 24,
+) -> None:
+    """Check that index and object store agree: objects without index rows, unfinished
+    uploads, index rows whose object is missing or changed. Exit 1 if anything was found
+    (with --repair, mended or not)."""
+    from datetime import timedelta
+
+    settings = get_settings()
+    _prepare_data_dir(settings)
+    from storage.consistency import check as run_check
+    from storage.index.db import Index
+    from storage.objectstore import make_object_store
+
+    index = Index(settings.resolved_database_url, fsync=settings.fsync)
+    with console.status("checking index and object store"):
+        report = run_check(index, make_object_store(settings), repair=repair, hashes=hashes,
+                           grace=timedelta(minutes=grace_minutes),
+                           partial_grace=timedelta(hours=upload_grace_hours))
+    index.dispose()
+    table = Table(title="vna check" + (" (repair)" if repair else ""))
+    for col in ("finding", "count", "mended"):
+        table.add_column(col, justify="left" if col == "finding" else "right")
+    kinds: Counter[str] = Counter(f.kind for f in report.findings)
+    mended: Counter[str] = Counter(f.kind for f in report.findings if f.mended)
+    for kind in ("orphan_object", "partial_write", "missing_object", "hash_mismatch"):
+        table.add_row(kind.replace("_", " "), str(kinds[kind]), str(mended[kind]))
+    console.print(table)
+    console.print(f"{report.rows} index rows and {report.objects} objects checked"
+                  f"{' (hashes re-computed)' if hashes else ''}")
+    for f in report.findings[:50]:
+        state = "[green]mended[/green]" if f.mended else "[red]not mended[/red]"
+        console.print(f"{f.kind} {f.key}{f' ({f.subject})' if f.subject else ''}: {state}")
+    if len(report.findings) > 50:
+        console.print(f"... and {len(report.findings) - 50} more")
+    if any(f.kind in ("missing_object", "hash_mismatch") for f in report.findings):
+        console.print("[red]Missing or changed objects cannot be mended here: restore them "
+                      "from a backup (the index keeps their SHA-256).[/red]")
+    if report.findings:
+        raise typer.Exit(1)
+
+
+@app.command()
 def scp() -> None:
     """Run the DICOM service (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)."""
     settings = get_settings()

@@ -40,6 +40,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
                              "schedule": settings.outbox_poll_seconds,
                              "options": {"expires": 60}},
             "fixity": {"task": "vna.fixity.run", "schedule": 24 * 3600.0},
+            "sweep-objects": {"task": "vna.objects.sweep", "schedule": 24 * 3600.0},
         },
     }
     if settings.resolved_broker_url.startswith("filesystem://"):

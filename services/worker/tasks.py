@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 from celery import shared_task
 
+from storage.consistency import sweep
 from storage.derive import Deriver
 from storage.fixity import run_fixity
 from storage.index.db import Index
@@ -34,6 +35,14 @@ def drain_outbox() -> int:
     """Process what the outbox holds (idempotent: results are upserts keyed by subject).
     Beat sends this every few seconds; a lost or doubled message changes nothing."""
     return _deriver().drain()
+
+
+@shared_task(name="vna.objects.sweep", ignore_result=True, acks_late=True)
+def sweep_objects() -> int:
+    """Remove objects without index rows and unfinished uploads past their grace period
+    (what a process killed between object and row, or mid-upload, left)."""
+    deriver = _deriver()
+    return sweep(deriver.index, deriver.store)
 
 
 @shared_task(name="vna.fixity.run", ignore_result=True, acks_late=True)
