@@ -1,5 +1,5 @@
 """Process supervision: every process vna starts dies with the process that started it,
-and a service starts only on a port nobody else serves.
+a service starts only on a port nobody else serves, and all of them log alike.
 
 `vna up` starts `vna scp`, `vna api` and `vna worker`; `vna scp` starts its SCP processes;
 a Celery worker forks its pool. If a parent is killed (kill -9, OOM killer), its children
@@ -26,6 +26,18 @@ from collections.abc import Callable
 log = logging.getLogger("vna")
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+# Libraries that narrate what vna reports itself: urllib3 logs each retry of a request to
+# an S3 server that is down (vna logs the failure, once per FailureLog period).
+_QUIET = {"alembic.runtime.plugins": logging.WARNING, "urllib3.connectionpool": logging.ERROR}
+
+
+def configure_logging(level: str) -> None:
+    """The log format and levels of every vna process (spawned SCP processes too)."""
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name, quiet in _QUIET.items():
+        logging.getLogger(name).setLevel(quiet)
 
 
 def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:

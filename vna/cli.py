@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import socket
@@ -36,10 +35,9 @@ console = Console(stderr=True)
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Alembic announces each of its plugins at INFO; the migrations it runs stay visible
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    from services.supervision import configure_logging
+
+    configure_logging(settings.log_level)
 
 
 def _prepare_data_dir(settings: Settings) -> None:

@@ -22,6 +22,7 @@ from services.dicom_scp.fastpath import receive_failed
 from services.dicom_scp.metrics import ScpMetrics
 from services.dicom_scp.retrieve import ArchivedInstance, contexts_for
 from storage.archive import Archive, ReceivedFile
+from storage.errors import FailureLog
 from storage.index.models import Instance
 from storage.index.query import FindQuery, build_select, find
 from vna.dicom.attributes import UNIQUE_KEY, Level
@@ -101,6 +102,7 @@ class DicomService:
         self.archive = archive
         self.peers = settings.peers
         self.metrics = ScpMetrics()
+        self.failures = FailureLog(log)
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -162,8 +164,8 @@ class DicomService:
         try:
             result = self.archive.store_file(received, source_aet=calling_aet, move=True,
                                              expected_sop_instance_uid=sop_instance_uid)
-        except Exception:
-            log.exception("C-STORE from %s failed", calling_aet)
+        except Exception as exc:
+            self.failures.failed(f"C-STORE from {calling_aet}", exc)
             self.metrics.stored("failed", time.perf_counter() - started)
             return STATUS_OUT_OF_RESOURCES, "archive unavailable"
         self.metrics.stored(result.outcome, time.perf_counter() - started)
@@ -193,8 +195,8 @@ class DicomService:
         except InvalidQuery as exc:
             yield _status(STATUS_UNABLE_TO_PROCESS, str(exc)), None
             return
-        except Exception:
-            log.exception("C-FIND failed")
+        except Exception as exc:
+            self.failures.failed("C-FIND", exc)
             yield _status(STATUS_UNABLE_TO_PROCESS, "query failed"), None
             return
         for match in matches:

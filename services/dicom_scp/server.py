@@ -46,7 +46,7 @@ from services.dicom_scp import fastpath, metrics
 from services.dicom_scp.handlers import DicomService
 from services.dicom_scp.retrieve import install_send_as_stored
 from services.dicom_scp.storage_association import StorageAcceptor
-from services.supervision import die_with_parent, wait_for_free_port
+from services.supervision import configure_logging, die_with_parent, wait_for_free_port
 from storage.archive import Archive
 from storage.objectstore import remove_stale_files
 from vna.dicom.net import enable_client_tcp_nodelay
@@ -150,6 +150,7 @@ def run_server_process(settings: Settings, ready: Any = None,
     """One SCP process: serve associations until SIGTERM (or until its supervisor dies)."""
     if parent_pid is not None:
         die_with_parent(parent_pid)
+    configure_logging(settings.log_level)
     configure_process(settings)
     archive = Archive(settings)
     service = DicomService(settings, archive)

@@ -33,6 +33,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
         "task_ignore_result": True,
+        # Celery 6's default: a task running when the broker connection is lost is
+        # cancelled and redelivered (ours are idempotent: the outbox says what is done).
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         # The outbox is the source of truth; this only says "look now". Its period bounds
         # the lag between ingest and derived data (header JSON, media facts, statistics).
         "beat_schedule": {

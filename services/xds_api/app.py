@@ -16,7 +16,7 @@ import vna
 from services.xds_api import admin, dashboard, documents, metrics, stats
 from services.xds_api.audit import AuditMiddleware
 from services.xds_api.security import ensure_admin_token
-from storage.errors import is_storage_full
+from storage.errors import FailureLog, is_storage_full
 from storage.index.db import Index
 from storage.index.documents import Documents
 from storage.index.tokens import AuditTrail, Tokens
@@ -45,7 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
     app.state.metrics = metrics.Metrics(index, settings.scp_metrics_dir)
-    app.add_middleware(AuditMiddleware, trail=app.state.audit, metrics=app.state.metrics)
+    failures = FailureLog(log)
+    app.add_middleware(AuditMiddleware, trail=app.state.audit, metrics=app.state.metrics,
+                       failures=failures)
 
     @app.exception_handler(ObjectNotFound)
     async def _object_missing(_request: Request, exc: ObjectNotFound) -> JSONResponse:
@@ -58,11 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _index_unavailable(_request: Request, exc: DBAPIError) -> JSONResponse:
         # A database restart or a full disk: nothing was half written (one transaction);
         # the engine reconnects by itself, so the client may simply try again.
+        failures.failed("an HTTP request", exc)
         if is_storage_full(exc):
-            log.error("the index database is full: %s", type(exc.orig).__name__)
             return JSONResponse({"detail": "the index database is full; nothing was "
                                            "stored"}, status_code=507)
-        log.error("the index database is unavailable: %s", type(exc.orig).__name__)
         return JSONResponse({"detail": "the index database is unavailable; nothing was "
                                        "changed, try again"}, status_code=503,
                             headers={"Retry-After": "5"})

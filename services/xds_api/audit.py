@@ -18,16 +18,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.xds_api.metrics import Metrics
 from services.xds_api.security import AuditContext
+from storage.errors import FailureLog
 from storage.index.tokens import AuditRecord, AuditTrail
 
 log = logging.getLogger("vna.http")
 
 
 class AuditMiddleware:
-    def __init__(self, app: ASGIApp, trail: AuditTrail, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, trail: AuditTrail, metrics: Metrics,
+                 failures: FailureLog) -> None:
         self.app = app
         self.trail = trail
         self.metrics = metrics
+        self.failures = failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,9 +61,9 @@ class AuditMiddleware:
                               client[0] if client else None)
             try:
                 await anyio.to_thread.run_sync(self.trail.record, rec)
-            except Exception:
-                log.exception("could not write the audit record of %s %s", scope["method"],
-                              ctx.route)
+            except Exception as exc:
+                self.failures.failed(f"the audit record of {scope['method']} {ctx.route}",
+                                     exc)
 
         async def audited_send(message: Message) -> None:
             nonlocal status

@@ -26,7 +26,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from services.xds_api.threads import in_own_thread
-from storage.errors import is_storage_full
+from storage.errors import FailureLog, is_storage_full
 from storage.index.documents import StoredObject
 from storage.objectstore import ObjectStore
 from vna.documents import mime
@@ -45,9 +45,13 @@ class UploadError(Exception):
         self.detail = detail
 
 
+_failures = FailureLog(log)
+
+
 def store_refused(exc: BaseException) -> UploadError:
     """The answer to an object store that could not take the document: 507 when it is
     full, 503 when it is unavailable (the client may try again later, either way)."""
+    _failures.failed("an upload", exc)
     if is_storage_full(exc):
         return UploadError(507, "object storage is full: the document was not stored")
     return UploadError(503, f"object storage refused the document: {type(exc).__name__}")
