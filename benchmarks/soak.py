@@ -22,7 +22,6 @@ import io
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import threading
@@ -293,7 +292,7 @@ def _sampler(services: dict[str, subprocess.Popen[bytes]], until: float, every: 
         time.sleep(min(every, max(0.0, until - now)))
 
 
-# -- the check at the end -------------------------------------------------------------------------
+# -- the check at the end ----------------------------------------------------------------------
 
 def verify(env: dict[str, str], sent: Sent) -> dict[str, Any]:
     """Every acknowledged instance and document: its row, its object, its hash."""
@@ -361,7 +360,7 @@ def _outbox_pending(env: dict[str, str]) -> int:
         index.dispose()
 
 
-# -- the run ------------------------------------------------------------------------------------------
+# -- the run ----------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir)

@@ -16,10 +16,10 @@ from tests.conftest import REPO, vna_env
 def test_a_minute_of_soak_loses_nothing(tmp_path: Path, pg_server: str,
                                         dcmtk_env: dict[str, str]) -> None:
     out = tmp_path / "soak.json"
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"), "--duration",
-                        "60", "--sample-seconds", "5", "--drain-timeout", "0", "--workdir", str(tmp_path / "work"),
-                        "--json", str(out)], env=vna_env({}), capture_output=True, text=True,
-                       timeout=600)
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "soak.py"),
+                        "--duration", "60", "--sample-seconds", "5", "--drain-timeout", "0",
+                        "--workdir", str(tmp_path / "work"), "--json", str(out)],
+                       env=vna_env({}), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     result = json.loads(out.read_text())
     ops = result["operations"]
