@@ -277,6 +277,10 @@ class Archive:
         if not stored:
             dup = self._duplicate_check([prepared]).get(uid)
             if dup is None and stored is False:
+                # The key holds an object the index does not know. Our very bytes (a re-send
+                # after a crash, a store of the same instance right now): take it as ours.
+                if self.store.claim_identical(prepared.key, path, prepared.sha256):
+                    return _raise_if_failed(self._group.submit((prepared, source_aet)))
                 dup = self._wait_for_index_row(prepared)
             if dup is not None:
                 self._record_conflicts([(dup, source_aet)])
@@ -422,17 +426,18 @@ class Archive:
         except Exception as exc:
             if len(batch) > 1:
                 return [r for sent in batch for r in self._commit([sent], retried=retried)]
-            self.store.delete(batch[0][0].key)
+            self._discard(batch[0][0])
             return [exc]
         except BaseException:
             for p, _ in batch:
-                self.store.delete(p.key)
+                with contextlib.suppress(Exception):
+                    self._discard(p)
             raise
         self.writer.committed(written)
         results: list[StoreResult | Exception] = []
         for i, (p, _) in enumerate(batch):
             if i in written.rejected:
-                self.store.delete(p.key)
+                self._discard(p)
                 results.append(StoreResult.refused_for(written.conflicts[i], p.size))
             else:
                 results.append(StoreResult("stored", p.header.sop_instance_uid, size=p.size))
@@ -449,6 +454,20 @@ class Archive:
             self.store.delete(p.key)
         self._record_conflicts([(result, source_aet)])
         return result
+
+    def _discard(self, p: PreparedInstance) -> None:
+        """Remove the object of an instance that was not archived, unless a row names it
+        (a store of the same instance that took the object as its own, `claim_identical`).
+        If the index cannot say (it is down), the object stays: an object without a row is
+        invisible and swept later; a row without its object would be a loss."""
+        try:
+            with self.index.read_engine.connect() as conn:
+                key = conn.execute(select(_I.c.storage_key).where(
+                    _I.c.sop_instance_uid == p.header.sop_instance_uid)).scalar()
+        except Exception:
+            return
+        if key != p.key:
+            self.store.delete(p.key)
 
 
 Sent = tuple[PreparedInstance, str | None]  # an instance and the AE title that sent it

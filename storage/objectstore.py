@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -75,6 +76,12 @@ class ObjectStore(ABC):
         """Move `src` to `key` only if nothing is there: True if stored, False if an object
         exists, None if this backend cannot tell atomically (then nothing was done)."""
         return None
+
+    @abstractmethod
+    def claim_identical(self, key: str, src: str | Path, sha256: str) -> bool:
+        """If the object at `key` has exactly the bytes of `src` (SHA-256 `sha256`), mark it
+        written now (so that a sweep of objects without index rows, which may have listed
+        it, leaves it) and return True; False if it is absent or differs. `src` stays."""
 
     @abstractmethod
     def put_stream(self, key: str, data: Readable, *, content_type: str) -> None:
@@ -295,6 +302,16 @@ class FileObjectStore(ObjectStore):
                 os.close(fd)
         return True
 
+    def claim_identical(self, key: str, src: str | Path, sha256: str) -> bool:
+        dest = self._file(key)
+        try:
+            if os.path.getsize(dest) != os.path.getsize(src) or _sha256_of(dest) != sha256:
+                return False
+            os.utime(dest)  # a new version as `remove_orphan` sees it
+        except FileNotFoundError:
+            return False
+        return True
+
     def make_durable(self, keys: Iterable[str]) -> None:
         if not self.fsync:
             return
@@ -435,6 +452,33 @@ class S3ObjectStore(ObjectStore):
         if move:
             with contextlib.suppress(OSError):
                 os.unlink(src)
+
+    def claim_identical(self, key: str, src: str | Path, sha256: str) -> bool:
+        """The same size and, for an object PUT in one part, an ETag that is the MD5 of
+        `src` (else its bytes are read and hashed); then `src` is PUT again, identical,
+        which gives the object a new version for `remove_orphan`."""
+        from minio.error import S3Error
+
+        try:
+            st = self.client.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return False
+            raise
+        if st.size != os.path.getsize(src):
+            return False
+        etag = (st.etag or "").strip('"')
+        if "-" in etag or not etag:  # a multipart ETag is no MD5 of the whole
+            with self.open(key) as f:
+                digest = hashlib.sha256()
+                while chunk := f.read(STREAM_CHUNK):
+                    digest.update(chunk)
+            same = digest.hexdigest() == sha256
+        else:
+            same = _hash_of(src, lambda: hashlib.md5(usedforsecurity=False)) == etag
+        if same:
+            self.put_file(key, src)
+        return same
 
     # A conditional PUT sends the object in one request, read into memory: up to this size
     # (nearly every instance). Larger ones go the way without it (`put_new` says None).
@@ -616,6 +660,18 @@ class _Limited:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _hash_of(path: Path | str, algorithm: Any) -> str:
+    digest = algorithm()
+    with open(path, "rb") as f:
+        while chunk := f.read(STREAM_CHUNK):
+            digest.update(chunk)
+    return str(digest.hexdigest())
+
+
+def _sha256_of(path: Path | str) -> str:
+    return _hash_of(path, hashlib.sha256)
 
 
 def _fsync_file(path: Path | str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -440,6 +441,24 @@ def test_object_left_by_a_crash_is_replaced(archive: Archive, tmp_path: Path) ->
     archive.IN_FLIGHT_SECONDS = 0.3
     assert archive.store_file(b, source_aet="RESEND", move=True).outcome == "stored"
     assert archive.store.read(leftover.key) == b_bytes
+    assert counts(archive)["instance"] == 1
+
+
+def test_an_identical_leftover_is_taken_at_once(archive: Archive, tmp_path: Path) -> None:
+    """What a crash left at the key is the very instance being sent again: no waiting for
+    a row that will not come; the object is taken as it is."""
+    from storage.archive import prepare
+
+    a, _ = _two_versions(tmp_path)
+    sent = a.read_bytes()
+    leftover = prepare(a)
+    assert archive.store.put_new(leftover.key, a)  # a crash's leftover: no row
+    again = tmp_path / "again.dcm"
+    again.write_bytes(sent)
+    t0 = time.monotonic()
+    assert archive.store_file(again, source_aet="RESEND", move=True).outcome == "stored"
+    assert time.monotonic() - t0 < archive.IN_FLIGHT_SECONDS / 2
+    assert archive.store.read(leftover.key) == sent
     assert counts(archive)["instance"] == 1
 
 
