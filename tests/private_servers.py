@@ -94,7 +94,8 @@ class RestartableWeed:
              "-s3", f"-s3.port={self.s3_port}", f"-master.port={self._master}",
              f"-volume.port={self._volume}", f"-filer.port={self._filer}",
              "-volume.max=100", "-master.volumeSizeLimitMB=64", "-master.telemetry=false",
-             "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.preStopSeconds=0"],
+             "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.preStopSeconds=0",
+             "-master.electionTimeout=1s"],  # a restarted master leads at once
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_port(self.s3_port, 60)
         self._wait_ready()
@@ -120,17 +121,21 @@ class RestartableWeed:
                 time.sleep(0.5)
 
     def stop(self) -> None:
+        """As an operator stops it (SIGTERM); SeaweedFS takes ~15 s to finish."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(20)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
 
     def close(self) -> None:
-        self.stop()
+        if self.proc is not None:  # its data goes with it: no need to wait for it
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
