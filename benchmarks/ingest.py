@@ -28,6 +28,7 @@ from servers import (  # noqa: E402
     REPO,
     TARGETS,
     BenchError,
+    CpuMeter,
     cleanup_on_exit,
     dcmtk,
     first_line,
@@ -50,6 +51,7 @@ class Cell:
     nbytes: int
     seconds: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    cpu: list[dict[str, float]] = field(default_factory=list)  # CPU seconds by component
 
     @property
     def rates(self) -> list[float]:
@@ -65,16 +67,20 @@ class Cell:
 
 
 def measure(corpus: Corpus, target_name: str, associations: int, workdir: Path,
-            timeout: float) -> tuple[float, float]:
-    """One run: fresh target, send everything, check the count; (send, startup) seconds."""
+            timeout: float) -> tuple[float, float, dict[str, float]]:
+    """One run: fresh target, send everything, check the count; (send, startup) seconds and
+    the CPU seconds each component spent during the send."""
     target = make_target(target_name, workdir)
     t0 = time.perf_counter()
-    with target as endpoint:
+    with target:
         startup = time.perf_counter() - t0
         tmp = make_tempdir(workdir, "send-")
         try:
             sync_disk()
-            elapsed = storescu(corpus.files, endpoint, associations, tmp=tmp, timeout=timeout)
+            meter = CpuMeter()
+            elapsed = storescu(corpus.files, target.endpoints, associations, tmp=tmp,
+                               timeout=timeout)
+            cpu = meter.stop()
         finally:
             remove_tempdir(tmp)
         held = target.count()
@@ -82,7 +88,7 @@ def measure(corpus: Corpus, target_name: str, associations: int, workdir: Path,
             raise BenchError(f"{target_name} holds {held} instances after {len(corpus.files)} "
                              f"were acknowledged")
     sync_disk()  # what the target left dirty is flushed before the next one starts
-    return elapsed, startup
+    return elapsed, startup, cpu
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
@@ -96,13 +102,14 @@ def _ratio(a: float | None, b: float | None) -> str:
 def report(cells: dict[tuple[str, int, str], Cell], targets: list[str]) -> str:
     """A Markdown table: one row per corpus x associations x target, ratios on the vna rows."""
     lines = ["| corpus | assoc | target | inst/s (median) | MB/s (median) | runs inst/s "
-             "| x orthanc | x storescp |",
-             "|---|---:|---|---:|---:|---|---:|---:|"]
+             "| x orthanc | x orthanc-pg | x storescp |",
+             "|---|---:|---|---:|---:|---|---:|---:|---:|"]
     keys = sorted({(c, a) for c, a, _ in cells}, key=lambda k: (k[0], k[1]))
     for corpus_name, assoc in keys:
         by_target = {t: cells[(corpus_name, assoc, t)] for t in targets
                      if (corpus_name, assoc, t) in cells}
         orthanc = by_target.get("orthanc")
+        orthanc_pg = by_target.get("orthanc-pg")
         scp = by_target.get("storescp")
         for t, cell in by_target.items():
             rate = cell.median_rate()
@@ -111,8 +118,29 @@ def report(cells: dict[tuple[str, int, str], Cell], targets: list[str]) -> str:
                 runs += f" ({len(cell.errors)} failed)"
             vs_o = _ratio(rate, orthanc.median_rate()) if orthanc and t.startswith("vna") else ""
             vs_s = _ratio(rate, scp.median_rate()) if scp and t.startswith("vna") else ""
+            vs_pg = _ratio(rate, orthanc_pg.median_rate()) \
+                if orthanc_pg and t.startswith("vna") else ""
             lines.append(f"| {corpus_name} | {assoc} | {t} | {_fmt(rate)} | "
-                         f"{_fmt(cell.median_mbps())} | {runs} | {vs_o} | {vs_s} |")
+                         f"{_fmt(cell.median_mbps())} | {runs} | {vs_o} | {vs_pg} | {vs_s} |")
+    return "\n".join(lines)
+
+
+def where_the_time_goes(cells: dict[tuple[str, int, str], Cell]) -> str:
+    """Per instance: the wall time, and the CPU time of each component (median of the runs).
+    Two cores give 2 x wall of CPU; what the components leave of it is idle or waiting."""
+    comps = sorted({k for c in cells.values() for run in c.cpu for k in run})
+    lines = ["| corpus | assoc | target | wall ms | " + " | ".join(f"{k} ms" for k in comps)
+             + " | CPU used of 2 cores |", "|---|---:|---|---:|" + "---:|" * len(comps)
+             + "---:|"]
+    for (corpus_name, assoc, t), cell in sorted(cells.items()):
+        if not cell.cpu:
+            continue
+        wall = statistics.median(cell.seconds) / cell.files * 1000
+        per = {k: statistics.median(run.get(k, 0.0) for run in cell.cpu) / cell.files * 1000
+               for k in comps}
+        used = sum(per.values()) / (2 * wall)
+        lines.append(f"| {corpus_name} | {assoc} | {t} | {wall:.2f} | "
+                     + " | ".join(f"{per[k]:.2f}" for k in comps) + f" | {used:.0%} |")
     return "\n".join(lines)
 
 
@@ -178,12 +206,13 @@ def main(argv: list[str] | None = None) -> int:
                             Cell(corpus.name, assoc, t, len(corpus.files), corpus.nbytes))
                         label = f"run {run}/{args.runs} {corpus.name} x{assoc} {t}"
                         try:
-                            s, startup = measure(corpus, t, assoc, workdir, timeout)
+                            s, startup, cpu = measure(corpus, t, assoc, workdir, timeout)
                         except BenchError as exc:
                             cell.errors.append(str(exc))
                             print(f"{label}: FAILED: {exc}", file=sys.stderr, flush=True)
                             continue
                         cell.seconds.append(s)
+                        cell.cpu.append(cpu)
                         print(f"{label}: {len(corpus.files) / s:8.1f} inst/s "
                               f"{corpus.nbytes / 1e6 / s:7.1f} MB/s ({s:.1f} s; "
                               f"started in {startup:.1f} s)",
@@ -193,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
               "x orthanc / x storescp = vna inst/s divided by the peer's")
         print()
         print(report(cells, targets))
+        print()
+        print("Where the time goes: per instance, wall time and CPU time by component "
+              "(medians)")
+        print()
+        print(where_the_time_goes(cells))
         if args.json:
             args.json.write_text(json.dumps(
                 {"environment": env, "cells": [asdict(c) for c in cells.values()]}, indent=2))

@@ -32,7 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PG_ADMIN_DSN = os.environ.get("VNA_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 ORTHANC_BIN = os.environ.get("VNA_BENCH_ORTHANC", "/usr/sbin/Orthanc")
-TARGETS = ("vna", "vna-s3", "orthanc", "storescp")
+TARGETS = ("vna", "vna-s3", "vna-s3-2nodes", "orthanc", "orthanc-pg", "storescp")
+ORTHANC_PG_PLUGIN = os.environ.get(
+    "VNA_BENCH_ORTHANC_PG", "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")
 
 
 class BenchError(RuntimeError):
@@ -364,6 +366,12 @@ class Target:
     def start(self) -> Endpoint:
         raise NotImplementedError
 
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        """Where senders go: one endpoint, or one per node of a scaled-out target."""
+        assert self.endpoint is not None
+        return [self.endpoint]
+
     def count(self) -> int | None:
         """Instances the target holds (to check a run), or None if it cannot tell."""
         return None
@@ -388,7 +396,8 @@ class VnaTarget(Target):
     aet = "VNA"
 
     def __init__(self, workdir: Path, *, s3: bool = False, data_dir: Path | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, weed: Weed | None = None,
+                 db_url: str | None = None) -> None:
         super().__init__(workdir)
         self.name = "vna-s3" if s3 else "vna"
         self.s3 = s3
@@ -396,8 +405,9 @@ class VnaTarget(Target):
         self.data_dir = data_dir
         self.extra_env = extra_env or {}
         self.tmp: Path | None = None
-        self.weed: Weed | None = None
-        self.db_url: str | None = None
+        self.shared = weed is not None  # a node of a scaled-out target: not its to stop
+        self.weed: Weed | None = weed
+        self.db_url: str | None = db_url
         self.proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
@@ -457,6 +467,8 @@ class VnaTarget(Target):
         if self.proc is not None:
             stop_process(self.proc)
             self.proc = None
+        if self.shared:
+            self.weed = self.db_url = None
         if self.weed is not None:
             self.weed.stop()
             self.weed = None
@@ -468,6 +480,51 @@ class VnaTarget(Target):
             remove_tempdir(self.tmp)
             self.tmp = None
             self.data_dir = None
+
+
+class VnaNodesTarget(Target):
+    """The production shape scaled out: two `vna scp` nodes, each with its own local data
+    dir, on one PostgreSQL database and one SeaweedFS bucket; senders go round the nodes."""
+
+    name = "vna-s3-2nodes"
+    aet = "VNA"
+
+    def __init__(self, workdir: Path, nodes: int = 2) -> None:
+        super().__init__(workdir)
+        self.n = nodes
+        self.weed: Weed | None = None
+        self.db_url: str | None = None
+        self.nodes: list[VnaTarget] = []
+        self._endpoints: list[Endpoint] = []
+
+    def start(self) -> Endpoint:
+        self.weed = Weed(self.workdir)
+        self.db_url = create_database()
+        for _ in range(self.n):
+            node = VnaTarget(self.workdir, s3=True, weed=self.weed, db_url=self.db_url)
+            self.nodes.append(node)
+            self._endpoints.append(node.start())
+        self.endpoint = self._endpoints[0]
+        return self.endpoint
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints)
+
+    def count(self) -> int | None:
+        return self.nodes[0].count() if self.nodes else None
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.nodes, self._endpoints = [], []
+        if self.weed is not None:
+            self.weed.stop()
+            self.weed = None
+        if self.db_url is not None:
+            with contextlib.suppress(Exception):
+                drop_database(self.db_url)
+            self.db_url = None
 
 
 class OrthancTarget(Target):
@@ -484,6 +541,10 @@ class OrthancTarget(Target):
         self.http_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def extra_config(self) -> dict[str, object]:
+        """What a variant adds to the default configuration."""
+        return {}
+
     def start(self) -> Endpoint:
         if self.dir is None:
             self.tmp = self.dir = make_tempdir(self.workdir, "orthanc-")
@@ -495,6 +556,7 @@ class OrthancTarget(Target):
             "IndexDirectory": str(self.dir / "index"), "Plugins": [],
             "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": True,
             "DicomCheckCalledAet": False, "RemoteAccessAllowed": False,
+            **self.extra_config(),
         }
         cfg = self.dir / f"orthanc-{port}.json"
         cfg.write_text(json.dumps(config, indent=2))
@@ -522,6 +584,39 @@ class OrthancTarget(Target):
         if self.tmp is not None:
             remove_tempdir(self.tmp)
             self.tmp = self.dir = None
+
+
+class OrthancPgTarget(OrthancTarget):
+    """Orthanc with its PostgreSQL index plugin (Debian `orthanc-postgresql`), storage on
+    disk: Orthanc's own production shape."""
+
+    name = "orthanc-pg"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.db_url: str | None = None
+
+    def extra_config(self) -> dict[str, object]:
+        if not Path(ORTHANC_PG_PLUGIN).exists():
+            raise BenchError(f"{ORTHANC_PG_PLUGIN} is missing (apt-get install "
+                             "orthanc-postgresql)")
+        self.db_url = create_database()
+        host_port = PG_ADMIN_DSN.split("@", 1)[-1].split("/", 1)[0]
+        host, _, port = host_port.partition(":")
+        user = PG_ADMIN_DSN.split("://", 1)[1].split("@", 1)[0] if "@" in PG_ADMIN_DSN \
+            else "postgres"
+        return {"Plugins": [ORTHANC_PG_PLUGIN],
+                "PostgreSQL": {"EnableIndex": True, "EnableStorage": False, "Host": host,
+                               "Port": int(port or 5432), "Database":
+                               self.db_url.rsplit("/", 1)[1], "Username": user,
+                               "Password": "", "Lock": False}}
+
+    def stop(self) -> None:
+        super().stop()
+        if self.db_url is not None:
+            with contextlib.suppress(Exception):
+                drop_database(self.db_url)
+            self.db_url = None
 
 
 class StorescpTarget(Target):
@@ -570,11 +665,68 @@ def make_target(name: str, workdir: Path) -> Target:
         return VnaTarget(workdir)
     if name == "vna-s3":
         return VnaTarget(workdir, s3=True)
+    if name == "vna-s3-2nodes":
+        return VnaNodesTarget(workdir)
     if name == "orthanc":
         return OrthancTarget(workdir)
+    if name == "orthanc-pg":
+        return OrthancPgTarget(workdir)
     if name == "storescp":
         return StorescpTarget(workdir)
     raise BenchError(f"unknown target {name!r} (known: {', '.join(TARGETS)})")
+
+
+# -- where the time goes ---------------------------------------------------------------------------
+
+_COMPONENTS = {"postgres": "postgresql", "weed": "seaweedfs", "Orthanc": "orthanc",
+               "storescp": "storescp"}
+
+
+def _cpu_by_component() -> dict[str, float]:
+    """CPU seconds (user + system) of the live processes, by what they are."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    out: dict[str, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            cpu = (int(fields[11]) + int(fields[12])) / ticks
+            name = _COMPONENTS.get(comm)
+            if name is None and comm.startswith("python"):
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+                name = "vna" if b"vna" in cmd or b"spawn_main" in cmd else None
+        except (OSError, ValueError, IndexError):
+            continue
+        if name is not None:
+            out[name] = out.get(name, 0.0) + cpu
+    return out
+
+
+class CpuMeter:
+    """CPU seconds each component spent between `__init__` and `stop()`: the servers from
+    /proc (they live through the run), the senders (storescu, this process's children,
+    which exit during it) from this process's children's resource usage."""
+
+    def __init__(self) -> None:
+        import resource
+
+        self._start = _cpu_by_component()
+        ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._children = ch.ru_utime + ch.ru_stime
+
+    def stop(self) -> dict[str, float]:
+        import resource
+
+        end = _cpu_by_component()
+        ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = {k: round(end[k] - self._start.get(k, 0.0), 2) for k in end
+               if end[k] - self._start.get(k, 0.0) > 0.005}
+        out["storescu"] = round(ch.ru_utime + ch.ru_stime - self._children, 2)
+        return out
 
 
 # -- the sender ---------------------------------------------------------------------------------
@@ -590,12 +742,14 @@ def split(files: Sequence[Path], n: int) -> list[list[Path]]:
     return [c for c in out if c]
 
 
-def storescu(files: Sequence[Path], endpoint: Endpoint, associations: int, *, tmp: Path,
-             timeout: float) -> float:
+def storescu(files: Sequence[Path], endpoint: Endpoint | Sequence[Endpoint],
+             associations: int, *, tmp: Path, timeout: float) -> float:
     """Send `files` over `associations` parallel storescu processes; the wall time in seconds.
+    Given several endpoints (the nodes of a scaled-out target), the processes go round them.
 
     Each process reads its file list from a response file (@list), so any count fits.
     """
+    targets = [endpoint] if isinstance(endpoint, Endpoint) else list(endpoint)
     chunks = split(files, associations)
     lists, logs = [], []
     for i, chunk in enumerate(chunks):
@@ -608,10 +762,11 @@ def storescu(files: Sequence[Path], endpoint: Endpoint, associations: int, *, tm
         handles: list[IO[bytes]] = [stack.enter_context(open(log, "wb")) for log in logs]
         try:
             t0 = time.perf_counter()
-            for lst, out in zip(lists, handles, strict=True):
+            for i, (lst, out) in enumerate(zip(lists, handles, strict=True)):
+                to = targets[i % len(targets)]
                 procs.append(subprocess.Popen(
-                    [dcmtk("storescu"), "-aet", "BENCHSCU", "-aec", endpoint.aet, endpoint.host,
-                     str(endpoint.port), f"@{lst}"],
+                    [dcmtk("storescu"), "-aet", "BENCHSCU", "-aec", to.aet, to.host,
+                     str(to.port), f"@{lst}"],
                     env=dcmtk_env(), stdout=out, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, start_new_session=True))
                 REGISTRY.procs.append(procs[-1])

@@ -438,8 +438,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise BenchError(f"{name} exited with {proc.returncode} during the soak:\n"
                                  f"{tail(tmp / f'{name}.log')}")
     finally:
-        for proc in services.values():
-            stop_process(proc)
+        for name, proc in services.items():  # the worker may be in a long drain: no waiting
+            stop_process(proc, timeout=3 if name == "worker" else 20)
         weed.stop()
     # Growth is counted from the first sample after a warm-up (imports, pools, caches
     # filling), to the end.
