@@ -287,6 +287,15 @@ def drop_database(name_or_url: str) -> None:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def release(weed: Weed | None, db_url: str | None) -> None:
+    """Stop a target's SeaweedFS and drop its database (either may be None)."""
+    if weed is not None:
+        weed.stop()
+    if db_url is not None:
+        with contextlib.suppress(Exception):
+            drop_database(db_url)
+
+
 class Weed:
     """A one-process SeaweedFS (master, volume, filer, S3) in its own temp dir."""
 
@@ -467,15 +476,9 @@ class VnaTarget(Target):
         if self.proc is not None:
             stop_process(self.proc)
             self.proc = None
-        if self.shared:
-            self.weed = self.db_url = None
-        if self.weed is not None:
-            self.weed.stop()
-            self.weed = None
-        if self.db_url is not None:
-            with contextlib.suppress(Exception):
-                drop_database(self.db_url)
-            self.db_url = None
+        if not self.shared:
+            release(self.weed, self.db_url)
+        self.weed = self.db_url = None
         if self.tmp is not None and not self.keep:
             remove_tempdir(self.tmp)
             self.tmp = None
@@ -518,13 +521,8 @@ class VnaNodesTarget(Target):
         for node in self.nodes:
             node.stop()
         self.nodes, self._endpoints = [], []
-        if self.weed is not None:
-            self.weed.stop()
-            self.weed = None
-        if self.db_url is not None:
-            with contextlib.suppress(Exception):
-                drop_database(self.db_url)
-            self.db_url = None
+        release(self.weed, self.db_url)
+        self.weed = self.db_url = None
 
 
 class OrthancTarget(Target):
@@ -613,10 +611,8 @@ class OrthancPgTarget(OrthancTarget):
 
     def stop(self) -> None:
         super().stop()
-        if self.db_url is not None:
-            with contextlib.suppress(Exception):
-                drop_database(self.db_url)
-            self.db_url = None
+        release(None, self.db_url)
+        self.db_url = None
 
 
 class StorescpTarget(Target):

@@ -21,6 +21,17 @@ from pathlib import Path
 from tests.conftest import free_port, free_port_pair, wait_port
 
 
+def _terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM, and SIGKILL if it has not exited after `timeout` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _pg_bin(tool: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"))
     if not found:
@@ -122,13 +133,7 @@ class RestartableWeed:
 
     def stop(self) -> None:
         """As an operator stops it (SIGTERM); SeaweedFS takes ~15 s to finish."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc, 30)
         self.proc = None
 
     def close(self) -> None:
@@ -159,9 +164,7 @@ class PrivateRedis:
         wait_port(self.port, 30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
+        _terminate(self.proc, 20)
         self.proc = None
 
     def close(self) -> None:

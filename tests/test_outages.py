@@ -7,6 +7,7 @@ nodes on one database and bucket, receiving one study at once."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import Iterator
@@ -35,29 +36,20 @@ def _env(data_dir: Path, *, database_url: str, s3_endpoint: str, bucket: str,
 
 @pytest.fixture
 def private_pg() -> Iterator[PrivatePostgres]:
-    pg = PrivatePostgres()
-    try:
+    with contextlib.closing(PrivatePostgres()) as pg:
         yield pg
-    finally:
-        pg.close()
 
 
 @pytest.fixture
 def private_weed() -> Iterator[RestartableWeed]:
-    weed = RestartableWeed()
-    try:
+    with contextlib.closing(RestartableWeed()) as weed:
         yield weed
-    finally:
-        weed.close()
 
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
-    redis = PrivateRedis()
-    try:
+    with contextlib.closing(PrivateRedis()) as redis:
         yield redis
-    finally:
-        redis.close()
 
 
 def _run_with_outage(backend: Backend, tmp_path: Path, stop: Any, start: Any,

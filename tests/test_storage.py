@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -447,6 +446,8 @@ def test_object_left_by_a_crash_is_replaced(archive: Archive, tmp_path: Path) ->
 def test_an_identical_leftover_is_taken_at_once(archive: Archive, tmp_path: Path) -> None:
     """What a crash left at the key is the very instance being sent again: no waiting for
     a row that will not come; the object is taken as it is."""
+    import time
+
     from storage.archive import prepare
 
     a, _ = _two_versions(tmp_path)
