@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 PG_ADMIN_DSN = os.environ.get("VNA_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 ORTHANC_BIN = os.environ.get("VNA_BENCH_ORTHANC", "/usr/sbin/Orthanc")
-TARGETS = ("vna", "vna-s3", "vna-s3-2nodes", "orthanc", "orthanc-pg", "storescp")
+TARGETS = ("vna", "vna-pg", "vna-s3", "vna-s3-2nodes", "orthanc", "orthanc-pg", "storescp")
 ORTHANC_PG_PLUGIN = os.environ.get(
     "VNA_BENCH_ORTHANC_PG", "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")
 
@@ -400,16 +400,19 @@ class Target:
 
 
 class VnaTarget(Target):
-    """`vna scp`: embedded (files + SQLite) or production-shaped (SeaweedFS S3 + PostgreSQL)."""
+    """`vna scp`: embedded (files + SQLite), on PostgreSQL with files (`pg`, the shape of
+    Orthanc with its PostgreSQL index plugin), or production-shaped (SeaweedFS S3 +
+    PostgreSQL)."""
 
     aet = "VNA"
 
-    def __init__(self, workdir: Path, *, s3: bool = False, data_dir: Path | None = None,
-                 extra_env: dict[str, str] | None = None, weed: Weed | None = None,
-                 db_url: str | None = None) -> None:
+    def __init__(self, workdir: Path, *, s3: bool = False, pg: bool = False,
+                 data_dir: Path | None = None, extra_env: dict[str, str] | None = None,
+                 weed: Weed | None = None, db_url: str | None = None) -> None:
         super().__init__(workdir)
-        self.name = "vna-s3" if s3 else "vna"
+        self.name = "vna-s3" if s3 else "vna-pg" if pg else "vna"
         self.s3 = s3
+        self.pg = pg or s3
         self.keep = data_dir is not None  # a caller-owned data dir (find.py's loaded index)
         self.data_dir = data_dir
         self.extra_env = extra_env or {}
@@ -425,14 +428,16 @@ class VnaTarget(Target):
             self.tmp = make_tempdir(self.workdir, f"{self.name}-")
             self.data_dir = self.tmp / "vna-data"
         env = {"VNA_DATA_DIR": str(self.data_dir), "VNA_FSYNC": "true", **self.extra_env}
+        if self.pg:
+            if self.db_url is None:
+                self.db_url = create_database()
+            env["VNA_DATABASE_URL"] = self.db_url
         if self.s3:
             if self.weed is None:
                 self.weed = Weed(self.workdir)
-            if self.db_url is None:
-                self.db_url = create_database()
             env.update({"VNA_STORAGE": "s3", "VNA_S3_ENDPOINT": self.weed.endpoint,
                         "VNA_S3_ACCESS_KEY": "x", "VNA_S3_SECRET_KEY": "y",
-                        "VNA_S3_BUCKET": "bench", "VNA_DATABASE_URL": self.db_url})
+                        "VNA_S3_BUCKET": "bench"})
         return env
 
     def start(self) -> Endpoint:
@@ -659,6 +664,8 @@ class StorescpTarget(Target):
 def make_target(name: str, workdir: Path) -> Target:
     if name == "vna":
         return VnaTarget(workdir)
+    if name == "vna-pg":
+        return VnaTarget(workdir, pg=True)
     if name == "vna-s3":
         return VnaTarget(workdir, s3=True)
     if name == "vna-s3-2nodes":

@@ -95,6 +95,12 @@ def _check_outage(instances: list[Answer], documents: list[Answer], down: float,
     ok_instances = [a for a in instances if a.status == 0]
     ok_documents = [a for a in documents if a.status == 201]
     assert verify(backend.settings(), ok_instances, ok_documents) == []
+    # for the record (pytest -s): how the outage looked to the clients
+    for name, answers, bad in (("C-STORE", instances, 0xA700), ("upload", documents, 503)):
+        failed = [a.seconds for a in answers if a.status == bad]
+        print(f"{name}: {len(answers) - len(failed)} acknowledged, {len(failed)} refused "
+              f"during the outage, slowest refusal {max(failed):.2f} s, slowest request "
+              f"{max(a.seconds for a in answers):.2f} s")
 
 
 def test_postgresql_restart(private_pg: PrivatePostgres, s3_server: S3Server,
