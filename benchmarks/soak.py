@@ -298,13 +298,13 @@ def verify(env: dict[str, str], sent: Sent) -> dict[str, Any]:
     """Every acknowledged instance and document: its row, its object, its hash."""
     from sqlalchemy import select
 
+    from services.runtime import open_store
     from storage.index.db import Index
     from storage.index.models import Document, Instance
-    from storage.objectstore import make_object_store
     from vna.settings import Settings
 
     settings = Settings(**{k[4:].lower(): v for k, v in env.items() if k.startswith("VNA_")})
-    index, store = Index(settings.resolved_database_url), make_object_store(settings)
+    index, store = Index(settings.resolved_database_url), open_store(settings)
     missing: list[str] = []
     changed: list[str] = []
     try:

@@ -41,7 +41,7 @@ from storage.index.db import Index
 from storage.index.ingest import IndexWriter, InstanceRow
 from storage.index.models import Instance, Patient, Series, Study
 from storage.keys import dicom_object_key
-from storage.objectstore import ObjectStore, make_object_store
+from storage.objectstore import ObjectStore
 from storage.outbox import INSTANCE_STORED
 from vna.dicom.attributes import (
     HEADER_ELEMENTS,
@@ -51,8 +51,7 @@ from vna.dicom.attributes import (
     extract_header,
     header_from_elements,
 )
-from vna.dicom.identity import IdentityConflict, PatientIdentity
-from vna.settings import Settings
+from vna.dicom.identity import ConflictPolicy, IdentityConflict, PatientIdentity
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +234,12 @@ def prepare(path: Path) -> PreparedInstance:
 class Archive:
     """The SOP Instance archive: object store + index, and the one ingest path into them."""
 
-    def __init__(self, settings: Settings, *, index: Index | None = None,
-                 store: ObjectStore | None = None) -> None:
-        self.settings = settings
-        self.index = index or Index(settings.resolved_database_url, fsync=settings.fsync)
-        self.store = store or make_object_store(settings)
+    def __init__(self, index: Index, store: ObjectStore, *,
+                 patient_conflict: ConflictPolicy = ConflictPolicy.REJECT) -> None:
+        self.index = index
+        self.store = store
         self.writer = IndexWriter(self.index.engine.dialect, INSTANCE_STORED,
-                                  settings.patient_conflict)
+                                  patient_conflict)
         # C-STOREs of concurrent associations share a transaction (storage.groupcommit)
         self._group: GroupCommit[Sent, StoreResult | Exception] = GroupCommit(self._commit)
 

@@ -22,9 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
-
-from vna.settings import Settings
+from typing import Any, BinaryIO, Literal, Protocol
 
 STREAM_CHUNK = 1 << 20
 
@@ -682,10 +680,24 @@ def _fsync_file(path: Path | str) -> None:
         os.close(fd)
 
 
-def make_object_store(settings: Settings) -> ObjectStore:
-    """The configured backend (VNA_STORAGE)."""
-    if settings.storage == "s3":
-        return S3ObjectStore(settings.s3_endpoint, settings.s3_access_key,
-                             settings.s3_secret_key, settings.s3_bucket,
-                             secure=settings.s3_secure)
-    return FileObjectStore(settings.objects_dir, fsync=settings.fsync)
+@dataclass(frozen=True)
+class StoreConfig:
+    """Which backend holds the objects, and where: plain values, so that this module needs
+    no settings object (`services.runtime` builds it from VNA_STORAGE, VNA_S3_*, ...)."""
+
+    backend: Literal["file", "s3"]
+    objects_dir: Path  # the file backend's root
+    fsync: bool = True
+    s3_endpoint: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_bucket: str = "vna"
+    s3_secure: bool = False
+
+
+def make_object_store(config: StoreConfig) -> ObjectStore:
+    """The configured backend."""
+    if config.backend == "s3":
+        return S3ObjectStore(config.s3_endpoint, config.s3_access_key, config.s3_secret_key,
+                             config.s3_bucket, secure=config.s3_secure)
+    return FileObjectStore(config.objects_dir, fsync=config.fsync)

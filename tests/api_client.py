@@ -98,9 +98,9 @@ def archive_state(backend: Backend) -> tuple[int, list[str]]:
     finally:
         index.dispose()
     if settings.storage == "s3":
-        from storage.objectstore import make_object_store
+        from services.runtime import open_store
 
-        store = make_object_store(settings)
+        store = open_store(settings)
         objects = sorted(o.key for o in store.list_objects("documents/"))
         uploads = [u.key for u in store.partial_writes() if u.key.startswith("documents/")]
         return rows, objects + [f"(unfinished upload) {u}" for u in uploads]

@@ -215,13 +215,13 @@ def module_backend(request: pytest.FixtureRequest,
 @pytest.fixture
 def archive(backend: Backend) -> Iterator[Any]:
     """The archive (object store and migrated index) of this test's backend."""
-    from storage.archive import Archive
+    from services.runtime import open_archive
     from storage.migrate import upgrade
 
     settings: Any = backend.settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
-    a = Archive(settings)
+    a = open_archive(settings)
     yield a
     a.index.dispose()
 

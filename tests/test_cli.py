@@ -50,11 +50,11 @@ def test_import_folder(backend: Backend, tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert "duplicates" in p.stdout + p.stderr
 
-    from storage.archive import Archive
+    from services.runtime import open_archive
     from storage.index.query import FindQuery, find
     from vna.dicom.attributes import Level
 
-    a = Archive(backend.settings())
+    a = open_archive(backend.settings())
     with a.index.read_session() as s:
         res = find(s, FindQuery.from_identifier(Level.STUDY, [
             ("StudyInstanceUID", study), ("NumberOfStudyRelatedInstances", None)]))

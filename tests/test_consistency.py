@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.runtime import open_archive
 from storage.archive import Archive, prepare
 from storage.consistency import check, sweep
 from storage.keys import document_object_key
@@ -188,7 +189,7 @@ def test_kill_9_mid_upload_leaves_nothing_the_sweep_does_not_remove(
     os.kill(api.proc.pid, signal.SIGKILL)
     api.proc.wait(10)
 
-    archive = Archive(backend.settings())  # type: ignore[arg-type]
+    archive = open_archive(backend.settings())  # type: ignore[arg-type]
     try:
         from sqlalchemy import func, select
 

@@ -14,7 +14,7 @@ from pynetdicom.dsutils import split_dataset
 from sqlalchemy import func, select
 
 from services.dicom_scp.server import TRANSFER_SYNTAXES
-from storage.archive import Archive
+from services.runtime import open_archive
 from storage.index.models import Instance
 from tests import dicom_client as dc
 from tests.conftest import Backend, RunningSCP, free_port, running_scp, start_scp, stop_scp
@@ -58,7 +58,7 @@ CORPUS = pydicom_corpus()
 
 
 def index_count(backend: Backend) -> int:
-    a = Archive(backend.settings())
+    a = open_archive(backend.settings())
     try:
         with a.index.read_session() as s:
             return int(s.execute(select(func.count()).select_from(Instance)).scalar_one())

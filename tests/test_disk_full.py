@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from storage.archive import Archive
+from services.runtime import open_archive
 from storage.index.models import Document, Instance
 from tests import dicom_client as dc
 from tests.conftest import Backend, running_scp
@@ -77,7 +77,7 @@ def leftovers(data_dir: Path, archived: set[str]) -> list[str]:
 
 
 def archived_uids(backend: Backend) -> set[str]:
-    archive = Archive(backend.settings())  # type: ignore[arg-type]
+    archive = open_archive(backend.settings())  # type: ignore[arg-type]
     try:
         with archive.index.read_session() as s:
             return set(s.scalars(select(Instance.sop_instance_uid)))
@@ -150,7 +150,7 @@ def test_upload_on_a_full_disk_is_507(small_disk: Path, tmp_path: Path,
                       ).status_code == 201
     finally:
         stop_api(api)
-    archive = Archive(backend.settings())  # type: ignore[arg-type]
+    archive = open_archive(backend.settings())  # type: ignore[arg-type]
     try:
         with archive.index.read_session() as s:
             keys = set(s.scalars(select(Document.storage_key)))

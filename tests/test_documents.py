@@ -334,9 +334,9 @@ def test_replace_makes_a_new_version(api: RunningAPI, patient: str) -> None:
 # -- timeline --------------------------------------------------------------------------------
 
 def test_patient_timeline(api: RunningAPI, patient: str, tmp_path: object) -> None:
-    from storage.archive import Archive
+    from services.runtime import open_archive
 
-    archive = Archive(api.backend.settings())  # type: ignore[arg-type]
+    archive = open_archive(api.backend.settings())  # type: ignore[arg-type]
     try:
         for i, (date, modality) in enumerate([("20260105", "CT"), ("20260310", "MR")]):
             study = f"1.2.826.0.1.3680043.8.498.77{uuid.uuid4().int % 10**12}"
@@ -617,7 +617,7 @@ def test_patient_portal_uploads_always_wait_for_review(api: RunningAPI, patient:
 
 def test_department_limits_on_review_replace_and_timeline(api: RunningAPI, tmp_path: Path,
                                                           patient: str) -> None:
-    from storage.archive import Archive
+    from services.runtime import open_archive
 
     lung_doc = stored(api, make_pdf(), meta(patient))["uniqueId"]
     derm_photo = stored(api, make_jpeg(), meta(patient, source="patient",
@@ -628,7 +628,7 @@ def test_department_limits_on_review_replace_and_timeline(api: RunningAPI, tmp_p
     r = upload(api.client(api.token("uploader", ["dermatology"])), make_pdf(), {},
                path=f"/api/v1/documents/{lung_doc}/replace")
     assert r.status_code == 403
-    archive = Archive(api.backend.settings())  # type: ignore[arg-type]
+    archive = open_archive(api.backend.settings())  # type: ignore[arg-type]
     try:
         for dept in ("Radiology", "Dermatology"):
             study = f"1.2.826.0.1.3680043.8.498.55{uuid.uuid4().int % 10**12}"

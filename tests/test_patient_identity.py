@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from services.runtime import open_archive
 from storage.archive import Archive
 from storage.index.models import Instance, Series, Study
 from storage.index.query import FindQuery, find
@@ -99,7 +100,7 @@ def test_instance_of_another_patient_in_a_known_study_is_refused(
                                                     "StudyInstanceUID": ""})
         assert [str(r.StudyInstanceUID) for r in found] == [f"{ROOT}.2"]
 
-    archive = Archive(backend.settings())  # type: ignore[arg-type]
+    archive = open_archive(backend.settings())  # type: ignore[arg-type]
     try:
         assert _counts(archive) == (2, 2, 2)
         assert not _object_exists(archive, b)
@@ -144,7 +145,7 @@ def test_accept_files_it_under_the_patient_it_names(embedded: Backend,
     b = _file(tmp_path, patient="PAT-B", study=study)
     with running_scp(embedded, VNA_PATIENT_CONFLICT="accept") as scp:
         assert dc.store(scp.port, [a, b]) == [0, 0]
-    archive = Archive(embedded.settings())  # type: ignore[arg-type]
+    archive = open_archive(embedded.settings())  # type: ignore[arg-type]
     try:
         assert _studies_of(archive, "PAT-A") == [
             {"PatientID": "PAT-A", "StudyInstanceUID": study,
@@ -234,7 +235,7 @@ def test_import_refuses_an_instance_of_another_patient(backend: Backend,
     out = p.stdout + p.stderr
     assert p.returncode == 1, out
     assert b.name in out and "PAT-B" in out
-    archive = Archive(backend.settings())  # type: ignore[arg-type]
+    archive = open_archive(backend.settings())  # type: ignore[arg-type]
     try:
         assert _instances_of(archive, "PAT-A") == [f"{study}.1.1", f"{study}.1.2"]
         assert _instances_of(archive, "PAT-B") == []
@@ -266,7 +267,7 @@ def test_two_senders_racing_two_patients_into_new_studies(backend: Backend,
     for i in range(len(studies)):
         pair = sorted((statuses["PAT-A"][i], statuses["PAT-B"][i]))
         assert pair == [0, STATUS_PATIENT_CONFLICT], (studies[i], pair)
-    archive = Archive(backend.settings())  # type: ignore[arg-type]
+    archive = open_archive(backend.settings())  # type: ignore[arg-type]
     try:
         assert _counts(archive) == (12, 12, 12)
         assert len(_studies_of(archive, "PAT-A")) + len(_studies_of(archive, "PAT-B")) == 12

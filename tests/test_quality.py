@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
+from services.runtime import open_archive
 from storage.archive import Archive
 from storage.derive import Deriver
 from storage.index.models import InstanceFact, StudyFact
@@ -61,7 +62,7 @@ def planted(module_backend: Backend, tmp_path_factory: pytest.TempPathFactory,
     settings = module_backend.settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[attr-defined]
     upgrade(settings.resolved_database_url)  # type: ignore[attr-defined]
-    archive = Archive(settings)  # type: ignore[arg-type]
+    archive = open_archive(settings)  # type: ignore[arg-type]
     tmp = tmp_path_factory.mktemp("quality")
     now = datetime.now(TZ).replace(microsecond=0)
     hour = timedelta(hours=1)

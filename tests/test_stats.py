@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
+from services.runtime import open_archive
 from storage.archive import Archive
 from storage.derive import Deriver
 from storage.migrate import upgrade
@@ -92,7 +93,7 @@ def planted(module_backend: Backend, tmp_path_factory: pytest.TempPathFactory,
     settings = module_backend.settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[attr-defined]
     upgrade(settings.resolved_database_url)  # type: ignore[attr-defined]
-    archive = Archive(settings)  # type: ignore[arg-type]
+    archive = open_archive(settings)  # type: ignore[arg-type]
     data = plant(archive, tmp_path_factory.mktemp("planted"))
     store_document(archive, make_pdf(), "application/pdf")
     deriver = Deriver(archive.index, archive.store)

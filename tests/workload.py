@@ -140,11 +140,11 @@ def verify(settings: Any, instances: list[Answer], documents: list[Answer]) -> l
     index row, and its object the bytes sent with the hash the row records."""
     from sqlalchemy import select
 
-    from storage.archive import Archive
+    from services.runtime import open_archive
     from storage.index.models import Document, Instance
 
     problems: list[str] = []
-    archive = Archive(settings)
+    archive = open_archive(settings)
     try:
         with archive.index.read_session() as s:
             rows = {r.sop_instance_uid: r for r in s.execute(select(

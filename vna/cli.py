@@ -82,13 +82,12 @@ def token_create(
         raise typer.Exit(2) from None
     settings = get_settings()
     _prepare_data_dir(settings)
-    from storage.index.db import Index
+    from services.runtime import open_runtime
     from storage.index.tokens import Tokens
 
-    index = Index(settings.resolved_database_url, fsync=settings.fsync)
-    secret, row = Tokens(index).create(the_role, departments, source=the_source, label=label,
-                                       created_by="cli")
-    index.dispose()
+    with open_runtime(settings) as rt:
+        secret, row = Tokens(rt.index).create(the_role, departments, source=the_source,
+                                              label=label, created_by="cli")
     console.print(f"token {row.id}: role {row.role}, departments "
                   f"{', '.join(row.departments) or 'all'}")
     print(secret)
@@ -103,9 +102,8 @@ def retention_run(
     they select, each with an audit record. Run it with --dry-run first."""
     settings = get_settings()
     _prepare_data_dir(settings)
+    from services.runtime import open_runtime
     from storage import retention
-    from storage.index.db import Index
-    from storage.objectstore import make_object_store
     from vna.retention import load_rules
 
     try:
@@ -116,21 +114,22 @@ def retention_run(
     if not rules:
         console.print(f"no retention rules in {settings.retention_rules_path}: nothing to do")
         return
-    index = Index(settings.resolved_database_url, fsync=settings.fsync)
-    candidates = retention.plan(index, rules)
-    table = Table(title="vna retention" + (" (dry run: nothing deleted)" if dry_run else ""))
-    for col in ("rule", "what", "selected", "oldest"):
-        table.add_column(col)
-    for rule in rules:
-        mine = [c for c in candidates if c.rule == rule.name]
-        oldest = min((c.when for c in mine), default=None)
-        table.add_row(rule.name, rule.target, str(len(mine)),
-                      oldest.date().isoformat() if oldest else "-")
-    console.print(table)
-    if not dry_run and candidates:
-        done = retention.apply(index, make_object_store(settings), candidates)
-        console.print(f"deleted {done} of {len(candidates)} (each recorded in the audit trail)")
-    index.dispose()
+    with open_runtime(settings) as rt:
+        candidates = retention.plan(rt.index, rules)
+        table = Table(title="vna retention" + (" (dry run: nothing deleted)" if dry_run
+                                               else ""))
+        for col in ("rule", "what", "selected", "oldest"):
+            table.add_column(col)
+        for rule in rules:
+            mine = [c for c in candidates if c.rule == rule.name]
+            oldest = min((c.when for c in mine), default=None)
+            table.add_row(rule.name, rule.target, str(len(mine)),
+                          oldest.date().isoformat() if oldest else "-")
+        console.print(table)
+        if not dry_run and candidates:
+            done = retention.apply(rt.index, rt.store, candidates)
+            console.print(f"deleted {done} of {len(candidates)} (each recorded in the audit "
+                          "trail)")
 
 
 @fixity_app.command("run")
@@ -140,13 +139,11 @@ def fixity_run(
     """Re-hash a random sample of objects against the index; exit 1 on any mismatch."""
     settings = get_settings()
     _prepare_data_dir(settings)
+    from services.runtime import open_runtime
     from storage.fixity import run_fixity
-    from storage.index.db import Index
-    from storage.objectstore import make_object_store
 
-    index = Index(settings.resolved_database_url, fsync=settings.fsync)
-    result = run_fixity(index, make_object_store(settings), sample=sample)
-    index.dispose()
+    with open_runtime(settings) as rt:
+        result = run_fixity(rt.index, rt.store, sample=sample)
     console.print(f"{result.checked} objects re-hashed, {len(result.mismatches)} mismatches")
     for m in result.mismatches:
         state = "missing" if m["found"] is None else "content changed"
@@ -176,16 +173,13 @@ def check(
 
     settings = get_settings()
     _prepare_data_dir(settings)
+    from services.runtime import open_runtime
     from storage.consistency import check as run_check
-    from storage.index.db import Index
-    from storage.objectstore import make_object_store
 
-    index = Index(settings.resolved_database_url, fsync=settings.fsync)
-    with console.status("checking index and object store"):
-        report = run_check(index, make_object_store(settings), repair=repair, hashes=hashes,
+    with open_runtime(settings) as rt, console.status("checking index and object store"):
+        report = run_check(rt.index, rt.store, repair=repair, hashes=hashes,
                            grace=timedelta(minutes=grace_minutes),
                            partial_grace=timedelta(hours=upload_grace_hours))
-    index.dispose()
     table = Table(title="vna check" + (" (repair)" if repair else ""))
     for col in ("finding", "count", "mended"):
         table.add_column(col, justify="left" if col == "finding" else "right")
@@ -286,10 +280,12 @@ def import_(
     """
     settings = get_settings()
     _prepare_data_dir(settings)
-    from storage.archive import Archive, iter_dicom_files
+    from services.runtime import open_runtime
+    from storage.archive import iter_dicom_files
 
     files = list(iter_dicom_files(paths))
-    archive = Archive(settings)
+    runtime = open_runtime(settings)
+    archive = runtime.archive
     counts: Counter[str] = Counter()
     refused: list[tuple[Path, str]] = []
     nbytes = 0
@@ -310,7 +306,7 @@ def import_(
             progress.update(task, advance=len(chunk),
                             rate=f"{(i + len(chunk)) / max(elapsed, 1e-9):.0f} files/s")
     elapsed = time.perf_counter() - t0
-    archive.index.dispose()
+    runtime.close()
     table = Table(title="vna import")
     table.add_column("result")
     table.add_column("files", justify="right")

@@ -7,12 +7,10 @@ from zoneinfo import ZoneInfo
 
 from celery import shared_task
 
+from services.runtime import open_runtime
 from storage.consistency import sweep
 from storage.derive import Deriver
 from storage.fixity import run_fixity
-from storage.index.db import Index
-from storage.objectstore import make_object_store
-from vna.settings import get_settings
 
 
 @shared_task(name="vna.ping", ignore_result=False)
@@ -23,9 +21,10 @@ def ping() -> str:
 
 @cache
 def _deriver() -> Deriver:
-    settings = get_settings()
-    return Deriver(Index(settings.resolved_database_url, fsync=settings.fsync),
-                   make_object_store(settings), ZoneInfo(settings.timezone))
+    """The worker process's deriver, on the index and store of its runtime (opened once per
+    process: a pool process's own, after the fork)."""
+    runtime = open_runtime()
+    return Deriver(runtime.index, runtime.store, ZoneInfo(runtime.settings.timezone))
 
 
 @shared_task(name="vna.outbox.drain", ignore_result=True, acks_late=True,

@@ -13,14 +13,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 import vna
+from services.runtime import open_runtime
 from services.xds_api import admin, dashboard, documents, metrics, stats
 from services.xds_api.audit import AuditMiddleware
 from services.xds_api.security import ensure_admin_token
 from storage.errors import FailureLog, is_storage_full
-from storage.index.db import Index
 from storage.index.documents import Documents
 from storage.index.tokens import AuditTrail, Tokens
-from storage.objectstore import ObjectNotFound, make_object_store
+from storage.objectstore import ObjectNotFound
 from vna.settings import Settings, get_settings
 
 log = logging.getLogger("vna.http")
@@ -28,13 +28,14 @@ log = logging.getLogger("vna.http")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    index = Index(settings.resolved_database_url, fsync=settings.fsync)
+    runtime = open_runtime(settings)
+    index = runtime.index
     app = FastAPI(title="vna", version=vna.__version__,
                   description="Enterprise imaging archive: DICOM and XDS-style documents. "
                               "Every endpoint but /health needs `Authorization: Bearer`.")
     app.state.settings = settings
     app.state.index = index
-    app.state.store = make_object_store(settings)
+    app.state.store = runtime.store
     app.state.documents = Documents(index)
     app.state.tokens = Tokens(index)
     app.state.audit = AuditTrail(index)
