@@ -46,8 +46,8 @@ from services.dicom_scp import fastpath, metrics
 from services.dicom_scp.handlers import DicomService
 from services.dicom_scp.retrieve import install_send_as_stored
 from services.dicom_scp.storage_association import StorageAcceptor
+from services.runtime import open_archive
 from services.supervision import configure_logging, die_with_parent, wait_for_free_port
-from storage.archive import Archive
 from storage.objectstore import remove_stale_files
 from vna.dicom.net import enable_client_tcp_nodelay
 from vna.settings import Settings
@@ -152,7 +152,7 @@ def run_server_process(settings: Settings, ready: Any = None,
         die_with_parent(parent_pid)
     configure_logging(settings.log_level)
     configure_process(settings)
-    archive = Archive(settings)
+    archive = open_archive(settings)
     service = DicomService(settings, archive)
     ae = build_ae(settings)
     server = cast(ReusePortServer, ae.make_server(
