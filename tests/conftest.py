@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-VNA = [sys.executable, "-m", "vna.cli"]
+VNA = [sys.executable, "-m", "services.cli"]
 PG_ADMIN_URL = os.environ.get("VNA_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -21,7 +21,7 @@ import pytest
 import typer.main
 import yaml
 
-from vna.cli import app
+from services.cli import app
 from vna.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -278,7 +278,7 @@ def test_dockerfile_installs_the_package_with_the_vna_script() -> None:
     assert re.search(r"pip install (\S+ )*\.(\s|$)", runs), "the image must `pip install .`"
     pyproject = tomllib.loads(PYPROJECT.read_text())
     scripts = pyproject["project"]["scripts"]
-    assert scripts.get("vna") == "vna.cli:app", scripts
+    assert scripts.get("vna") == "services.cli:app", scripts
     import importlib
 
     module, _, attr = scripts["vna"].partition(":")
@@ -321,7 +321,7 @@ def test_dockerignore_keeps_what_the_image_needs() -> None:
 @pytest.mark.parametrize("path", command_paths(CLI), ids=" ".join)
 def test_subcommand_help(path: tuple[str, ...]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VNA_")}
-    proc = subprocess.run([sys.executable, "-m", "vna.cli", *path, "--help"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "services.cli", *path, "--help"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr or proc.stdout
     assert "Usage" in proc.stdout

@@ -1,4 +1,5 @@
-"""The `vna` command line (typer + rich)."""
+"""The `vna` command line (typer + rich): an edge, like the DICOM and HTTP services, so it
+lives with them and may import every one of them (the domain package `vna` imports none)."""
 
 from __future__ import annotations
 
@@ -353,7 +354,7 @@ def up() -> None:
     from services.xds_api.security import ensure_admin_token
 
     token, created = ensure_admin_token(settings)
-    cmd = [sys.executable, "-m", "vna.cli"]
+    cmd = [sys.executable, "-m", "services.cli"]
     # Own sessions (Ctrl-C at the terminal reaches this process, which stops them in
     # order); each dies with this process however it dies (services.supervision).
     children = {
