@@ -7,14 +7,13 @@ Create Date: 2026-11-22 09:20:00
 Fills the new columns and tables from the instance facts already derived, so lead times
 and quality findings of earlier periods stay as they were.
 """
+import math
 from collections import Counter
-from datetime import UTC
+from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
-
-from storage.index.models import UTCDateTime
-from vna.leadtimes import arrival_bin
 
 revision = '0004'
 down_revision = '0003'
@@ -22,6 +21,40 @@ branch_labels = None
 depends_on = None
 
 _BATCH = 10_000
+
+# Frozen copies of what this revision was written with (storage.index.models.UTCDateTime,
+# vna.leadtimes.arrival_bin as of 0004): a later change of the live code must not change
+# what an old migration does to a database that is only now catching up.
+_LINEAR_SECONDS = 128
+_BINS_PER_DOUBLING = 64
+
+
+def arrival_bin(seconds: float) -> int:
+    """The histogram bin of an arrival delay in seconds."""
+    if seconds < 0:
+        return -1 - arrival_bin(-seconds)
+    if seconds < _LINEAR_SECONDS:
+        return int(seconds)
+    return _LINEAR_SECONDS + int(_BINS_PER_DOUBLING * math.log2(seconds / _LINEAR_SECONDS))
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Aware UTC in and out (SQLite keeps no zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return _utc(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return _utc(value)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def upgrade() -> None:
