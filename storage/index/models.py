@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from vna.quality import LATE_ARRIVAL
+from vna.stats import Dimension
 
 
 class Base(DeclarativeBase):
@@ -346,8 +347,8 @@ class StudyFact(Base):
     several_names: Mapped[bool] = mapped_column(Boolean)
 
 
-STATS_DIMENSIONS = ("modality", "department", "referrer", "source_ae", "station", "body_part",
-                    "document_class")
+# The rollup's key columns: one for each dimension the stats API breaks volumes down by.
+STATS_DIMENSIONS = tuple(d.value for d in Dimension)
 
 
 class StatsHourly(Base):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +38,8 @@ def utc_hour(t: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class RollupKey:
-    """One counted thing: its hour (UTC), kind, dimensions ('' = unknown) and size."""
+    """One counted thing: its hour (UTC), kind, a field for each of `STATS_DIMENSIONS`
+    (read by name; '' = unknown) and size."""
 
     hour: datetime
     kind: str
@@ -90,7 +91,7 @@ def add_to_rollup(conn: Connection, keys: Iterable[RollupKey]) -> None:
     totals: Counter[tuple[Any, ...]] = Counter()
     sizes: Counter[tuple[Any, ...]] = Counter()
     for k in keys:
-        key = tuple(getattr(k, f.name) for f in fields(k) if f.name != "size")
+        key = tuple(getattr(k, column) for column in _KEY_COLUMNS)
         totals[key] += 1
         sizes[key] += k.size
     if not totals:
