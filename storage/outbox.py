@@ -76,3 +76,10 @@ def lag(index: Index) -> tuple[int, float]:
     if not oldest:
         return 0, 0.0
     return int(count), max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+
+
+def given_up(index: Index) -> int:
+    """Events no worker will take again (MAX_ATTEMPTS failed): an operator must look."""
+    with index.read_session() as s:
+        return int(s.scalar(select(func.count()).where(
+            OutboxEvent.processed_at.is_(None), OutboxEvent.attempts >= MAX_ATTEMPTS)) or 0)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+
+from vna.quality import Distribution
 
 LINEAR_SECONDS = 128  # below this, one bin per second
 BINS_PER_DOUBLING = 64
@@ -58,13 +59,12 @@ def histogram_percentiles(counts: Mapping[int, int],
     return out
 
 
-def arrival_summary(by_modality: Mapping[str, Counter[int]]) -> dict[str, Any]:
-    """The answer of the stats API for per-modality histograms: count and percentiles
-    overall and by modality, and the resolution they are read with."""
+def arrival_summary(by_modality: Mapping[str, Counter[int]]) -> Distribution:
+    """Count and percentiles of per-modality histograms, overall and by modality (read
+    with RELATIVE_RESOLUTION)."""
     overall: Counter[int] = Counter()
     for histogram in by_modality.values():
         overall.update(histogram)
-    return {"n": overall.total(), **histogram_percentiles(overall),
-            "byModality": {m: {"n": h.total(), **histogram_percentiles(h)}
-                           for m, h in sorted(by_modality.items())},
-            "relativeResolution": round(RELATIVE_RESOLUTION, 4)}
+    return Distribution(overall.total(), histogram_percentiles(overall),
+                        {m: Distribution(h.total(), histogram_percentiles(h))
+                         for m, h in sorted(by_modality.items())})

@@ -7,6 +7,8 @@ VNA_TIMEZONE); the archive's own times are UTC.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -106,3 +108,80 @@ def percentiles(values: list[float], points: tuple[int, ...] = (50, 90)) -> dict
         rank = max(1, -(-p * len(ordered) // 100))  # ceil(p/100 * n)
         out[f"p{p}"] = round(ordered[rank - 1], 1)
     return out
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """How many values there are and their percentiles ({"p50": ..., "p90": ...}; empty
+    without values), overall and by modality."""
+
+    n: int
+    percentiles: dict[str, float]
+    by_modality: dict[str, Distribution] = field(default_factory=dict)
+
+
+def exam_durations(exams: Iterable[tuple[str, str | None, float]]) -> Distribution:
+    """(Study Instance UID, modality, seconds) of exams -> their durations' distribution."""
+    rows = list(exams)
+    by_modality: dict[str, list[float]] = {}
+    for _uid, modality, seconds in rows:
+        by_modality.setdefault(modality or "", []).append(seconds)
+    return Distribution(len(rows), percentiles([r[2] for r in rows]),
+                        {m: Distribution(len(v), percentiles(v))
+                         for m, v in sorted(by_modality.items())})
+
+
+Examples = tuple[int, list[str]]  # how many, and the first ten
+
+
+@dataclass(frozen=True)
+class QualityFacts:
+    """What the quality rules read for a period (`storage.index.stats` gathers them)."""
+
+    exams: list[tuple[str, str | None, float]]  # (study UID, modality, seconds)
+    late_arrivals: Examples
+    missing_referrer: Examples
+    missing_accession: Examples
+    patient_ids: list[str]
+    several_names: Examples
+    patient_conflicts: Examples
+    uid_conflicts: Examples
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One data-quality rule's result: how many, and up to ten examples."""
+
+    rule: str
+    description: str
+    count: int
+    examples: list[str]
+
+
+def findings(facts: QualityFacts) -> list[Finding]:
+    """Every rule's findings in the period, in a fixed order."""
+    short = [uid for uid, modality, seconds in facts.exams
+             if modality in SHORT_EXAM_MODALITIES and seconds < SHORT_EXAM_SECONDS]
+    invalid = [pid for pid in facts.patient_ids
+               if looks_like_personnummer(pid) and not valid_personnummer(pid)]
+    return [
+        Finding("short_ct_mr_exam", f"CT/MR exam under {SHORT_EXAM_SECONDS} s from "
+                f"performed procedure step start to end", len(short), short[:10]),
+        Finding("missing_referrer", "study without ReferringPhysicianName",
+                *facts.missing_referrer),
+        Finding("missing_accession_number", "study without AccessionNumber",
+                *facts.missing_accession),
+        Finding("invalid_personnummer", "patient ID shaped like a Swedish personnummer or "
+                "samordningsnummer whose check digit or date is wrong",
+                len(invalid), invalid[:10]),
+        Finding("several_names", "one patient ID with several patient names",
+                *facts.several_names),
+        Finding("late_arrival", "instance archived more than 24 h after it was acquired",
+                *facts.late_arrivals),
+        Finding("patient_conflict", "instance of a study (or SOP Instance) the archive holds "
+                "for another patient: refused, or filed under its own patient "
+                "(VNA_PATIENT_CONFLICT); examples are the studies", *facts.patient_conflicts),
+        Finding("uid_conflict", "SOP Instance UID archived with other content or in another "
+                "series or study, or a series archived in another study: refused; examples "
+                "are the studies sent", *facts.uid_conflicts),
+    ]

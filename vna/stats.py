@@ -1,5 +1,6 @@
 """Statistics definitions: dimensions, intervals, filters and how hourly rollups become the
-series and matrices a controller reads. Pure: the queries live in `storage/index/stats.py`.
+series and matrices a controller reads, as typed values. Pure: the queries live in
+`storage/index/stats.py`, the JSON the API makes of them in `services/xds_api/schemas.py`.
 
 Volumes are counted when the archive received the data (instances: received time;
 documents: submission time), in hourly buckets kept in UTC and shown in the region's time
@@ -136,43 +137,88 @@ def workload_matrix(rows: Iterable[tuple[datetime, int]], tz: ZoneInfo) -> list[
     return matrix
 
 
-def throughput(rows: Iterable[tuple[datetime, str, int, int]]) -> dict[str, object]:
+@dataclass(frozen=True)
+class PeakHour:
+    hour: datetime  # UTC
+    instances_per_second: float
+    mb_per_second: float
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Ingest rates, per second over the hours that had any ingest, and the busiest hour."""
+
+    instances_per_second: float
+    mb_per_second: float
+    peak: PeakHour | None
+    active_hours: int
+
+
+@dataclass(frozen=True)
+class Throughput:
+    overall: Rates
+    by_source_ae: dict[str, Rates]
+
+
+def throughput(rows: Iterable[tuple[datetime, str, int, int]]) -> Throughput:
     """(hour, source AE, count, bytes) rows -> average and peak-hour ingest rates, overall
-    and per source AE. Rates are per second over the hours that had any ingest."""
+    and per source AE."""
     per_hour: dict[datetime, Point] = defaultdict(Point)
     per_ae: dict[str, dict[datetime, Point]] = defaultdict(lambda: defaultdict(Point))
     for hour, ae, count, size in rows:
         for p in (per_hour[hour], per_ae[ae][hour]):
             p.count += count
             p.bytes += size
-    return {**_rates(per_hour),
-            "bySourceAe": {ae: _rates(hours) for ae, hours in sorted(per_ae.items())}}
+    return Throughput(_rates(per_hour),
+                      {ae: _rates(hours) for ae, hours in sorted(per_ae.items())})
 
 
-def _rates(hours: dict[datetime, Point]) -> dict[str, object]:
+def _rates(hours: dict[datetime, Point]) -> Rates:
     if not hours:
-        return {"instancesPerSecond": 0.0, "mbPerSecond": 0.0, "peak": None, "activeHours": 0}
+        return Rates(0.0, 0.0, None, 0)
     count = sum(p.count for p in hours.values())
     size = sum(p.bytes for p in hours.values())
     seconds = 3600 * len(hours)
     peak_hour, peak = max(hours.items(), key=lambda kv: kv[1].count)
-    return {"instancesPerSecond": round(count / seconds, 4),
-            "mbPerSecond": round(size / 1e6 / seconds, 4),
-            "peak": {"hour": peak_hour.isoformat(),
-                     "instancesPerSecond": round(peak.count / 3600, 4),
-                     "mbPerSecond": round(peak.bytes / 1e6 / 3600, 4)},
-            "activeHours": len(hours)}
+    return Rates(round(count / seconds, 4), round(size / 1e6 / seconds, 4),
+                 PeakHour(peak_hour, round(peak.count / 3600, 4),
+                          round(peak.bytes / 1e6 / 3600, 4)),
+                 len(hours))
+
+
+@dataclass(frozen=True)
+class GrowthPoint:
+    start: datetime  # the interval's start, local time
+    added: int  # bytes
+    total: int  # bytes stored at the interval's end
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A least-squares line through the totals: growth per interval and the totals of the
+    next intervals."""
+
+    growth_per_interval: int
+    next: list[int]
+    method: str = "least-squares line over the period"
+
+
+@dataclass(frozen=True)
+class StorageGrowth:
+    series: dict[str, list[GrowthPoint]]  # by dimension value, sorted
+    total: list[tuple[datetime, int]]  # (interval start, bytes stored in all)
+    forecast: Forecast | None  # None with fewer than two intervals
 
 
 def storage_growth(rows: Iterable[tuple[datetime, str, int, int]], interval: Interval,
                    tz: ZoneInfo, start_bytes: dict[str, int],
-                   forecast_intervals: int = 6) -> dict[str, object]:
+                   forecast_intervals: int = 6) -> StorageGrowth:
     """Bytes added per interval and cumulated (from what was stored before the period), per
-    key, plus a least-squares linear forecast of the total's growth."""
+    key, plus a linear forecast of the total's growth."""
     series = volume_series(rows, interval, tz)
     keys = sorted(set(series) | set(start_bytes))
     starts = sorted({t for pts in series.values() for t in pts})
-    out = []
+    out: dict[str, list[GrowthPoint]] = {}
     total_by_t: dict[datetime, int] = defaultdict(int)
     for key in keys:
         running = start_bytes.get(key, 0)
@@ -181,15 +227,14 @@ def storage_growth(rows: Iterable[tuple[datetime, str, int, int]], interval: Int
             added = series.get(key, {}).get(t, Point()).bytes
             running += added
             total_by_t[t] += running
-            points.append({"start": t.isoformat(), "added": added, "total": running})
-        out.append({"key": key, "points": points})
+            points.append(GrowthPoint(t, added, running))
+        out[key] = points
     totals = [total_by_t[t] for t in starts]
-    return {"series": out, "total": [{"start": t.isoformat(), "total": v}
-                                     for t, v in zip(starts, totals, strict=True)],
-            "forecast": _linear_forecast(totals, forecast_intervals)}
+    return StorageGrowth(out, list(zip(starts, totals, strict=True)),
+                         _linear_forecast(totals, forecast_intervals))
 
 
-def _linear_forecast(values: list[int], ahead: int) -> dict[str, object] | None:
+def _linear_forecast(values: list[int], ahead: int) -> Forecast | None:
     """Fit total = a + b*i; the growth per interval (b) and the totals `ahead` intervals on."""
     n = len(values)
     if n < 2:
@@ -198,5 +243,4 @@ def _linear_forecast(values: list[int], ahead: int) -> dict[str, object] | None:
     sxx = sum((i - mean_x) ** 2 for i in range(n))
     b = sum((i - mean_x) * (v - mean_y) for i, v in enumerate(values)) / sxx
     a = mean_y - b * mean_x
-    return {"growthPerInterval": round(b), "method": "least-squares line over the period",
-            "next": [round(a + b * (n + k)) for k in range(ahead)]}
+    return Forecast(round(b), [round(a + b * (n + k)) for k in range(ahead)])

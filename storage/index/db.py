@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Dialect, Engine, create_engine, event
+from sqlalchemy import Connection, Dialect, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -250,6 +250,15 @@ class Index:
         """A session for queries: on SQLite it does not take the write lock."""
         with self.read_sessions() as s, s.begin():
             yield s
+
+    def ping(self) -> bool:
+        """Whether the database answers a query now (a health check: any failure is no)."""
+        try:
+            with self.read_session() as s:
+                s.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
 
     def dispose(self) -> None:
         with self._cursor_lock:

@@ -1,5 +1,6 @@
 """The one place statistics queries are built: the hourly rollup (`stats_hourly`) that the
-workers add to, and what the stats API reads from it and from the index."""
+workers add to, and what the stats API and /metrics read from it and from the index
+(`StatsReader`: each answer from one read transaction)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy import and_, case, func, not_, or_, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from storage.index.db import dialect_insert
+from storage.index.db import Index, dialect_insert
 from storage.index.models import (
     LATE_ARRIVAL_SQL,
     STATS_DIMENSIONS,
@@ -28,6 +29,7 @@ from storage.index.models import (
     StudyFact,
 )
 from vna.leadtimes import arrival_bin
+from vna.quality import QualityFacts
 from vna.stats import Dimension, Filters, Period
 
 
@@ -306,3 +308,79 @@ def ingest_conflicts(session: Session, period: Period, rule: str) -> tuple[int, 
                                .group_by(IngestConflict.study_instance_uid)
                                .order_by(first).limit(10)).all()
     return int(count), list(examples)
+
+
+def stored_by_source(session: Session) -> list[tuple[str, str, int, int]]:
+    """(kind, source AE, count, bytes) of everything ever archived: what /metrics counts."""
+    rows = session.execute(select(StatsHourly.kind, StatsHourly.source_ae,
+                                  func.sum(StatsHourly.count), func.sum(StatsHourly.bytes))
+                           .group_by(StatsHourly.kind, StatsHourly.source_ae))
+    return [(kind, ae, int(count), int(size)) for kind, ae, count, size in rows]
+
+
+# -- what each answer of the stats API reads ---------------------------------------------
+
+Totals = dict[tuple[str, str], tuple[int, int]]  # (kind, dimension value) -> (count, bytes)
+
+
+@dataclass(frozen=True)
+class Summary:
+    patients: int
+    studies: int
+    series: int
+    totals: Totals  # dimension value ''
+    by_modality: Totals
+    by_department: Totals
+
+
+class StatsReader:
+    """The stats API's reads: one read transaction each, so that the numbers of one answer
+    come from one snapshot of the index."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+
+    def summary(self, period: Period, filters: Filters) -> Summary:
+        with self.index.read_session() as s:
+            patients, studies, series = study_counts(s, period)
+            return Summary(patients, studies, series, totals_by(s, period, filters, None),
+                           totals_by(s, period, filters, Dimension.MODALITY),
+                           totals_by(s, period, filters, Dimension.DEPARTMENT))
+
+    def volumes(self, period: Period, filters: Filters, dimension: Dimension,
+                kind: str | None) -> list[tuple[datetime, str, int, int]]:
+        with self.index.read_session() as s:
+            return volume_rows(s, period, filters, dimension, kind)
+
+    def workload(self, period: Period, filters: Filters,
+                 kind: str | None) -> list[tuple[datetime, int]]:
+        with self.index.read_session() as s:
+            return workload_rows(s, period, filters, kind)
+
+    def growth(self, period: Period, filters: Filters, dimension: Dimension,
+               kind: str | None) -> tuple[list[tuple[datetime, str, int, int]], dict[str, int]]:
+        """The period's volume rows and the bytes stored before it, by dimension value."""
+        with self.index.read_session() as s:
+            return (volume_rows(s, period, filters, dimension, kind),
+                    bytes_before(s, period, filters, dimension, kind))
+
+    def leadtimes(self, period: Period) -> tuple[dict[str, Counter[int]],
+                                                 list[tuple[str, str | None, float]]]:
+        """Arrival-delay histograms by modality, and the exam durations of the period."""
+        with self.index.read_session() as s:
+            return arrival_histograms(s, period), exam_durations(s, period)
+
+    def quality(self, period: Period) -> QualityFacts:
+        with self.index.read_session() as s:
+            return QualityFacts(
+                exams=exam_durations(s, period), late_arrivals=late_arrivals(s, period),
+                missing_referrer=studies_missing(s, period, "referring_physician_name"),
+                missing_accession=studies_missing(s, period, "accession_number"),
+                patient_ids=patient_ids(s, period),
+                several_names=ids_with_several_names(s, period),
+                patient_conflicts=ingest_conflicts(s, period, "patient_conflict"),
+                uid_conflicts=ingest_conflicts(s, period, "uid_conflict"))
+
+    def stored_by_source(self) -> list[tuple[str, str, int, int]]:
+        with self.index.read_session() as s:
+            return stored_by_source(s)
