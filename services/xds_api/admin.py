@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from services.xds_api.deps import AuditTrailDep, TokensDep
+from services.xds_api.schemas import AuditEventOut, AuditPage
 from services.xds_api.security import audit_context, authorize
 from storage.index.models import ApiToken
 from vna.access import Action, InvalidToken, Principal, Role
@@ -46,11 +48,11 @@ class CreatedToken(TokenInfo):
 
 
 @router.post("/tokens", status_code=201, response_model=CreatedToken)
-def create_token(request: Request, body: TokenRequest,
-                 principal: Principal = authorize(Action.TOKEN_CREATE)) -> Any:
+def create_token(request: Request, body: TokenRequest, tokens: TokensDep,
+                 principal: Annotated[Principal, authorize(Action.TOKEN_CREATE)]) -> Any:
     """A new bearer token with a role, optionally limited to departments (empty: all)."""
     try:
-        secret, row = request.app.state.tokens.create(
+        secret, row = tokens.create(
             body.role, body.departments, source=body.source, label=body.label,
             created_by=principal.token_id)
     except InvalidToken as exc:
@@ -60,22 +62,24 @@ def create_token(request: Request, body: TokenRequest,
 
 
 @router.get("/tokens", response_model=list[TokenInfo])
-def list_tokens(request: Request, _: Principal = authorize(Action.TOKEN_LIST)) -> Any:
-    return [TokenInfo.of(r) for r in request.app.state.tokens.list()]
+def list_tokens(tokens: TokensDep,
+                _: Annotated[Principal, authorize(Action.TOKEN_LIST)]) -> Any:
+    return [TokenInfo.of(r) for r in tokens.list()]
 
 
 @router.delete("/tokens/{token_id}", status_code=204)
-def revoke_token(request: Request, token_id: str,
-                 _: Principal = authorize(Action.TOKEN_REVOKE)) -> None:
+def revoke_token(request: Request, token_id: str, tokens: TokensDep,
+                 _: Annotated[Principal, authorize(Action.TOKEN_REVOKE)]) -> None:
     audit_context(request).resource = token_id
-    if not request.app.state.tokens.revoke(token_id):
+    if not tokens.revoke(token_id):
         raise HTTPException(404, f"no active token {token_id}")
 
 
-@router.get("/audit")
+@router.get("/audit", response_model=AuditPage)
 def list_audit(
     request: Request,
-    _: Principal = authorize(Action.AUDIT_LIST),
+    trail: AuditTrailDep,
+    _: Annotated[Principal, authorize(Action.AUDIT_LIST)],
     tokenId: str | None = None,
     patientId: Annotated[str | None, Query(pattern=PATIENT_ID_PATTERN)] = None,
     action: Action | None = None,
@@ -83,10 +87,10 @@ def list_audit(
     until: Annotated[datetime | None, Query(alias="to")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> Any:
+) -> AuditPage:
     """Who read or wrote which patient's data, when, and how it ended; newest first."""
     audit_context(request).patient_id = patientId
-    events = request.app.state.audit.list(
+    events = trail.list(
         token_id=tokenId, patient_id=patientId, action=action and action.value,
         since=since, until=until, limit=limit, offset=offset)
-    return {"limit": limit, "offset": offset, "events": events}
+    return AuditPage(limit=limit, offset=offset, events=[AuditEventOut.of(e) for e in events])

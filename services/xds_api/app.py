@@ -1,53 +1,63 @@
-"""The HTTP service: FastAPI app factory. Documents, tokens and audit mount here; DICOMweb
-and statistics will."""
+"""The HTTP service: FastAPI app factory. Documents, tokens, audit, statistics, the
+dashboard and operations (/health, /metrics) mount here; DICOMweb will."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 import vna
-from services.runtime import open_runtime
-from services.xds_api import admin, dashboard, documents, metrics, stats
+from services.runtime import Runtime, open_runtime
+from services.xds_api import admin, dashboard, documents, operations, stats
 from services.xds_api.audit import AuditMiddleware
+from services.xds_api.deps import ApiContext
+from services.xds_api.metrics import Metrics
 from services.xds_api.security import ensure_admin_token
 from storage.errors import FailureLog, is_storage_full
 from storage.index.documents import Documents
+from storage.index.stats import StatsReader
 from storage.index.tokens import AuditTrail, Tokens
 from storage.objectstore import ObjectNotFound
-from vna.settings import Settings, get_settings
+from vna.settings import Settings
 
 log = logging.getLogger("vna.http")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
-    runtime = open_runtime(settings)
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """The app on `runtime` (opened from `settings` if not given); its lifespan closes the
+    runtime when the server stops."""
+    runtime = runtime or open_runtime(settings)
     index = runtime.index
-    app = FastAPI(title="vna", version=vna.__version__,
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            runtime.close()
+
+    app = FastAPI(title="vna", version=vna.__version__, lifespan=lifespan,
                   description="Enterprise imaging archive: DICOM and XDS-style documents. "
                               "Every endpoint but /health needs `Authorization: Bearer`.")
-    app.state.settings = settings
-    app.state.index = index
-    app.state.store = runtime.store
-    app.state.documents = Documents(index)
-    app.state.tokens = Tokens(index)
-    app.state.audit = AuditTrail(index)
-    app.state.tokens.install_bootstrap(ensure_admin_token(settings)[0])
+    context = ApiContext(runtime=runtime, documents=Documents(index), tokens=Tokens(index),
+                         audit=AuditTrail(index), stats=StatsReader(index),
+                         metrics=Metrics(index, runtime.settings.scp_metrics_dir))
+    app.state.context = context
+    _ = runtime.store  # opened now: an S3 server that is not there fails the start
+    context.tokens.install_bootstrap(ensure_admin_token(runtime.settings)[0])
     app.include_router(documents.router)
     app.include_router(admin.router)
     app.include_router(stats.router)
-    app.include_router(metrics.router)
+    app.include_router(operations.router)
     app.include_router(dashboard.router)
-    app.state.metrics = metrics.Metrics(index, settings.scp_metrics_dir)
     failures = FailureLog(log)
-    app.add_middleware(AuditMiddleware, trail=app.state.audit, metrics=app.state.metrics,
+    app.add_middleware(AuditMiddleware, trail=context.audit, metrics=context.metrics,
                        failures=failures)
 
     @app.exception_handler(ObjectNotFound)
@@ -75,15 +85,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                            for e in exc.errors())
         return JSONResponse({"detail": detail}, status_code=422)
-
-    @app.get("/health", tags=["operations"])
-    def health() -> Any:
-        """Liveness and index reachability; the only endpoint without a token."""
-        try:
-            with index.read_session() as s:
-                s.execute(text("SELECT 1"))
-        except Exception:
-            return JSONResponse({"status": "error", "index": "unreachable"}, status_code=503)
-        return {"status": "ok", "version": vna.__version__, "index": index.dialect}
 
     return app

@@ -1,6 +1,7 @@
 """Routes of the document archive (SPEC "Documents"): upload, FindDocuments, retrieve,
 review, replace, and the patient timeline. Thin: validation lives in `vna.documents`,
-queries in `storage.index.documents`, byte streaming in `upload` and `content`."""
+queries in `storage.index.documents`, byte streaming in `upload` and `content`, the
+answers' shapes and links in `schemas`."""
 
 from __future__ import annotations
 
@@ -14,24 +15,20 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from services.xds_api.content import content_response
+from services.xds_api.deps import DocumentsDep, SettingsDep, StoreDep
+from services.xds_api.schemas import DocumentEntry, FindDocumentsResponse, Timeline, to_entry
 from services.xds_api.security import audit_context, authorize, require_department
 from services.xds_api.upload import UploadError, UploadReceiver
-from storage.index.documents import (
-    Conflict,
-    Documents,
-    FindDocumentsQuery,
-    metadata_of,
-    to_entry,
-)
+from storage.index.documents import Conflict, Documents, FindDocumentsQuery, metadata_of
 from storage.index.models import Document
 from storage.keys import document_object_key
+from storage.objectstore import ObjectStore
 from vna.access import Action, Principal
 from vna.documents.entry import (
     CODE_PATTERN,
     PATIENT_ID_PATTERN,
     UNIQUE_ID_PATTERN,
     AvailabilityStatus,
-    DocumentEntry,
     DocumentMetadata,
     MetadataPatch,
     Source,
@@ -40,6 +37,7 @@ from vna.documents.entry import (
     new_unique_id,
     parse_metadata,
 )
+from vna.settings import Settings
 
 router = APIRouter(prefix="/api/v1", tags=["documents"])
 
@@ -56,29 +54,18 @@ _UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
             "file": {"type": "string", "format": "binary"}}}}}}}
 
 
-class FindDocumentsResponse(BaseModel):
-    total: int
-    limit: int
-    offset: int
-    documents: list[DocumentEntry]
-
-
 class ReviewRequest(BaseModel):
     decision: Literal["approve", "reject"]
     reason: Annotated[str, Field(max_length=2000)] | None = None
 
 
-def _documents(request: Request) -> Documents:
-    documents: Documents = request.app.state.documents
-    return documents
-
-
-def _visible(request: Request, principal: Principal, unique_id: str) -> Document:
+def _visible(request: Request, documents: Documents, principal: Principal,
+             unique_id: str) -> Document:
     """The entry, if this principal may see it: 404 if it does not exist or its status is
     hidden from the role (no hint that it exists), 403 outside the token's departments."""
     ctx = audit_context(request)
     ctx.resource = unique_id
-    row = _documents(request).get(unique_id)
+    row = documents.get(unique_id)
     if row is None or not principal.sees(row.availability_status):
         raise HTTPException(404, f"no document {unique_id}")
     ctx.patient_id = row.patient_id
@@ -86,10 +73,10 @@ def _visible(request: Request, principal: Principal, unique_id: str) -> Document
     return row
 
 
-async def _receive(request: Request, principal: Principal,
-                   make_metadata: Any) -> tuple[DocumentMetadata, Any, str, str, UploadReceiver]:
+async def _receive(request: Request, settings: Settings, store: ObjectStore,
+                   principal: Principal, make_metadata: Any,
+                   ) -> tuple[DocumentMetadata, Any, str, str, UploadReceiver]:
     """Stream the upload into the store; returns metadata, object and the new ids."""
-    settings = request.app.state.settings
     ctx = audit_context(request)
     entry_uuid, unique_id = new_entry_uuid(), new_unique_id()
     ctx.resource = unique_id
@@ -112,7 +99,7 @@ async def _receive(request: Request, principal: Principal,
         return meta
 
     receiver = UploadReceiver(
-        request.app.state.store, document_object_key(entry_uuid, datetime.now(UTC)),
+        store, document_object_key(entry_uuid, datetime.now(UTC)),
         allowed=settings.allowed_document_mime_types, max_bytes=settings.max_upload_bytes,
         on_metadata=on_metadata)
     try:
@@ -122,11 +109,9 @@ async def _receive(request: Request, principal: Principal,
     return upload.metadata, upload.object, unique_id, entry_uuid, receiver
 
 
-async def _commit(request: Request, principal: Principal, receiver: UploadReceiver,
-                  **kwargs: Any) -> Document:
+async def _commit(settings: Settings, documents: Documents, principal: Principal,
+                  receiver: UploadReceiver, **kwargs: Any) -> Document:
     """Write the index row; if that fails, the stored object goes again."""
-    settings = request.app.state.settings
-    documents = _documents(request)
     try:
         return await anyio.to_thread.run_sync(lambda: documents.add(
             repository_unique_id=settings.repository_unique_id,
@@ -145,14 +130,16 @@ async def _commit(request: Request, principal: Principal, receiver: UploadReceiv
 
 @router.post("/documents", status_code=201, response_model=DocumentEntry,
              openapi_extra=_UPLOAD_BODY, summary="Store a document (ITI-41 style)")
-async def upload_document(request: Request,
-                          principal: Principal = authorize(Action.DOCUMENT_CREATE)) -> Any:
+async def upload_document(
+        request: Request, settings: SettingsDep, store: StoreDep, documents: DocumentsDep,
+        principal: Annotated[Principal, authorize(Action.DOCUMENT_CREATE)]) -> JSONResponse:
     """multipart/form-data with `metadata` (JSON DocumentEntry attributes) and `file`. The
     file is streamed to object storage; its type is sniffed and must be allowed and agree
     with what was declared. 201 with the DocumentEntry; on any error nothing is kept."""
     meta, obj, unique_id, entry_uuid, receiver = await _receive(
-        request, principal, lambda raw: parse_metadata(raw, DocumentMetadata))
-    row = await _commit(request, principal, receiver, meta=meta, obj=obj,
+        request, settings, store, principal,
+        lambda raw: parse_metadata(raw, DocumentMetadata))
+    row = await _commit(settings, documents, principal, receiver, meta=meta, obj=obj,
                         unique_id=unique_id, entry_uuid=entry_uuid)
     return JSONResponse(to_entry(row).model_dump(mode="json"), status_code=201,
                         headers={"Location": f"/api/v1/documents/{unique_id}"})
@@ -160,14 +147,16 @@ async def upload_document(request: Request,
 
 @router.post("/documents/{uniqueId}/replace", status_code=201, response_model=DocumentEntry,
              openapi_extra=_UPLOAD_BODY, summary="Replace a document with a new version")
-async def replace_document(request: Request, uniqueId: UniqueId,
-                           principal: Principal = authorize(Action.DOCUMENT_REPLACE)) -> Any:
+async def replace_document(
+        request: Request, uniqueId: UniqueId, settings: SettingsDep, store: StoreDep,
+        documents: DocumentsDep,
+        principal: Annotated[Principal, authorize(Action.DOCUMENT_REPLACE)]) -> JSONResponse:
     """Like an upload; `metadata` holds only what changes (it may be `{}`). The old entry
     becomes Deprecated, still retrievable by its uniqueId. A patient's replacement waits
     for review, and the old one stays Approved until it is approved."""
     ctx = audit_context(request)
     ctx.resource = uniqueId
-    old = await anyio.to_thread.run_sync(_documents(request).get, uniqueId)
+    old = await anyio.to_thread.run_sync(documents.get, uniqueId)
     if old is None:
         raise HTTPException(404, f"no document {uniqueId}")
     ctx.patient_id = old.patient_id
@@ -183,8 +172,9 @@ async def replace_document(request: Request, uniqueId: UniqueId,
         patch: MetadataPatch = parse_metadata(raw or b"{}", MetadataPatch)
         return patch.apply_to(base)
 
-    meta, obj, unique_id, entry_uuid, receiver = await _receive(request, principal, merged)
-    row = await _commit(request, principal, receiver, meta=meta, obj=obj,
+    meta, obj, unique_id, entry_uuid, receiver = await _receive(request, settings, store,
+                                                                principal, merged)
+    row = await _commit(settings, documents, principal, receiver, meta=meta, obj=obj,
                         unique_id=unique_id, entry_uuid=entry_uuid, replaces=old)
     return JSONResponse(to_entry(row).model_dump(mode="json"), status_code=201,
                         headers={"Location": f"/api/v1/documents/{unique_id}"})
@@ -194,7 +184,8 @@ async def replace_document(request: Request, uniqueId: UniqueId,
             summary="FindDocuments (ITI-18 style)")
 def find_documents(
     request: Request,
-    principal: Principal = authorize(Action.DOCUMENT_FIND),
+    documents: DocumentsDep,
+    principal: Annotated[Principal, authorize(Action.DOCUMENT_FIND)],
     patient_id: PatientIdQuery = None,
     classCode: CodeList = [],  # noqa: B006 - FastAPI query lists
     typeCode: CodeList = [],  # noqa: B006
@@ -205,7 +196,7 @@ def find_documents(
         AvailabilityStatus.APPROVED],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> Any:
+) -> FindDocumentsResponse:
     """Entries matching all given filters (a list filter matches any of its values), newest
     first. `patientId` is required unless the token is an admin's; Deprecated entries are
     found only when asked for with `availabilityStatus`."""
@@ -227,16 +218,17 @@ def find_documents(
         creation_to=creationTimeTo and as_utc(creationTimeTo),
         statuses=availabilityStatus, departments=principal.departments, limit=limit,
         offset=offset)
-    rows, total = _documents(request).find(q)
+    rows, total = documents.find(q)
     return FindDocumentsResponse(total=total, limit=limit, offset=offset,
                                  documents=[to_entry(r) for r in rows])
 
 
 @router.get("/documents/{uniqueId}", response_model=DocumentEntry,
             summary="The DocumentEntry of one document")
-def get_document(request: Request, uniqueId: UniqueId,
-                 principal: Principal = authorize(Action.DOCUMENT_READ)) -> Any:
-    return to_entry(_visible(request, principal, uniqueId))
+def get_document(request: Request, uniqueId: UniqueId, documents: DocumentsDep,
+                 principal: Annotated[Principal, authorize(Action.DOCUMENT_READ)],
+                 ) -> DocumentEntry:
+    return to_entry(_visible(request, documents, principal, uniqueId))
 
 
 @router.get("/documents/{uniqueId}/content", summary="The document's bytes (Range, ETag)",
@@ -245,11 +237,13 @@ def get_document(request: Request, uniqueId: UniqueId,
                        206: {"description": "the requested byte range"},
                        304: {"description": "not modified (If-None-Match)"},
                        416: {"description": "range outside the document"}})
-def get_content(request: Request, uniqueId: UniqueId,
-                principal: Principal = authorize(Action.DOCUMENT_CONTENT)) -> Response:
-    row = _visible(request, principal, uniqueId)
+def get_content(request: Request, uniqueId: UniqueId, documents: DocumentsDep,
+                store: StoreDep,
+                principal: Annotated[Principal, authorize(Action.DOCUMENT_CONTENT)],
+                ) -> Response:
+    row = _visible(request, documents, principal, uniqueId)
     return content_response(
-        request.app.state.store, key=row.storage_key, size=row.size, sha256=row.sha256,
+        store, key=row.storage_key, size=row.size, sha256=row.sha256,
         mime_type=row.mime_type, filename=row.filename, unique_id=row.unique_id,
         range_header=request.headers.get("range"),
         if_none_match=request.headers.get("if-none-match"),
@@ -259,35 +253,37 @@ def get_content(request: Request, uniqueId: UniqueId,
 @router.post("/documents/{uniqueId}/review", response_model=DocumentEntry,
              summary="Approve or reject a patient's upload")
 def review_document(request: Request, uniqueId: UniqueId, body: ReviewRequest,
-                    principal: Principal = authorize(Action.DOCUMENT_REVIEW)) -> Any:
+                    documents: DocumentsDep,
+                    principal: Annotated[Principal, authorize(Action.DOCUMENT_REVIEW)],
+                    ) -> DocumentEntry:
     """For `source=patient` entries in status Submitted. Rejected entries are kept (for
     the audit trail) and shown to nobody but admins; a rejection needs a reason."""
-    row = _visible(request, principal, uniqueId)
+    row = _visible(request, documents, principal, uniqueId)
     if row.source != Source.PATIENT.value:
         raise HTTPException(409, "only documents a patient submitted are reviewed")
     if body.decision == "reject" and not (body.reason or "").strip():
         raise HTTPException(422, "a rejection needs a reason")
     try:
-        row = _documents(request).review(uniqueId, approve=body.decision == "approve",
+        row = documents.review(uniqueId, approve=body.decision == "approve",
                                          reason=body.reason, reviewer=principal.token_id)
     except Conflict as exc:
         raise HTTPException(409, str(exc)) from None
     return to_entry(row)
 
 
-@router.get("/patients/{patientId}/timeline", tags=["patients"],
+@router.get("/patients/{patientId}/timeline", tags=["patients"], response_model=Timeline,
             summary="Everything about one patient, newest first")
 def patient_timeline(
     request: Request,
     patientId: Annotated[str, Path(pattern=PATIENT_ID_PATTERN)],
-    principal: Principal = authorize(Action.TIMELINE_READ),
+    documents: DocumentsDep,
+    settings: SettingsDep,
+    principal: Annotated[Principal, authorize(Action.TIMELINE_READ)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-) -> Any:
+) -> Timeline:
     """DICOM studies (from the DICOM index) and Approved documents of the patient. A
     study names the AE and Study Instance UID to retrieve it with (C-MOVE / C-GET); a
     document links to its entry and content."""
     audit_context(request).patient_id = patientId
-    items = _documents(request).timeline(
-        patientId, departments=principal.departments, limit=limit,
-        ae_title=request.app.state.settings.dicom_aet)
-    return {"patientId": patientId, "items": items}
+    items = documents.timeline(patientId, departments=principal.departments, limit=limit)
+    return Timeline.of(patientId, items, ae_title=settings.dicom_aet)

@@ -1,5 +1,5 @@
-"""Prometheus metrics for operations: `/metrics` (admin token, like every endpoint but
-/health; Prometheus sends it with `authorization: {credentials: ...}`).
+"""Prometheus metrics for operations, served at `/metrics` (`operations.py`; admin token,
+like every endpoint but /health; Prometheus sends it with `authorization: {credentials: ...}`).
 
 Ingest counts and bytes come from the statistics rollup and the outbox at scrape time, so
 they cover every SCP, API and import process, not just this one; HTTP request counts and
@@ -13,26 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import func, select
-from starlette.responses import Response
 
-from services.xds_api.security import authorize
 from storage.index.db import Index
-from storage.index.models import OutboxEvent, StatsHourly
-from storage.outbox import MAX_ATTEMPTS, lag
-from vna.access import Action, Principal
-
-router = APIRouter(tags=["operations"])
+from storage.index.stats import StatsReader
+from storage.outbox import MAX_ATTEMPTS, given_up, lag
 
 
 class Metrics:
@@ -70,6 +57,7 @@ class ArchiveCollector:
 
     def __init__(self, index: Index) -> None:
         self.index = index
+        self.stats = StatsReader(index)
 
     def describe(self) -> list[Any]:
         return []
@@ -79,16 +67,10 @@ class ArchiveCollector:
                                      labels=["kind", "source_ae"])
         stored_bytes = CounterMetricFamily("vna_stored_bytes", "bytes archived",
                                            labels=["kind"])
-        with self.index.read_session() as s:
-            rows = s.execute(select(StatsHourly.kind, StatsHourly.source_ae,
-                                    func.sum(StatsHourly.count), func.sum(StatsHourly.bytes))
-                             .group_by(StatsHourly.kind, StatsHourly.source_ae)).all()
-            failed = s.scalar(select(func.count()).where(
-                OutboxEvent.processed_at.is_(None), OutboxEvent.attempts >= MAX_ATTEMPTS))
         size_by_kind: dict[str, int] = {}
-        for kind, ae, count, size in rows:
-            stored.add_metric([kind, ae], int(count))
-            size_by_kind[kind] = size_by_kind.get(kind, 0) + int(size)
+        for kind, ae, count, size in self.stats.stored_by_source():
+            stored.add_metric([kind, ae], count)
+            size_by_kind[kind] = size_by_kind.get(kind, 0) + size
         for kind, size in size_by_kind.items():
             stored_bytes.add_metric([kind], size)
         pending, age = lag(self.index)
@@ -99,10 +81,5 @@ class ArchiveCollector:
         yield GaugeMetricFamily("vna_outbox_lag_seconds", "age of the oldest waiting event",
                                 value=age)
         yield GaugeMetricFamily("vna_outbox_failed", f"events given up after {MAX_ATTEMPTS} "
-                                "attempts (see outbox_event.last_error)", value=failed or 0)
-
-
-@router.get("/metrics", response_class=Response)
-def metrics(request: Request, _: Principal = authorize(Action.METRICS_READ)) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry),
-                    media_type=CONTENT_TYPE_LATEST)
+                                "attempts (see outbox_event.last_error)",
+                                value=given_up(self.index))

@@ -1,8 +1,9 @@
 """Bearer tokens at the HTTP edge: the bootstrap admin token and the per-route check.
 
-Every route but /health declares its `Action` through `authorize(action)`; that one
-dependency authenticates the token, checks the role and opens the audit record, so a
-route cannot forget any of the three.
+Every route but /health declares its `Action` through `authorize(action)`, as
+`principal: Annotated[Principal, authorize(Action.X)]`; that one dependency authenticates
+the token, checks the role and opens the audit record, so a route cannot forget any of the
+three.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from services.xds_api.deps import TokensDep
 from vna.access import Action, Principal
 from vna.documents.entry import PATIENT_ID_PATTERN, UNIQUE_ID_PATTERN
 from vna.settings import Settings
@@ -59,11 +62,11 @@ def audit_context(request: Request) -> AuditContext:
     return ctx
 
 
-def authorize(action: Action) -> Depends:  # type: ignore[valid-type]
-    """A dependency: the caller's `Principal`, or 401/403. Opens the audit record first, so
-    refused attempts are recorded too."""
+def authorize(action: Action) -> Any:
+    """A dependency (`Depends`): the caller's `Principal`, or 401/403. Opens the audit
+    record first, so refused attempts are recorded too."""
 
-    def dependency(request: Request,
+    def dependency(request: Request, tokens: TokensDep,
                    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
                    ) -> Principal:
         route = getattr(request.scope.get("route"), "path", request.url.path)
@@ -79,7 +82,7 @@ def authorize(action: Action) -> Depends:  # type: ignore[valid-type]
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise HTTPException(401, "a bearer token is required",
                                 headers={"WWW-Authenticate": "Bearer"})
-        principal = request.app.state.tokens.authenticate(credentials.credentials)
+        principal = tokens.authenticate(credentials.credentials)
         if principal is None:
             raise HTTPException(401, "the token is unknown or revoked",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})

@@ -1,32 +1,48 @@
 """Routes of the statistics API (SPEC "Statistics"): summary, volumes, workload, throughput,
 storage, lead times, data quality, and the fact tables' export.
 
-Read from the hourly rollup the workers keep (`storage/index/stats.py`); definitions,
-periods and bucketing in `vna/stats.py`. For admins: these are the controllers' numbers.
+Read from the hourly rollup the workers keep (`storage/index/stats.py`, one read
+transaction per answer); definitions, periods, bucketing and the quality rules in
+`vna/stats.py`, `vna/leadtimes.py` and `vna/quality.py`; the answers' shapes in
+`schemas.py`. For admins: these are the controllers' numbers.
 """
 
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from starlette.responses import Response, StreamingResponse
 
+from services.xds_api.deps import IndexDep, SettingsDep, StatsDep
+from services.xds_api.schemas import (
+    ArrivalsOut,
+    Counted,
+    DepartmentCounts,
+    DistributionOut,
+    FindingOut,
+    Freshness,
+    LeadTimes,
+    Quality,
+    StatsSummary,
+    StorageOut,
+    ThroughputOut,
+    VolumePoint,
+    Volumes,
+    VolumeSeries,
+    Workload,
+)
 from services.xds_api.security import authorize
-from storage.index import stats as queries
+from storage.index.db import Index
 from storage.index.export import Dataset, to_csv, to_parquet
+from storage.index.stats import Totals
 from storage.outbox import lag
 from vna.access import Action, Principal
 from vna.leadtimes import arrival_summary
-from vna.quality import (
-    SHORT_EXAM_MODALITIES,
-    SHORT_EXAM_SECONDS,
-    looks_like_personnummer,
-    percentiles,
-    valid_personnummer,
-)
+from vna.quality import exam_durations, findings
+from vna.settings import Settings
 from vna.stats import (
     Dimension,
     Filters,
@@ -52,9 +68,13 @@ View = Annotated[Literal["live", "nightly"], Query(
     description="live: today so far included; nightly: the snapshot up to last midnight")]
 
 
-def _query(request: Request, first: date | None, last: date | None, view: str,
+# Who may read statistics: every route here declares it first (it opens the audit record).
+StatsActor = Annotated[Principal, authorize(Action.STATS_READ)]
+
+
+def _query(settings: Settings, first: date | None, last: date | None, view: str,
            include: list[str], exclude: list[str]) -> tuple[Period, Filters, ZoneInfo]:
-    tz = ZoneInfo(request.app.state.settings.timezone)
+    tz = ZoneInfo(settings.timezone)
     try:
         return (Period.of(first, last, tz, nightly=view == "nightly"),
                 Filters.parse(include, exclude), tz)
@@ -62,121 +82,115 @@ def _query(request: Request, first: date | None, last: date | None, view: str,
         raise HTTPException(422, str(exc)) from None
 
 
-def _freshness(request: Request) -> dict[str, Any]:
-    pending, age = lag(request.app.state.index)
-    return {"pendingEvents": pending, "lagSeconds": round(age, 1)}
+def _freshness(index: Index) -> Freshness:
+    pending, age = lag(index)
+    return Freshness(pendingEvents=pending, lagSeconds=round(age, 1))
 
 
-@router.get("/summary")
-def summary(request: Request, _: Principal = authorize(Action.STATS_READ),
+@router.get("/summary", response_model=StatsSummary)
+def summary(_: StatsActor, settings: SettingsDep, index: IndexDep, stats: StatsDep,
             first: From = None, last: To = None, view: View = "live",
-            include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
+            include: Include = [], exclude: Include = []) -> StatsSummary:  # noqa: B006
     """Patients, studies, series, instances, documents and bytes in the period, and the
     same by modality and by department."""
-    period, filters, _tz = _query(request, first, last, view, include, exclude)
-    with request.app.state.index.read_session() as s:
-        patients, studies, series = queries.study_counts(s, period)
-        totals = queries.totals_by(s, period, filters, None)
-        by_modality = queries.totals_by(s, period, filters, Dimension.MODALITY)
-        by_department = queries.totals_by(s, period, filters, Dimension.DEPARTMENT)
-    instances, instance_bytes = totals.get(("instance", ""), (0, 0))
-    documents, document_bytes = totals.get(("document", ""), (0, 0))
-    return {
-        "from": period.start.date(),
-        "to": date.fromordinal(period.end.date().toordinal() - 1),
-        "patients": patients, "studies": studies, "series": series,
-        "instances": instances, "documents": documents,
-        "bytes": instance_bytes + document_bytes,
-        "byModality": {k: {"instances": c, "bytes": b}
-                       for (kind, k), (c, b) in sorted(by_modality.items())
-                       if kind == "instance"},
-        "byDepartment": _by_department(by_department),
-        "freshness": _freshness(request),
-    }
+    period, filters, _tz = _query(settings, first, last, view, include, exclude)
+    s = stats.summary(period, filters)
+    instances, instance_bytes = s.totals.get(("instance", ""), (0, 0))
+    documents, document_bytes = s.totals.get(("document", ""), (0, 0))
+    return StatsSummary(
+        from_=period.start.date(),
+        to=date.fromordinal(period.end.date().toordinal() - 1),
+        patients=s.patients, studies=s.studies, series=s.series,
+        instances=instances, documents=documents,
+        bytes=instance_bytes + document_bytes,
+        byModality={k: Counted(instances=c, bytes=b)
+                    for (kind, k), (c, b) in sorted(s.by_modality.items())
+                    if kind == "instance"},
+        byDepartment=_by_department(s.by_department),
+        freshness=_freshness(index),
+    )
 
 
-def _by_department(rows: dict[tuple[str, str], tuple[int, int]]) -> dict[str, Any]:
-    out: dict[str, dict[str, int]] = {}
+def _by_department(rows: Totals) -> dict[str, DepartmentCounts]:
+    out: dict[str, DepartmentCounts] = {}
     for (kind, dept), (count, size) in sorted(rows.items()):
-        d = out.setdefault(dept, {"instances": 0, "documents": 0, "bytes": 0})
-        d["instances" if kind == "instance" else "documents"] += count
-        d["bytes"] += size
+        d = out.setdefault(dept, DepartmentCounts())
+        if kind == "instance":
+            d.instances += count
+        else:
+            d.documents += count
+        d.bytes += size
     return out
 
 
-@router.get("/volumes")
-def volumes(request: Request, _: Principal = authorize(Action.STATS_READ),
+@router.get("/volumes", response_model=Volumes)
+def volumes(_: StatsActor, settings: SettingsDep, index: IndexDep, stats: StatsDep,
             first: From = None, last: To = None, view: View = "live",
             interval: Interval = Interval.DAY,
             dimension: Dimension = Dimension.MODALITY, kind: Kind = None,
-            include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
+            include: Include = [], exclude: Include = []) -> Volumes:  # noqa: B006
     """Counts and bytes per interval (local time) for each value of a dimension."""
-    period, filters, tz = _query(request, first, last, view, include, exclude)
-    with request.app.state.index.read_session() as s:
-        rows = queries.volume_rows(s, period, filters, dimension, kind)
-    series = volume_series(rows, interval, tz)
-    return {
-        "interval": interval, "dimension": dimension, "timezone": str(tz),
-        "series": [{"key": key, "total": sum(p.count for p in points.values()),
-                    "points": [{"start": t.isoformat(), "count": p.count, "bytes": p.bytes}
-                               for t, p in sorted(points.items())]}
-                   for key, points in sorted(series.items())],
-        "freshness": _freshness(request),
-    }
+    period, filters, tz = _query(settings, first, last, view, include, exclude)
+    series = volume_series(stats.volumes(period, filters, dimension, kind), interval, tz)
+    return Volumes(
+        interval=interval, dimension=dimension, timezone=str(tz),
+        series=[VolumeSeries(key=key, total=sum(p.count for p in points.values()),
+                             points=[VolumePoint(start=t, count=p.count, bytes=p.bytes)
+                                     for t, p in sorted(points.items())])
+                for key, points in sorted(series.items())],
+        freshness=_freshness(index))
 
 
-@router.get("/workload")
-def workload(request: Request, _: Principal = authorize(Action.STATS_READ),
+WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+
+
+@router.get("/workload", response_model=Workload)
+def workload(_: StatsActor, settings: SettingsDep, index: IndexDep, stats: StatsDep,
              first: From = None, last: To = None, view: View = "live", kind: Kind = None,
-             include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
+             include: Include = [], exclude: Include = []) -> Workload:  # noqa: B006
     """Weekday x hour of day (local time): when the archive receives the most."""
-    period, filters, tz = _query(request, first, last, view, include, exclude)
-    with request.app.state.index.read_session() as s:
-        rows = queries.workload_rows(s, period, filters, kind)
-    return {"timezone": str(tz),
-            "weekdays": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"],
-            "matrix": workload_matrix(rows, tz), "freshness": _freshness(request)}
+    period, filters, tz = _query(settings, first, last, view, include, exclude)
+    rows = stats.workload(period, filters, kind)
+    return Workload(timezone=str(tz), weekdays=WEEKDAYS, matrix=workload_matrix(rows, tz),
+                    freshness=_freshness(index))
 
 
-@router.get("/throughput")
-def ingest_throughput(request: Request, _: Principal = authorize(Action.STATS_READ),
-                      first: From = None, last: To = None, view: View = "live",
-                      kind: Kind = "instance",
-                      include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
+@router.get("/throughput", response_model=ThroughputOut)
+def ingest_throughput(_: StatsActor, settings: SettingsDep, index: IndexDep,
+                      stats: StatsDep, first: From = None, last: To = None,
+                      view: View = "live", kind: Kind = "instance",
+                      include: Include = [], exclude: Include = []  # noqa: B006
+                      ) -> ThroughputOut:
     """Ingest rates (per second, over the hours with ingest), the peak hour, per source AE,
     and the workers' backlog (outbox lag)."""
-    period, filters, _tz = _query(request, first, last, view, include, exclude)
-    with request.app.state.index.read_session() as s:
-        rows = queries.volume_rows(s, period, filters, Dimension.SOURCE_AE, kind)
-    return {**throughput(rows), "outbox": _freshness(request)}
+    period, filters, _tz = _query(settings, first, last, view, include, exclude)
+    rows = stats.volumes(period, filters, Dimension.SOURCE_AE, kind)
+    return ThroughputOut.of(throughput(rows), outbox=_freshness(index))
 
 
-@router.get("/storage")
-def storage(request: Request, _: Principal = authorize(Action.STATS_READ),
+@router.get("/storage", response_model=StorageOut)
+def storage(_: StatsActor, settings: SettingsDep, stats: StatsDep,
             first: From = None, last: To = None, view: View = "live",
             interval: Interval = Interval.MONTH,
             dimension: Dimension = Dimension.DEPARTMENT, kind: Kind = None,
-            include: Include = [], exclude: Include = []) -> Any:  # noqa: B006
+            include: Include = [], exclude: Include = []) -> StorageOut:  # noqa: B006
     """Bytes added and stored in all, per interval and dimension value, and a linear
     forecast of the total for the next six intervals."""
-    period, filters, tz = _query(request, first, last, view, include, exclude)
-    with request.app.state.index.read_session() as s:
-        rows = queries.volume_rows(s, period, filters, dimension, kind)
-        before = queries.bytes_before(s, period, filters, dimension, kind)
-    return {"interval": interval, "dimension": dimension, "timezone": str(tz),
-            **storage_growth(rows, interval, tz, before)}
+    period, filters, tz = _query(settings, first, last, view, include, exclude)
+    rows, before = stats.growth(period, filters, dimension, kind)
+    return StorageOut.of(storage_growth(rows, interval, tz, before), interval=interval,
+                         dimension=dimension, timezone=str(tz))
 
 
 @router.get("/export", response_class=Response,
             responses={200: {"content": {"text/csv": {},
                                          "application/vnd.apache.parquet": {}}}})
-def export(request: Request, _: Principal = authorize(Action.STATS_READ),
+def export(_: StatsActor, settings: SettingsDep, index: IndexDep,
            dataset: Dataset = Dataset.INSTANCES, format: Literal["csv", "parquet"] = "csv",
            first: From = None, last: To = None, view: View = "live") -> Response:
     """The fact table of studies, instances or documents in the period, one row per fact,
     as CSV (streamed) or Parquet; no patient identity in it."""
-    period, _filters, _tz = _query(request, first, last, view, [], [])
-    index = request.app.state.index
+    period, _filters, _tz = _query(settings, first, last, view, [], [])
     name = f"vna-{dataset}-{period.start.date()}-{(period.end.date())}"
     if format == "parquet":
         body = to_parquet(index, dataset, period)
@@ -186,69 +200,23 @@ def export(request: Request, _: Principal = authorize(Action.STATS_READ),
         "Content-Disposition": f'attachment; filename="{name}.csv"'})
 
 
-@router.get("/leadtimes")
-def leadtimes(request: Request, _: Principal = authorize(Action.STATS_READ),
-              first: From = None, last: To = None, view: View = "live") -> Any:
+@router.get("/leadtimes", response_model=LeadTimes)
+def leadtimes(_: StatsActor, settings: SettingsDep, index: IndexDep, stats: StatsDep,
+              first: From = None, last: To = None, view: View = "live") -> LeadTimes:
     """p50/p90 in seconds: acquisition to archive (per instance, from the delay histogram:
     exact to the second below two minutes, within 0.55 % above), exam duration (first
     performed procedure step start to last end, per study); overall and by modality."""
-    period, _filters, _tz = _query(request, first, last, view, [], [])
-    with request.app.state.index.read_session() as s:
-        arrivals = queries.arrival_histograms(s, period)
-        exams = queries.exam_durations(s, period)
-    return {
-        "acquisitionToArchive": arrival_summary(arrivals),
-        "examDuration": _distribution(exams),
-        # Needs the scheduled time, which comes with Modality Worklist (on the roadmap).
-        "scheduledToPerformed": None,
-        "freshness": _freshness(request),
-    }
+    period, _filters, _tz = _query(settings, first, last, view, [], [])
+    arrivals, exams = stats.leadtimes(period)
+    return LeadTimes(acquisitionToArchive=ArrivalsOut.of(arrival_summary(arrivals)),
+                     examDuration=DistributionOut.of(exam_durations(exams)),
+                     freshness=_freshness(index))
 
 
-def _distribution(rows: list[tuple[str, str | None, float]]) -> dict[str, Any]:
-    by_modality: dict[str, list[float]] = {}
-    for _uid, modality, seconds in rows:
-        by_modality.setdefault(modality or "", []).append(seconds)
-    return {"n": len(rows), **percentiles([r[2] for r in rows]),
-            "byModality": {m: {"n": len(v), **percentiles(v)}
-                           for m, v in sorted(by_modality.items())}}
-
-
-@router.get("/quality")
-def quality(request: Request, _: Principal = authorize(Action.STATS_READ),
-            first: From = None, last: To = None, view: View = "live") -> Any:
+@router.get("/quality", response_model=Quality)
+def quality(_: StatsActor, settings: SettingsDep, index: IndexDep, stats: StatsDep,
+            first: From = None, last: To = None, view: View = "live") -> Quality:
     """Data-quality findings of the period, by rule: how many, and up to ten examples."""
-    period, _filters, _tz = _query(request, first, last, view, [], [])
-    with request.app.state.index.read_session() as s:
-        exams = queries.exam_durations(s, period)
-        late = queries.late_arrivals(s, period)
-        no_referrer = queries.studies_missing(s, period, "referring_physician_name")
-        no_accession = queries.studies_missing(s, period, "accession_number")
-        ids = queries.patient_ids(s, period)
-        several_names = queries.ids_with_several_names(s, period)
-        patient_conflicts = queries.ingest_conflicts(s, period, "patient_conflict")
-        uid_conflicts = queries.ingest_conflicts(s, period, "uid_conflict")
-    short = [uid for uid, modality, seconds in exams
-             if modality in SHORT_EXAM_MODALITIES and seconds < SHORT_EXAM_SECONDS]
-    invalid = [pid for pid in ids if looks_like_personnummer(pid)
-               and not valid_personnummer(pid)]
-    rules = [
-        ("short_ct_mr_exam", f"CT/MR exam under {SHORT_EXAM_SECONDS} s from performed "
-                             f"procedure step start to end", len(short), short[:10]),
-        ("missing_referrer", "study without ReferringPhysicianName", *no_referrer),
-        ("missing_accession_number", "study without AccessionNumber", *no_accession),
-        ("invalid_personnummer", "patient ID shaped like a Swedish personnummer or "
-                                 "samordningsnummer whose check digit or date is wrong",
-         len(invalid), invalid[:10]),
-        ("several_names", "one patient ID with several patient names", *several_names),
-        ("late_arrival", "instance archived more than 24 h after it was acquired", *late),
-        ("patient_conflict", "instance of a study (or SOP Instance) the archive holds for "
-                             "another patient: refused, or filed under its own patient "
-                             "(VNA_PATIENT_CONFLICT); examples are the studies",
-         *patient_conflicts),
-        ("uid_conflict", "SOP Instance UID archived with other content or in another "
-                         "series or study, or a series archived in another study: refused; "
-                         "examples are the studies sent", *uid_conflicts),
-    ]
-    return {"rules": [{"rule": r, "description": d, "count": n, "examples": ex}
-                      for r, d, n, ex in rules], "freshness": _freshness(request)}
+    period, _filters, _tz = _query(settings, first, last, view, [], [])
+    return Quality(rules=[FindingOut.of(f) for f in findings(stats.quality(period))],
+                   freshness=_freshness(index))

@@ -20,12 +20,7 @@ from storage.index.query import FindQuery, find
 from storage.outbox import DOCUMENT_STORED, add_events
 from vna.dicom.attributes import Level
 from vna.dicom.matching import Single
-from vna.documents.entry import (
-    AvailabilityStatus,
-    DocumentEntry,
-    DocumentMetadata,
-    Source,
-)
+from vna.documents.entry import AvailabilityStatus, DocumentMetadata, Source
 
 
 class Conflict(Exception):
@@ -43,6 +38,29 @@ class StoredObject:
     filename: str | None
 
 
+@dataclass(frozen=True)
+class TimelineStudy:
+    """A DICOM study on a patient's timeline, as C-FIND finds it."""
+
+    study_instance_uid: str
+    time: datetime | None  # StudyDate and StudyTime, when the study says
+    study_date: str | None
+    study_description: str | None
+    accession_number: str | None
+    referring_physician_name: str | None
+    modalities: list[str]
+    number_of_series: int | None
+    number_of_instances: int | None
+
+    @classmethod
+    def of(cls, st: dict[str, Any]) -> TimelineStudy:
+        return cls(st["StudyInstanceUID"], _study_time(st.get("StudyDate"), st.get("StudyTime")),
+                   st.get("StudyDate"), st.get("StudyDescription"), st.get("AccessionNumber"),
+                   st.get("ReferringPhysicianName"), st.get("ModalitiesInStudy") or [],
+                   st.get("NumberOfStudyRelatedSeries"),
+                   st.get("NumberOfStudyRelatedInstances"))
+
+
 @dataclass
 class FindDocumentsQuery:
     """FindDocuments parameters, plus the caller's department limit."""
@@ -58,29 +76,6 @@ class FindDocumentsQuery:
     departments: frozenset[str] = frozenset()  # empty: all
     limit: int = 100
     offset: int = 0
-
-
-def to_entry(row: Document) -> DocumentEntry:
-    review = None
-    if row.review_decision:
-        review = {"decision": row.review_decision, "reason": row.review_reason,
-                  "reviewedBy": row.reviewed_by, "reviewedAt": row.reviewed_at}
-    return DocumentEntry(
-        patientId=row.patient_id, classCode=row.class_code, typeCode=row.type_code,
-        practiceSettingCode=row.practice_setting_code,
-        healthcareFacilityTypeCode=row.healthcare_facility_type_code,
-        title=row.title, author=row.author,
-        creationTime=row.creation_time,
-        serviceStartTime=row.service_start_time,
-        serviceStopTime=row.service_stop_time,
-        confidentialityCode=row.confidentiality_code, languageCode=row.language_code,
-        mimeType=row.mime_type, hash=row.sha256, size=row.size, uniqueId=row.unique_id,
-        entryUUID=row.entry_uuid, repositoryUniqueId=row.repository_unique_id,
-        availabilityStatus=AvailabilityStatus(row.availability_status),
-        source=Source(row.source), filename=row.filename,
-        submissionTime=row.submission_time,
-        version=row.version, replaces=row.replaces, replacedBy=row.replaced_by,
-        review=review)
 
 
 def metadata_of(row: Document) -> DocumentMetadata:
@@ -203,18 +198,16 @@ class Documents:
                              .limit(q.limit).offset(q.offset)).all()
         return list(rows), total
 
-    def timeline(self, patient_id: str, *, departments: frozenset[str], limit: int,
-                 ae_title: str) -> list[dict[str, Any]]:
-        """The patient's DICOM studies and Approved documents together, newest first."""
+    def timeline(self, patient_id: str, *, departments: frozenset[str],
+                 limit: int) -> list[Document | TimelineStudy]:
+        """The patient's Approved documents and DICOM studies together, newest first."""
         docs, _ = self.find(FindDocumentsQuery(patient_id=patient_id, departments=departments,
                                                limit=limit))
-        items = [_document_item(d) for d in docs]
-        items += self._studies(patient_id, departments, ae_title)
-        items.sort(key=lambda i: i["time"] or datetime.min.replace(tzinfo=UTC), reverse=True)
+        items: list[Document | TimelineStudy] = [*docs, *self._studies(patient_id, departments)]
+        items.sort(key=_time_of, reverse=True)
         return items[:limit]
 
-    def _studies(self, patient_id: str, departments: frozenset[str],
-                 ae_title: str) -> list[dict[str, Any]]:
+    def _studies(self, patient_id: str, departments: frozenset[str]) -> list[TimelineStudy]:
         dicom_id, issuer = split_cx(patient_id)
         q = FindQuery(Level.STUDY, matchers={"PatientID": Single(dicom_id)}, return_keys=[
             "IssuerOfPatientID", "StudyInstanceUID", "StudyDate", "StudyTime",
@@ -234,7 +227,12 @@ class Documents:
                     Study.study_instance_uid.in_([st["StudyInstanceUID"] for st in studies]),
                     Series.institutional_department_name.in_(departments))))
                 studies = [st for st in studies if st["StudyInstanceUID"] in allowed]
-        return [_study_item(st, ae_title) for st in studies]
+        return [TimelineStudy.of(st) for st in studies]
+
+
+def _time_of(item: Document | TimelineStudy) -> datetime:
+    t = item.time if isinstance(item, TimelineStudy) else item.creation_time
+    return t or datetime.min.replace(tzinfo=UTC)
 
 
 def _find_select(q: FindDocumentsQuery) -> Select[Any]:
@@ -266,33 +264,6 @@ def split_cx(patient_id: str) -> tuple[str, str | None]:
     authority = rest.split("^")[2] if rest.count("^") >= 2 else ""
     universal = authority.split("&")[1] if authority.count("&") >= 1 else authority
     return ident, (universal or None)
-
-
-def _document_item(d: Document) -> dict[str, Any]:
-    return {
-        "kind": "document", "time": d.creation_time, "uniqueId": d.unique_id,
-        "title": d.title, "classCode": d.class_code, "typeCode": d.type_code,
-        "practiceSettingCode": d.practice_setting_code, "mimeType": d.mime_type,
-        "size": d.size, "source": d.source,
-        "links": {"entry": f"/api/v1/documents/{d.unique_id}",
-                  "content": f"/api/v1/documents/{d.unique_id}/content"},
-    }
-
-
-def _study_item(st: dict[str, Any], ae_title: str) -> dict[str, Any]:
-    return {
-        "kind": "study", "time": _study_time(st.get("StudyDate"), st.get("StudyTime")),
-        "studyInstanceUid": st["StudyInstanceUID"], "studyDate": st.get("StudyDate"),
-        "studyDescription": st.get("StudyDescription"),
-        "accessionNumber": st.get("AccessionNumber"),
-        "referringPhysicianName": st.get("ReferringPhysicianName"),
-        "modalities": st.get("ModalitiesInStudy") or [],
-        "numberOfSeries": st.get("NumberOfStudyRelatedSeries"),
-        "numberOfInstances": st.get("NumberOfStudyRelatedInstances"),
-        # How a viewer opens it: C-MOVE/C-GET from our AE by Study Instance UID.
-        "retrieve": {"aeTitle": ae_title, "level": "STUDY",
-                     "studyInstanceUid": st["StudyInstanceUID"]},
-    }
 
 
 def _study_time(date: str | None, time: str | None) -> datetime | None:

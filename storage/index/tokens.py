@@ -8,7 +8,6 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
@@ -125,7 +124,8 @@ class AuditTrail:
     def list(self, *, token_id: str | None = None, patient_id: str | None = None,
              action: str | None = None, since: datetime | None = None,
              until: datetime | None = None, limit: int = 100,
-             offset: int = 0) -> list[dict[str, Any]]:
+             offset: int = 0) -> list[AuditEvent]:
+        """Matching records, newest first."""
         stmt = select(AuditEvent)
         if token_id:
             stmt = stmt.where(AuditEvent.token_id == token_id)
@@ -139,10 +139,4 @@ class AuditTrail:
             stmt = stmt.where(AuditEvent.at <= until)
         stmt = stmt.order_by(AuditEvent.id.desc()).limit(limit).offset(offset)
         with self.index.read_session() as s:
-            rows = s.scalars(stmt).all()
-        return [{
-            "id": r.id, "at": r.at,
-            "tokenId": r.token_id, "role": r.role, "action": r.action, "method": r.method,
-            "route": r.route, "patientId": r.patient_id, "resource": r.resource,
-            "status": r.status, "outcome": r.outcome, "client": r.client,
-        } for r in rows]
+            return list(s.scalars(stmt))

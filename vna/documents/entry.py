@@ -1,8 +1,9 @@
-"""The XDS DocumentEntry as the HTTP API speaks it (IHE XDS attribute names, camelCase).
+"""The XDS DocumentEntry's metadata rules (IHE XDS attribute names, camelCase).
 
-`DocumentMetadata` is what an uploader sends; `DocumentEntry` is what the archive answers.
+`DocumentMetadata` is what an uploader sends, validated here before a byte is stored; what
+the archive answers (`DocumentEntry`) is the HTTP API's (`services/xds_api/schemas.py`).
 Codes (classCode, practiceSettingCode, ...) are plain strings here: the region's code
-lists, not whole coded values. Everything is validated before a byte is stored.
+lists, not whole coded values.
 """
 
 from __future__ import annotations
@@ -124,37 +125,6 @@ class MetadataPatch(BaseModel):
         if self.mimeType is not None:
             merged["mimeType"] = self.mimeType
         return DocumentMetadata.model_validate(merged)
-
-
-class DocumentEntry(BaseModel):
-    """A stored document as the API returns it."""
-
-    patientId: str
-    classCode: str
-    typeCode: str | None
-    practiceSettingCode: str
-    healthcareFacilityTypeCode: str | None
-    title: str | None
-    author: str | None
-    creationTime: datetime
-    serviceStartTime: datetime | None
-    serviceStopTime: datetime | None
-    confidentialityCode: str
-    languageCode: str
-    mimeType: str
-    hash: str
-    size: int
-    uniqueId: str
-    entryUUID: str
-    repositoryUniqueId: str
-    availabilityStatus: AvailabilityStatus
-    source: Source
-    filename: str | None = None
-    submissionTime: datetime
-    version: int = 1
-    replaces: str | None = None  # uniqueId of the entry this one replaced (XDS RPLC)
-    replacedBy: str | None = None
-    review: dict[str, Any] | None = None
 
 
 def parse_metadata(raw: bytes | str, model: type[BaseModel] = DocumentMetadata) -> Any:
