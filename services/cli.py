@@ -247,10 +247,20 @@ def worker(
     """Run a Celery worker on VNA_BROKER_URL (serverless filesystem transport by default)."""
     settings = get_settings()
     _prepare_data_dir(settings)
+    import warnings
+
+    from celery.exceptions import SecurityWarning
+
     from services.worker.app import make_celery
 
+    # Celery warns of a worker run as root whatever it accepts; the danger it means, pickled
+    # messages run as root, cannot arise: this worker accepts JSON only (Celery refuses to
+    # start as root if pickle is accepted). The image runs it as a user of its own.
+    warnings.filterwarnings("ignore", "You're running the worker with superuser privileges",
+                            SecurityWarning)
     celery = make_celery(settings)
-    argv = ["worker", "--loglevel", settings.log_level.upper(), "--concurrency",
+    # -q: no banner (the config and task list); `vna up` prints where things are.
+    argv = ["-q", "worker", "--loglevel", settings.log_level.upper(), "--concurrency",
             str(concurrency), "--without-gossip", "--without-mingle", "--pool", "prefork"]
     if beat:
         argv += ["--beat", "--schedule", str(settings.data_dir / "celerybeat-schedule")]
@@ -266,7 +276,8 @@ def beat() -> None:
 
     celery = make_celery(settings)
     schedule = settings.data_dir / "celerybeat-schedule"
-    celery.start(["beat", "--loglevel", settings.log_level.upper(), "--schedule", str(schedule)])
+    celery.start(["-q", "beat", "--loglevel", settings.log_level.upper(), "--schedule",
+                  str(schedule)])
 
 
 @app.command("import")
@@ -392,9 +403,14 @@ def up() -> None:
                 console.print(f"[red]{name} exited with {proc.returncode}; stopping[/red]")
                 stopping, rc = True, 1
                 break
-    for proc in children.values():
+    for name, proc in children.items():
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            # The Celery worker stops its pool and beat itself; a SIGTERM of their own
+            # would make it report the pool process as failed.
+            if name == "worker":
+                os.kill(proc.pid, signal.SIGTERM)
+            else:
+                os.killpg(proc.pid, signal.SIGTERM)
     for proc in children.values():
         try:
             proc.wait(15)

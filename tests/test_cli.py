@@ -123,6 +123,88 @@ def test_up_runs_everything_and_ctrl_c_stops_it(embedded: Backend, tmp_path: Pat
     assert "vna stopped" in log.read_text()
 
 
+def test_up_console_shows_what_a_person_needs(embedded: Backend, tmp_path: Path) -> None:
+    """Where it listens, the token and errors; not Celery's banner, its superuser warning or
+    three lines for every outbox poll (those are logged at DEBUG)."""
+    dport, hport = free_port(), free_port()
+    env = vna_env({**embedded.env, "VNA_DICOM_PORT": str(dport), "VNA_HTTP_PORT": str(hport),
+                   "VNA_DICOM_HOST": "127.0.0.1", "VNA_DICOM_PROCESSES": "1",
+                   "VNA_LOG_LEVEL": "INFO", "VNA_OUTBOX_POLL_SECONDS": "1"})
+    embedded.data_dir.mkdir(parents=True)
+    log = tmp_path / "up.log"
+    started = time.monotonic()
+    proc = subprocess.Popen([*VNA, "up"], env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        wait_port(hport, 90)
+        token = (embedded.data_dir / "admin-token").read_text().strip()
+        import httpx
+
+        from tests.media import make_pdf
+
+        r = httpx.post(f"http://127.0.0.1:{hport}/api/v1/documents",
+                       headers={"Authorization": f"Bearer {token}"},
+                       data={"metadata": json.dumps({"patientId": "191212121212",
+                                                     "classCode": "report",
+                                                     "practiceSettingCode": "lung"})},
+                       files={"file": ("r.pdf", make_pdf(), "application/pdf")})
+        assert r.status_code == 201, r.text
+        from services.runtime import open_runtime
+        from storage.outbox import lag
+
+        with open_runtime(embedded.settings()) as rt:  # type: ignore[arg-type]
+            deadline = time.monotonic() + 60
+            while lag(rt.index)[0] and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert lag(rt.index)[0] == 0, "the polls did not run"
+        time.sleep(max(0.0, 12 - (time.monotonic() - started)))  # a dozen polls at least
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    text = log.read_text()
+    assert f"admin token (printed once): {token}" in text
+    assert f"VNA@127.0.0.1:{dport}" in text and f"http://127.0.0.1:{hport}/health" in text
+    for noise in ("-------------- celery@", "[tasks]", "[config]",  # the banner
+                  "superuser privileges",
+                  "Sending due task", "vna.outbox.drain[",  # beat, received, succeeded
+                  "No hostname was supplied", "exited with 'signal"):
+        assert noise not in text, f"{noise!r} on the console:\n{text}"
+    assert "vna stopped" in text
+
+
+def test_only_the_routine_poll_goes_to_debug() -> None:
+    """A poll that fails or is retried, and other tasks, still show at INFO and above."""
+    import logging
+
+    from celery.app.trace import LOG_FAILURE, LOG_RECEIVED, LOG_RETRY, LOG_SUCCESS
+
+    from services.worker.app import ROUTINE_POLL_AT_DEBUG
+
+    def shown(level: int, msg: str, args: object, logger: str = "celery.app.trace") -> bool:
+        logging.getLogger(logger).setLevel(logging.INFO)
+        try:
+            record = logging.LogRecord(logger, level, __file__, 1, msg, args, None)
+            record.args = args  # type: ignore[assignment]  # a dict, as Celery passes it
+            return ROUTINE_POLL_AT_DEBUG.filter(record)
+        finally:
+            logging.getLogger(logger).setLevel(logging.NOTSET)
+
+    poll = {"name": "vna.outbox.drain", "id": "1", "runtime": 0.01, "return_value": 0,
+            "description": "raised unexpected", "exc": "OperationalError"}
+    assert not shown(logging.INFO, LOG_SUCCESS, poll)
+    assert not shown(logging.INFO, LOG_RECEIVED, poll, "celery.worker.strategy")
+    assert not shown(logging.INFO, "Scheduler: Sending due task %s (%s)",
+                     ("drain-outbox", "vna.outbox.drain"), "celery.beat")
+    assert shown(logging.ERROR, LOG_FAILURE, poll)
+    assert shown(logging.INFO, LOG_RETRY, poll)
+    assert shown(logging.INFO, LOG_SUCCESS, {**poll, "name": "vna.fixity.run"})
+    assert shown(logging.INFO, "Scheduler: Sending due task %s (%s)",
+                 ("fixity", "vna.fixity.run"), "celery.beat")
+
+
 @pytest.mark.parametrize("after", [0.5, 1.0, 1.5, 2.0])
 def test_scp_stopped_while_starting_leaves_no_process(embedded: Backend, after: float) -> None:
     """SIGTERM while the SCP processes are still starting stops all of them (it used to

@@ -3,18 +3,75 @@
 Broker: VNA_BROKER_URL (Redis in production). Without one, kombu's filesystem transport
 under VNA_DATA_DIR/broker, which needs no server and works across the processes that
 share one data dir.
+
+Workers and beat log like every other vna process (`services.supervision.configure_logging`),
+and what they say every few seconds when all is well (beat sending the outbox poll, the
+worker receiving it and its success) is logged at DEBUG: on `vna up`'s console it would
+bury what a person needs to see. A poll that fails or is retried still shows.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
 
 from celery import Celery, signals
+from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
 
-from services.supervision import die_with_parent
+from services.supervision import configure_logging, die_with_parent
 from vna.settings import Settings, get_settings
 
 _MAIN_PID = os.getpid()  # the worker's main process, which forks the pool and beat
+
+OUTBOX_POLL = "vna.outbox.drain"
+_BEAT_SENDS = "Scheduler: Sending due task %s (%s)"  # celery.beat's line for every send
+
+
+class RoutinePollAtDebug(logging.Filter):
+    """Logs the outbox poll's routine lines (sent by beat, received, succeeded) at DEBUG:
+    they come every VNA_OUTBOX_POLL_SECONDS and say nothing when all is well. Every other
+    record, a failed or retried poll's included, passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._routine(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+    @staticmethod
+    def _routine(record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return False
+        args: Any = record.args
+        if record.msg in (LOG_RECEIVED, LOG_SUCCESS):
+            return isinstance(args, dict) and args.get("name") == OUTBOX_POLL
+        return record.msg == _BEAT_SENDS and isinstance(args, tuple) and OUTBOX_POLL in args
+
+
+ROUTINE_POLL_AT_DEBUG = RoutinePollAtDebug()
+# The loggers of those three lines (celery.beat, celery.worker.strategy, celery.app.trace).
+ROUTINE_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+
+class _NoDefaultHostname(logging.Filter):
+    """kombu warns that the filesystem transport's URL names no host: it needs none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No hostname was supplied")
+
+
+_NO_DEFAULT_HOSTNAME = _NoDefaultHostname()
+
+
+@signals.setup_logging.connect
+def _log_like_vna(loglevel: int | str | None = None, **_: object) -> None:
+    """Celery's worker and beat processes: vna's log format instead of Celery's, and the
+    routine poll at DEBUG (a receiver here also stops Celery configuring logging itself)."""
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else loglevel
+    configure_logging(str(level or "INFO"))
+    for name in ROUTINE_LOGGERS:
+        logging.getLogger(name).addFilter(ROUTINE_POLL_AT_DEBUG)
 
 
 @signals.worker_process_init.connect
@@ -47,6 +104,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         },
     }
     if settings.resolved_broker_url.startswith("filesystem://"):
+        logging.getLogger("kombu.connection").addFilter(_NO_DEFAULT_HOSTNAME)
         folder = (settings.data_dir / "broker").resolve()
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
