@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import DEFAULT_WORKDIR  # noqa: E402
 from servers import (  # noqa: E402
     REPO,
+    VNA,
     BenchError,
     Weed,
     _venv_tool,
@@ -120,7 +121,7 @@ class ApiServer:
                        "VNA_HTTP_HOST": "127.0.0.1", "VNA_HTTP_PORT": str(self.port),
                        "VNA_ADMIN_TOKEN": self.token})
         # `vna api` runs uvicorn in-process: this pid is the server whose memory is measured.
-        self.proc = start_process([_venv_tool("vna"), "api"], env=env, log=self.log,
+        self.proc = start_process([*VNA, "api"], env=env, log=self.log,
                                   cwd=self.dir)
         try:
             wait_port(self.port, 90, self.proc)

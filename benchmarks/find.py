@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import DEFAULT_WORKDIR, Corpus, generate  # noqa: E402
 from servers import (  # noqa: E402
     REPO,
+    VNA,
     BenchError,
     Endpoint,
     OrthancTarget,
     Target,
     VnaTarget,
-    _venv_tool,
     cleanup_on_exit,
     dcmtk,
     dcmtk_env,
@@ -88,7 +88,7 @@ def load(name: str, corpus: Corpus, d: Path, workdir: Path, vna_load: str,
         print(f"loading vna: vna import {corpus.root} ({len(corpus.files)} files)",
               file=sys.stderr, flush=True)
         with open(log, "wb") as out:
-            r = subprocess.run([_venv_tool("vna"), "import", str(corpus.root)], env=env,
+            r = subprocess.run([*VNA, "import", str(corpus.root)], env=env,
                                stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
                                cwd=d)
         if r.returncode != 0:

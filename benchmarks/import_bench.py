@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import DEFAULT_WORKDIR, generate, warm  # noqa: E402
 from servers import (  # noqa: E402
     REPO,
+    VNA,
     BenchError,
     VnaTarget,
-    _venv_tool,
     cleanup_on_exit,
     sync_disk,
     vna_env,
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                     env = vna_env(target.env())
                     assert target.tmp is not None
                     if case == "existing":
-                        subprocess.run([_venv_tool("vna"), "db", "upgrade"], env=env,
+                        subprocess.run([*VNA, "db", "upgrade"], env=env,
                                        cwd=target.tmp, check=True, capture_output=True)
                     seconds, text = _import(corpus.root, env, target.tmp, timeout)
                     held = target.count()
@@ -114,7 +114,7 @@ def _import(folder: Path, env: dict[str, str], cwd: Path,
     sync_disk()
     t0 = time.perf_counter()
     with open(log, "wb") as out:
-        r = subprocess.run([_venv_tool("vna"), "import", str(folder)], env=env, stdout=out,
+        r = subprocess.run([*VNA, "import", str(folder)], env=env, stdout=out,
                            stderr=subprocess.STDOUT, cwd=cwd, timeout=timeout)
     seconds = time.perf_counter() - t0
     text = log.read_text(errors="replace")

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from corpus import DEFAULT_WORKDIR, generate  # noqa: E402
 from servers import (  # noqa: E402
+    VNA,
     VnaTarget,
-    _venv_tool,
     cleanup_on_exit,
     start_process,
     stop_process,
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         env["VNA_OUTBOX_POLL_SECONDS"] = "1"
         assert target.data_dir is not None
         log = target.data_dir.parent / "worker.log"
-        worker = start_process([_venv_tool("vna"), "worker", "--beat"], env=vna_env(env),
+        worker = start_process([*VNA, "worker", "--beat"], env=vna_env(env),
                                log=log, cwd=target.data_dir.parent, group=True)
         settings = Settings(**{k[4:].lower(): v for k, v in env.items()
                                if k.startswith("VNA_")})

@@ -30,6 +30,9 @@ from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+# `vna` of this checkout (vna_env puts it first on PYTHONPATH): the venv's `vna` script runs
+# whichever checkout the venv was installed from, with whatever entry point it had then.
+VNA = [sys.executable, "-m", "services.cli"]
 PG_ADMIN_DSN = os.environ.get("VNA_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 ORTHANC_BIN = os.environ.get("VNA_BENCH_ORTHANC", "/usr/sbin/Orthanc")
 TARGETS = ("vna", "vna-pg", "vna-s3", "vna-s3-2nodes", "orthanc", "orthanc-pg", "storescp")
@@ -85,6 +88,7 @@ def vna_env(extra: dict[str, str]) -> dict[str, str]:
     """A clean environment for a vna process: no VNA_* from the caller's shell, no .env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VNA_")}
     env["TCP_NODELAY"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
 
@@ -447,7 +451,7 @@ class VnaTarget(Target):
         assert self.data_dir is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = self.data_dir.parent / f"vna-scp-{port}.log"
-        self.proc = start_process([_venv_tool("vna"), "scp"], env=vna_env(env), log=self.log,
+        self.proc = start_process([*VNA, "scp"], env=vna_env(env), log=self.log,
                                   cwd=self.data_dir.parent, group=True)
         wait_echo(self.aet, port, self.proc, self.log)
         # The supervisor logs "listening" once every SCP process has bound the port.

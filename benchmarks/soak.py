@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from corpus import DEFAULT_WORKDIR  # noqa: E402
 from find import Client  # noqa: E402
 from servers import (  # noqa: E402
+    VNA,
     BenchError,
     Endpoint,
     Weed,
-    _venv_tool,
     cleanup_on_exit,
     create_database,
     dcmtk,
@@ -382,19 +382,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "VNA_DICOM_HOST": "127.0.0.1"}
             (tmp / name).mkdir()
             log = tmp / f"{name}.log"
-            services[name] = start_process([_venv_tool("vna"), "scp"], env=vna_env(env),
+            services[name] = start_process([*VNA, "scp"], env=vna_env(env),
                                            log=log, cwd=tmp, group=True)
             wait_echo("VNA", port, services[name], log)
             nodes.append(Endpoint("VNA", port))
         http = free_port()
         api_env = {**base, "VNA_DATA_DIR": str(tmp / "api"), "VNA_HTTP_PORT": str(http)}
         (tmp / "api").mkdir()
-        services["api"] = start_process([_venv_tool("vna"), "api"], env=vna_env(api_env),
+        services["api"] = start_process([*VNA, "api"], env=vna_env(api_env),
                                         log=tmp / "api.log", cwd=tmp, group=True)
         wait_port(http, 60, services["api"])
         worker_env = {**base, "VNA_DATA_DIR": str(tmp / "worker")}
         (tmp / "worker").mkdir()
-        services["worker"] = start_process([_venv_tool("vna"), "worker", "--beat"],
+        services["worker"] = start_process([*VNA, "worker", "--beat"],
                                            env=vna_env(worker_env), log=tmp / "worker.log",
                                            cwd=tmp, group=True)
         log_config = tmp / "dcmtk-log.cfg"
