@@ -187,13 +187,6 @@ def _rates(hours: dict[datetime, Point]) -> Rates:
 
 
 @dataclass(frozen=True)
-class GrowthPoint:
-    start: datetime  # the interval's start, local time
-    added: int  # bytes
-    total: int  # bytes stored at the interval's end
-
-
-@dataclass(frozen=True)
 class Forecast:
     """A least-squares line through the totals: growth per interval and the totals of the
     next intervals."""
@@ -205,8 +198,13 @@ class Forecast:
 
 @dataclass(frozen=True)
 class StorageGrowth:
-    series: dict[str, list[GrowthPoint]]  # by dimension value, sorted
-    total: list[tuple[datetime, int]]  # (interval start, bytes stored in all)
+    """Bytes per interval, in columns along `starts` (a year by the hour is thousands of
+    intervals for each dimension value: no object each)."""
+
+    starts: list[datetime]  # the intervals' starts, local time
+    added: dict[str, list[int]]  # by dimension value (sorted): bytes added in each interval
+    stored: dict[str, list[int]]  # by dimension value: bytes stored at each interval's end
+    total: list[int]  # bytes stored in all at each interval's end
     forecast: Forecast | None  # None with fewer than two intervals
 
 
@@ -218,19 +216,19 @@ def storage_growth(rows: Iterable[tuple[datetime, str, int, int]], interval: Int
     series = volume_series(rows, interval, tz)
     keys = sorted(set(series) | set(start_bytes))
     starts = sorted({t for pts in series.values() for t in pts})
-    out: dict[str, list[GrowthPoint]] = {}
-    total_by_t: dict[datetime, int] = defaultdict(int)
+    added: dict[str, list[int]] = {}
+    stored: dict[str, list[int]] = {}
+    totals = [0] * len(starts)
     for key in keys:
         running = start_bytes.get(key, 0)
-        points = []
-        for t in starts:
-            added = series.get(key, {}).get(t, Point()).bytes
-            running += added
-            total_by_t[t] += running
-            points.append(GrowthPoint(t, added, running))
-        out[key] = points
-    totals = [total_by_t[t] for t in starts]
-    return StorageGrowth(out, list(zip(starts, totals, strict=True)),
+        points = series.get(key, {})
+        added[key] = [points[t].bytes if t in points else 0 for t in starts]
+        stored[key] = cumulated = []
+        for i, b in enumerate(added[key]):
+            running += b
+            cumulated.append(running)
+            totals[i] += running
+    return StorageGrowth(starts, added, stored, totals,
                          _linear_forecast(totals, forecast_intervals))
 
 
