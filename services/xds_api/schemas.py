@@ -24,8 +24,8 @@ from vna.stats import Forecast, Interval, Rates, StorageGrowth, Throughput
 
 IsoTime = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str,
                                               when_used="json")]
-# The same, for series of thousands of points (a year by the hour): made by the route with
-# `isoformat()`, and checked as a string, which costs a tenth of a datetime per point.
+# The same, for series of thousands of points (a year by the hour): made with `isoformat()`
+# once per interval start by whoever builds the series.
 IsoTimeText = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 Number = int | float  # a percentile keeps the type it was computed as (5, not 5.0)
 
