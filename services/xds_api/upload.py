@@ -1,39 +1,51 @@
 """Streaming multipart upload: request body -> object store, in constant memory.
 
-The event loop parses the body as it arrives (python-multipart) and hands file bytes to
-a bounded `ChunkPipe`; a thread drains the pipe into `ObjectStore.put_stream`, hashing on
-the way. So receiving, hashing and writing overlap, memory stays at a few parts whatever
-the size, and nothing is spooled to a temp file. The first bytes are sniffed before any
-are stored; a bad type, a path in the filename, a body over the limit, a cut-off or
-malformed body all abort the pipe, and the store then leaves no object behind.
+`services.multipart.read_parts` parses the body on the event loop as it arrives and hands
+its events to `UploadReceiver`, a small state machine (see there). File bytes go through a
+bounded `ChunkPipe` to a thread that drains it into `ObjectStore.put_stream`, hashing on
+the way: receiving, hashing and writing overlap, memory stays at a few parts whatever the
+size, and nothing is spooled to a temp file. The first bytes are sniffed before any are
+stored; a bad type, a path in the filename, a body over the limit, a cut-off or malformed
+body all abort the pipe, and the store then leaves no object behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+import anyio
 import anyio.to_thread
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from services.multipart import (
+    Event,
+    MalformedBody,
+    PartData,
+    PartEnd,
+    PartStart,
+    TruncatedBody,
+    boundary_of,
+    read_parts,
+)
 from services.xds_api.threads import in_own_thread
 from storage.errors import FailureLog, is_storage_full
 from storage.index.documents import StoredObject
-from storage.objectstore import ObjectStore
+from storage.objectstore import Readable
 from vna.documents import mime
 from vna.documents.entry import check_filename
 
 log = logging.getLogger("vna.http")
 METADATA_LIMIT = 64 << 10  # a DocumentEntry's metadata is small; anything bigger is a mistake
+_PARTS = ("metadata", "file")  # the parts of an upload, each exactly once, in either order
 
 
 class UploadError(Exception):
@@ -56,6 +68,16 @@ def store_refused(exc: BaseException) -> UploadError:
         return UploadError(507, "object storage is full: the document was not stored")
     return UploadError(503, f"object storage refused the document: {type(exc).__name__}")
 
+
+class UploadStore(Protocol):
+    """What an upload needs of an `ObjectStore`: write a stream, and delete it again."""
+
+    def put_stream(self, key: str, data: Readable, *, content_type: str) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+# -- the store pipe: event loop -> writer thread -> object store ----------------------------
 
 class _Aborted(Exception):
     """Raised to the writer thread: the upload was refused or cut off."""
@@ -150,12 +172,68 @@ class _HashingReader:
         return data
 
 
-@dataclass
-class _Part:
-    name: str | None = None
-    filename: str | None = None
-    content_type: str | None = None
-    headers: dict[str, bytes] = field(default_factory=dict)
+class _ObjectWrite:
+    """One object on its way into the store: the pipe, the writer thread that drains it
+    into `put_stream`, the hash of what went through, and the undo."""
+
+    def __init__(self, store: UploadStore, key: str, content_type: str) -> None:
+        self._store = store
+        self._key = key
+        self._pipe = ChunkPipe(asyncio.get_running_loop())
+        self._reader = _HashingReader(self._pipe)
+
+        def write() -> None:
+            try:
+                store.put_stream(key, self._reader, content_type=content_type)
+            finally:
+                self._pipe.reader_done()
+
+        self._writer = in_own_thread(write, "upload-writer")
+
+    async def send(self, data: bytes) -> None:
+        """Hand bytes to the writer; waits while the pipe is full. A writer that failed
+        is reported here, so the client stops sending at once."""
+        await self._pipe.send(data)
+        if self._writer.done() and (exc := self._writer.exception()) is not None:
+            raise store_refused(exc)
+
+    async def finish(self) -> tuple[str, int]:
+        """End the stream and wait until the object is durable: its sha256 and size."""
+        self._pipe.close()
+        try:
+            await asyncio.shield(self._writer)  # a cancelled request still lets it settle
+        except Exception as exc:
+            raise store_refused(exc) from exc
+        return self._reader.sha256.hexdigest(), self._reader.size
+
+    async def undo(self) -> None:
+        """Leave nothing behind: abort the writer (the store then removes its partial
+        object) or, if it had completed the object, delete that. Shielded: it runs while
+        the request is failing, cancellations included."""
+        self._pipe.abort()
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):  # its failure is what we are handling
+                await asyncio.shield(self._writer)
+            if self._writer.cancelled() or self._writer.exception() is not None:
+                return
+            try:
+                await anyio.to_thread.run_sync(self._store.delete, self._key)
+            except Exception:  # the original refusal is what the client must hear
+                log.exception("could not remove the object of a refused upload")
+
+
+# -- the receiver ---------------------------------------------------------------------------
+
+class State(enum.Enum):
+    """Where an `UploadReceiver` is; see its docstring for the transitions."""
+
+    AWAITING_PART = "awaiting a part"  # at the start, and between parts
+    IN_METADATA = "reading the metadata part"
+    SNIFFING = "reading the file part's head"  # held back until its type is known
+    STREAMING = "streaming the file part"  # file bytes flow to the store
+    ENDED = "finishing"  # the closing boundary was seen; the object is being completed
+    STORED = "stored"  # `receive` returned: the object is durable
+    DISCARDED = "discarded"  # refused, cut off or undone: nothing is left
 
 
 @dataclass
@@ -170,240 +248,199 @@ class Upload:
 class UploadReceiver:
     """Receives one multipart upload (`metadata` JSON and one `file`) into the store.
 
-    `on_metadata(raw, declared_mime)` is called as soon as the metadata part is complete:
-    before the file is stored if the client sent it first (as curl -F, requests and httpx
-    do), after it otherwise. It raises `UploadError` to refuse; a refusal after the file
-    was stored deletes the object again.
+    `on_metadata(raw)` is called as soon as the metadata part is complete: before the file
+    is stored if the client sent it first (as curl -F, requests and httpx do), after it
+    otherwise. It raises `UploadError` to refuse; a refusal after the file was stored
+    deletes the object again.
+
+    A state machine, driven by the body's part events (`services.multipart`):
+
+        AWAITING_PART --`metadata` begins--> IN_METADATA
+        IN_METADATA --it ends: on_metadata--> AWAITING_PART
+        AWAITING_PART --`file` begins: filename checked--> SNIFFING
+        SNIFFING --8 KiB in, or it ends: type checked, writer started--> STREAMING
+        STREAMING --it ends--> AWAITING_PART  (the writer stays open until ENDED)
+        AWAITING_PART --closing boundary--> ENDED
+        ENDED --both parts there, type agrees, object durable--> STORED
+        STORED --discard()--> DISCARDED
+
+    Anything else (a part other than those two, one twice, metadata over 64 KiB, a file
+    over `max_bytes`, an empty one, a bad type, a body cut off or malformed, a client
+    that hangs up, a store that fails) is an `UploadError` from any state, and the
+    receiver goes to DISCARDED: the writer is aborted or its object deleted.
     """
 
-    def __init__(self, store: ObjectStore, key: str, *, allowed: frozenset[str],
+    def __init__(self, store: UploadStore, key: str, *, allowed: frozenset[str],
                  max_bytes: int, on_metadata: Callable[[bytes], Any]) -> None:
         self.store = store
         self.key = key
         self.allowed = allowed
         self.max_bytes = max_bytes
         self.on_metadata = on_metadata
-        self.meta_result: Any = None
+        self.state = State.AWAITING_PART
+        self.metadata: Any = None  # what on_metadata returned
+        self._seen: set[str] = set()  # parts begun
         self._meta = bytearray()
-        self._metadata_done = False
-        self._part = _Part()
-        self._hname = b""
-        self._hvalue = b""
-        self._file_seen = False
-        self._file_done = False
-        self._ended = False
-        self._head: list[bytes] = []  # file bytes held back until they are sniffed
-        self._head_size = 0
-        self._pending: list[bytes] = []  # file bytes parsed, not yet sent to the pipe
-        self._size = 0
-        self._mime: str | None = None
         self._filename: str | None = None
         self._file_content_type: str | None = None
-        self._pipe: ChunkPipe | None = None
-        self._reader: _HashingReader | None = None
-        self._writer: asyncio.Future[None] | None = None
-        self._stored = False
+        self._head: list[bytes] = []  # file bytes held back until they are sniffed
+        self._size = 0  # file bytes received
+        self._mime: str | None = None  # sniffed
+        self._write: _ObjectWrite | None = None
 
     async def receive(self, request: Request) -> Upload:
-        ctype, params = parse_options_header(request.headers.get("content-type", ""))
-        boundary = params.get(b"boundary")
-        if ctype != b"multipart/form-data" or not boundary:
+        """The upload of `request`, stored; `UploadError` if refused (nothing is left)."""
+        if self.state is not State.AWAITING_PART or self._seen:
+            raise RuntimeError("an UploadReceiver receives one upload")
+        boundary = boundary_of(request.headers.get("content-type"), "multipart/form-data")
+        if boundary is None:
             raise UploadError(415, "send multipart/form-data with a `metadata` and a `file` "
                                    "part")
         declared_len = request.headers.get("content-length")
         if declared_len and declared_len.isdigit() and int(declared_len) > (
                 self.max_bytes + METADATA_LIMIT + 4096):
             raise UploadError(413, f"the document is larger than {self.max_bytes} bytes")
-        parser = MultipartParser(boundary, self._callbacks(), max_header_count=8)
         try:
-            async for chunk in request.stream():
-                if not chunk:
-                    continue
-                parser.write(chunk)
-                await self._after_write()
-                if self._ended:
-                    break
-            parser.finalize()
-            await self._after_write()
-            if not self._ended or not self._file_done:
-                raise UploadError(400, "the upload is incomplete: the multipart body ended "
-                                       "before its closing boundary")
-            if not self._metadata_done:
-                raise UploadError(400, "the `metadata` part is missing")
-            if not self._file_seen:
-                raise UploadError(400, "the `file` part is missing")
-            await self._finish_file()
-            obj = self._stored_object()
-            claim = getattr(self.meta_result, "mimeType", None)
-            if claim and not mime.agrees(claim, obj.mime_type):  # metadata came last
-                raise UploadError(415, f"declared as {mime.canonical(claim)} but the content "
-                                       f"is {obj.mime_type}")
-            return Upload(self.meta_result, obj)
-        except ClientDisconnect:
-            await self._discard()
-            raise UploadError(400, "the client disconnected before the upload was complete") \
-                from None
-        except MultipartParseError as exc:
-            await self._discard()
-            raise UploadError(400, f"the multipart body is malformed: {exc}") from None
-        except UploadError:
-            await self._discard()
-            raise
+            await self._read(request.stream(), boundary)
+            return await self._finish()
         except BaseException:
             await self._discard()
             raise
 
-    def _stored_object(self) -> StoredObject:
-        assert self._reader is not None and self._mime is not None
-        return StoredObject(self.key, self._reader.sha256.hexdigest(), self._reader.size,
-                            self._mime, self._filename)
-
-    # -- parser callbacks (synchronous, inside parser.write) ------------------------------
-
-    def _callbacks(self) -> Any:
-        def on_part_begin() -> None:
-            self._part = _Part()
-
-        def on_header_field(data: bytes, start: int, end: int) -> None:
-            self._hname += data[start:end]
-
-        def on_header_value(data: bytes, start: int, end: int) -> None:
-            self._hvalue += data[start:end]
-
-        def on_header_end() -> None:
-            self._part.headers[self._hname.decode("latin-1").lower()] = self._hvalue
-            self._hname = self._hvalue = b""
-
-        def on_headers_finished() -> None:
-            disp, params = parse_options_header(self._part.headers.get("content-disposition"))
-            if disp != b"form-data" or b"name" not in params:
-                raise UploadError(400, "each part needs Content-Disposition: form-data; "
-                                       "name=...")
-            p = self._part
-            p.name = params[b"name"].decode("utf-8", "replace")
-            if b"filename" in params:
-                p.filename = params[b"filename"].decode("utf-8", "replace")
-            ctype = self._part.headers.get("content-type")
-            p.content_type = ctype.decode("latin-1") if ctype is not None else None
-            if p.name == "file":
-                if self._file_seen:
-                    raise UploadError(400, "send one `file` part only")
-                self._file_seen = True
-                self._file_content_type = p.content_type
-                try:
-                    self._filename = check_filename(p.filename)
-                except ValueError as exc:
-                    raise UploadError(400, str(exc)) from None
-            elif p.name == "metadata":
-                if self._metadata_done or self._meta:
-                    raise UploadError(400, "send one `metadata` part only")
-            else:
-                raise UploadError(400, f"unexpected form field {p.name!r}: send `metadata` "
-                                       f"and `file`")
-
-        def on_part_data(data: bytes, start: int, end: int) -> None:
-            if self._part.name == "metadata":
-                self._meta += data[start:end]
-                if len(self._meta) > METADATA_LIMIT:
-                    raise UploadError(400, "the metadata part is larger than 64 KiB")
-                return
-            self._size += end - start
-            if self._size > self.max_bytes:
-                raise UploadError(413, f"the document is larger than {self.max_bytes} bytes")
-            if self._mime is None:
-                self._head.append(data[start:end])
-                self._head_size += end - start
-            else:
-                self._pending.append(data[start:end])
-
-        def on_part_end() -> None:
-            if self._part.name == "metadata":
-                self._metadata_done = True
-            elif self._part.name == "file":
-                self._file_done = True
-
-        def on_end() -> None:
-            self._ended = True
-
-        return {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
-                "on_header_value": on_header_value, "on_header_end": on_header_end,
-                "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
-                "on_part_end": on_part_end, "on_end": on_end}
-
-    # -- the async side ---------------------------------------------------------------------
-
-    async def _after_write(self) -> None:
-        if self._metadata_done and self.meta_result is None:
-            self.meta_result = self.on_metadata(bytes(self._meta))
-        if self._mime is None and self._head and (
-                self._head_size >= mime.SNIFF_BYTES or self._file_done):
-            self._start_writer()
-        if self._pending:
-            assert self._pipe is not None
-            for chunk in self._pending:
-                await self._pipe.send(chunk)
-            self._pending.clear()
-            self._check_writer()
-
-    def _declared_mimes(self) -> list[str | None]:
-        return [self._file_content_type, getattr(self.meta_result, "mimeType", None)]
-
-    def _start_writer(self) -> None:
-        head = b"".join(self._head)
-        try:
-            self._mime = mime.check(head, self._declared_mimes(), self.allowed)
-        except mime.MediaTypeRefused as exc:
-            raise UploadError(415, str(exc)) from None
-        loop = asyncio.get_running_loop()
-        self._pipe = ChunkPipe(loop)
-        self._reader = _HashingReader(self._pipe)
-        pipe, reader, content_type = self._pipe, self._reader, self._mime
-
-        def write() -> None:
-            try:
-                self.store.put_stream(self.key, reader, content_type=content_type)
-            finally:
-                pipe.reader_done()
-
-        self._writer = in_own_thread(write, "upload-writer")
-        self._pending[:0] = self._head
-        self._head = []
-
-    def _check_writer(self) -> None:
-        if self._writer is not None and self._writer.done():
-            exc = self._writer.exception()
-            if exc is not None:
-                raise store_refused(exc)
-
-    async def _finish_file(self) -> None:
-        if self._mime is None:  # an empty file: nothing to sniff
-            raise UploadError(400, "the `file` part is empty")
-        assert self._pipe is not None and self._writer is not None
-        self._pipe.close()
-        try:
-            await self._writer
-        except Exception as exc:
-            raise store_refused(exc) from exc
-        self._stored = True
-
-    async def _discard(self) -> None:
-        """Leave nothing behind: abort the writer (which removes its partial object) or
-        delete the object it completed."""
-        if self._pipe is not None:
-            self._pipe.abort()
-        if self._writer is not None:
-            with contextlib.suppress(Exception):  # its failure is what we are handling
-                await asyncio.shield(self._writer)
-            if self._writer.done() and not self._writer.exception():
-                self._stored = True
-        if self._stored:
-            try:
-                await anyio.to_thread.run_sync(self.store.delete, self.key)
-            except Exception:  # the original refusal is what the client must hear
-                log.exception("could not remove the object of a refused upload")
-            self._stored = False
-
     async def discard(self) -> None:
         """Undo a completed upload (its index row could not be written)."""
-        self._stored = True
         await self._discard()
+
+    # -- reading: one method per event ------------------------------------------------------
+
+    async def _read(self, body: AsyncIterable[bytes], boundary: bytes) -> None:
+        """Feed the body's events to the state machine until the closing boundary; the
+        reader's and the client's failures become the client's answer."""
+        try:
+            async with contextlib.aclosing(read_parts(body, boundary)) as events:
+                async for event in events:
+                    await self._on_event(event)
+        except ClientDisconnect:
+            raise UploadError(400, "the client disconnected before the upload was "
+                                   "complete") from None
+        except TruncatedBody:
+            raise UploadError(400, "the upload is incomplete: the multipart body ended "
+                                   "before its closing boundary") from None
+        except MalformedBody as exc:
+            raise UploadError(400, f"the multipart body is malformed: {exc}") from None
+        if self.state is not State.AWAITING_PART:
+            raise self._out_of_order("the end of the body")
+        self.state = State.ENDED
+
+    async def _on_event(self, event: Event) -> None:
+        if isinstance(event, PartData):  # by far the most frequent
+            await self._on_data(event.data)
+        elif isinstance(event, PartStart):
+            self._on_part_start(event)
+        else:
+            assert isinstance(event, PartEnd)
+            await self._on_part_end()
+
+    def _on_part_start(self, part: PartStart) -> None:
+        if self.state is not State.AWAITING_PART:
+            raise self._out_of_order("a new part")
+        disposition, params = part.disposition
+        name = params.get("name")
+        if disposition != "form-data" or name is None:
+            raise UploadError(400, "each part needs Content-Disposition: form-data; name=...")
+        if name not in _PARTS:
+            raise UploadError(400, f"unexpected form field {name!r}: send `metadata` and "
+                                   f"`file`")
+        if name in self._seen:
+            raise UploadError(400, f"send one `{name}` part only")
+        self._seen.add(name)
+        if name == "metadata":
+            self.state = State.IN_METADATA
+            return
+        try:
+            self._filename = check_filename(params.get("filename"))
+        except ValueError as exc:
+            raise UploadError(400, str(exc)) from None
+        self._file_content_type = part.content_type
+        self.state = State.SNIFFING
+
+    async def _on_data(self, data: bytes) -> None:
+        state = self.state
+        if state is State.STREAMING:
+            self._count(data)
+            assert self._write is not None
+            await self._write.send(data)
+        elif state is State.SNIFFING:
+            self._count(data)
+            self._head.append(data)
+            if self._size >= mime.SNIFF_BYTES:
+                await self._start_streaming()
+        elif state is State.IN_METADATA:
+            self._meta += data
+            if len(self._meta) > METADATA_LIMIT:
+                raise UploadError(400, "the metadata part is larger than 64 KiB")
+        else:
+            raise self._out_of_order("part data")
+
+    async def _on_part_end(self) -> None:
+        if self.state is State.IN_METADATA:
+            self.metadata = self.on_metadata(bytes(self._meta))
+        elif self.state is State.SNIFFING:  # a file shorter than the sniffed head
+            if not self._size:
+                raise UploadError(400, "the `file` part is empty")
+            await self._start_streaming()
+        elif self.state is not State.STREAMING:
+            raise self._out_of_order("the end of a part")
+        self.state = State.AWAITING_PART
+
+    def _count(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self.max_bytes:
+            raise UploadError(413, f"the document is larger than {self.max_bytes} bytes")
+
+    def _out_of_order(self, what: str) -> UploadError:
+        """An event the state does not allow (python-multipart never sends one)."""
+        return UploadError(400, f"the multipart body is malformed: {what} while "
+                                f"{self.state.value}")
+
+    # -- the file: sniffed, then streamed ---------------------------------------------------
+
+    async def _start_streaming(self) -> None:
+        """SNIFFING -> STREAMING: check the type of the head, start the writer, send the
+        head. The metadata's claim counts if it came first; if it comes later, `_finish`
+        checks it."""
+        head = b"".join(self._head)
+        self._head = []
+        try:
+            self._mime = mime.check(head, [self._file_content_type, self._claim()],
+                                    self.allowed)
+        except mime.MediaTypeRefused as exc:
+            raise UploadError(415, str(exc)) from None
+        self._write = _ObjectWrite(self.store, self.key, self._mime)
+        self.state = State.STREAMING
+        await self._write.send(head)
+
+    def _claim(self) -> str | None:
+        return getattr(self.metadata, "mimeType", None)
+
+    async def _finish(self) -> Upload:
+        """ENDED -> STORED: both parts there and agreeing, then the object completed."""
+        for name in _PARTS:
+            if name not in self._seen:
+                raise UploadError(400, f"the `{name}` part is missing")
+        assert self._write is not None and self._mime is not None
+        claim = self._claim()
+        if claim and not mime.agrees(claim, self._mime):  # metadata came after the head
+            raise UploadError(415, f"declared as {mime.canonical(claim)} but the content "
+                                   f"is {self._mime}")
+        sha256, size = await self._write.finish()
+        self.state = State.STORED
+        return Upload(self.metadata, StoredObject(self.key, sha256, size, self._mime,
+                                                  self._filename))
+
+    async def _discard(self) -> None:
+        """Any state -> DISCARDED: the one undo (see `_ObjectWrite.undo`)."""
+        self.state = State.DISCARDED
+        write, self._write = self._write, None
+        if write is not None:
+            await write.undo()
