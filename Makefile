@@ -1,13 +1,15 @@
 # The two commands of the README: `make up` and `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Every version `make up`, `make test` and CI install: what CI tested. `make lock` renews it.
+LOCK := requirements.lock
 
-.PHONY: setup up test lint bench clean
+.PHONY: setup up test lint bench lock clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -25,6 +27,16 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/ingest.py
+
+# Resolve pyproject.toml's dependencies into the lock, for Python >= 3.11 on every platform
+# (uv: one version per package; markers for what only some platforms need). Versions
+# already locked stay while pyproject.toml allows them; UPGRADE=1 takes the newest of all.
+# Then `make test`, and commit the lock.
+lock:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q 'uv>=0.9'
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		$(if $(UPGRADE),--upgrade) --quiet --custom-compile-command 'make lock' -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) vna-data .pytest_cache .mypy_cache .ruff_cache
