@@ -29,11 +29,12 @@ WORKDIR /src
 # Metadata first, then the packages that pyproject.toml's [tool.setuptools.packages.find]
 # includes (vna*, services*, storage*; storage/migrations ships as package data).
 # README.md* is a glob so that the build does not fail while the README is missing.
-COPY pyproject.toml README.md* ./
+# requirements.lock: every dependency at the version CI tested (`make lock` renews it).
+COPY pyproject.toml requirements.lock README.md* ./
 COPY vna ./vna
 COPY services ./services
 COPY storage ./storage
-RUN pip install . \
+RUN pip install -c requirements.lock . \
  && vna --help >/dev/null \
  && rm -rf /src
 

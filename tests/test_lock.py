@@ -47,3 +47,6 @@ def test_installs_go_through_the_lock() -> None:
     assert re.search(r"^\$\(VENV\)/\.installed: .*\$\(LOCK\)", makefile, re.M)
     assert "pip install -q -c $(LOCK) -e '.[dev]'" in makefile
     assert re.search(r"^lock:", makefile, re.M)
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^COPY .*requirements\.lock", dockerfile, re.M)
+    assert "pip install -c requirements.lock ." in dockerfile
