@@ -14,9 +14,12 @@ type="application/dicom"`: one DICOM instance per part) is meant to be the next:
     async with contextlib.aclosing(read_parts(request.stream(), boundary)) as events:
         async for event in events:
             match event:
-                case PartStart():  # check event.content_type, open a file
-                case PartData(data=data):  # write data
-                case PartEnd():  # close and store the file
+                case PartStart():
+                    ...  # check event.content_type, open a file
+                case PartData(data=data):
+                    ...  # write data to it
+                case PartEnd():
+                    ...  # close it, store the instance
 
 `read_parts` ends normally only after the closing boundary; a body that stops before it
 raises `TruncatedBody`, one that is not multipart as announced raises `MalformedBody`.
@@ -124,7 +127,7 @@ class MultipartReader:
 
     def feed(self, chunk: bytes) -> list[Event]:
         """The events `chunk` completes, in body order; bytes after the closing boundary
-        (an epilogue) are ignored."""
+        (an epilogue) are ignored. A `PartData` may hold `chunk` itself, not a copy."""
         if self.complete:
             return []
         try:
