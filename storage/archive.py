@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import os
-import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,14 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ImplicitVRLittleEndian,
-)
 from sqlalchemy import select
 
 from storage.groupcommit import GroupCommit
@@ -52,6 +42,15 @@ from vna.dicom.attributes import (
     header_from_elements,
 )
 from vna.dicom.identity import ConflictPolicy, IdentityConflict, PatientIdentity
+from vna.dicom.part10 import (
+    HEADER_BYTES,
+    ReceivedFile,
+    dataset_encoding,
+    dataset_sha256,
+    hash_file,
+    read_header,
+    read_transfer_syntax,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,113 +99,18 @@ class PreparedInstance:
         return dicom_object_key(h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid)
 
 
-def _hash_file(path: Path, head: tuple[int, int] = (0, 0)) -> tuple[str, int, bytes]:
-    """SHA-256 and size of a file, and the `head[1]` bytes from offset `head[0]`."""
-    h = hashlib.sha256()
-    size = 0
-    start, length = head
-    kept = b""
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(1 << 20):
-            if len(kept) < length and size + len(chunk) > start:
-                kept += chunk[max(start - size, 0):][:length - len(kept)]
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size, kept
-
-
-def dataset_sha256(stream: Any, offset: int) -> str:
-    """SHA-256 of a Part 10 stream's dataset, i.e. without preamble and file meta."""
-    h = hashlib.sha256()
-    skip = offset
-    while chunk := stream.read(1 << 20):
-        if skip:
-            cut = min(skip, len(chunk))
-            chunk, skip = chunk[cut:], skip - cut
-        h.update(chunk)
-    return h.hexdigest()
-
-
-def read_transfer_syntax(path: Path) -> tuple[str, int]:
-    """Transfer syntax and dataset offset of a Part 10 file, from its group length.
-
-    A direct read of the (explicit VR little endian) file meta; files without a group
-    length element go through pydicom.
-    """
-    with open(path, "rb") as f:
-        head = f.read(144)
-        if len(head) == 144 and head[128:132] == b"DICM" and head[132:138] == b"\x02\x00\x00\x00UL":
-            group_len = struct.unpack("<I", head[140:144])[0]
-            meta = f.read(group_len)
-            pos = 0
-            while pos + 8 <= len(meta):
-                group, elem = struct.unpack("<HH", meta[pos:pos + 4])
-                vr = meta[pos + 4:pos + 6]
-                if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
-                    length = struct.unpack("<I", meta[pos + 8:pos + 12])[0]
-                    pos += 12
-                else:
-                    length = struct.unpack("<H", meta[pos + 6:pos + 8])[0]
-                    pos += 8
-                if (group, elem) == (2, 0x0010):
-                    ts = meta[pos:pos + length].rstrip(b"\x00 ").decode("ascii", "replace")
-                    return ts, 144 + group_len
-                pos += length
-    from pynetdicom.dsutils import split_dataset  # rare: not worth importing pynetdicom
-
-    file_meta, offset = split_dataset(path)
-    return str(file_meta.get("TransferSyntaxUID", "") or ""), offset
-
-
-def _before_pixels(tag: Any, _vr: Any, _length: int) -> bool:
-    return int(tag) >= 0x7FE00008  # Float/Double Float/Pixel Data and what follows
-
-
-def read_header(path: str | Path, ts: str, offset: int) -> Dataset:
-    """The dataset up to the pixel data, read from `offset` with the known transfer syntax
-    (pydicom's dcmread would parse the file meta a second time)."""
-    if ts == DeflatedExplicitVRLittleEndian or not ts.startswith("1.2.840.10008.1.2"):
-        return dcmread(path, stop_before_pixels=True)
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return read_dataset(f, is_implicit_VR=ts == ImplicitVRLittleEndian,
-                            is_little_endian=ts != ExplicitVRBigEndian,
-                            stop_when=_before_pixels)
-
-
-HEADER_BYTES = 256 << 10  # of a dataset, kept in memory to read the header from
-
-
-@dataclass(frozen=True)
-class ReceivedFile:
-    """A Part 10 file with what is known of it: transfer syntax, hash, size and the first
-    bytes of its dataset. The DICOM service learns all of it while it writes the file,
-    so the archive reads nothing of it back."""
-
-    path: str | Path
-    transfer_syntax_uid: str
-    dataset_offset: int
-    sha256: str
-    size: int
-    dataset_head: bytes  # the dataset's first HEADER_BYTES: all of a small one
-
-    @property
-    def whole_dataset(self) -> bool:
-        return self.dataset_offset + len(self.dataset_head) == self.size
-
-
 def _read_header(rf: ReceivedFile) -> InstanceHeader:
     """The index rows of the instance: from the head bytes when they can be read without
-    pydicom (`vna.dicom.rawscan`), else from the file through pydicom."""
-    ts = rf.transfer_syntax_uid
-    if ts != DeflatedExplicitVRLittleEndian and ts.startswith("1.2.840.10008.1.2"):
-        implicit, little = ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian
+    pydicom (`vna.dicom.part10.ElementReader`), else from the file through pydicom."""
+    encoding = dataset_encoding(rf.transfer_syntax_uid)
+    if encoding is not None:
+        implicit, little = encoding
         elements = HEADER_ELEMENTS.read(rf.dataset_head, implicit_vr=implicit,
                                         little_endian=little, complete=rf.whole_dataset)
         if elements is not None:
             return header_from_elements(elements, implicit_vr=implicit, little_endian=little)
     try:
-        ds = read_header(rf.path, ts, rf.dataset_offset)
+        ds = read_header(rf.path, rf.transfer_syntax_uid, rf.dataset_offset)
     except Exception as exc:  # pydicom raises a variety of errors on malformed data
         raise UnreadableInstance(f"not readable as DICOM: {exc.__class__.__name__}") from exc
     return extract_header(ds)
@@ -227,7 +131,7 @@ def prepare(path: Path) -> PreparedInstance:
         raise UnreadableInstance(f"not readable as DICOM: {exc.__class__.__name__}") from exc
     if not ts:
         raise UnreadableInstance("not a DICOM Part 10 file (no transfer syntax in file meta)")
-    sha256, size, head = _hash_file(path, head=(offset, HEADER_BYTES))
+    sha256, size, head = hash_file(path, head=(offset, HEADER_BYTES))
     return prepare_received(ReceivedFile(path, ts, offset, sha256, size, head))
 
 

@@ -1,4 +1,5 @@
-"""Reading the index's attributes from raw bytes (vna.dicom.rawscan + header_from_elements)
+"""Reading the index's attributes from raw bytes (vna.dicom.part10.ElementReader +
+header_from_elements)
 gives exactly what pydicom's reading gives, or gives up; never something else."""
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from storage.archive import read_header, read_transfer_syntax
 from tests.factory import make_instance, write
 from vna.dicom.attributes import (
     HEADER_ELEMENTS,
@@ -20,6 +20,7 @@ from vna.dicom.attributes import (
     extract_header,
     header_from_elements,
 )
+from vna.dicom.part10 import read_header, read_transfer_syntax
 
 DATA = Path(pydicom.__file__).parent / "data"
 PYDICOM_FILES = sorted([*(DATA / "test_files").rglob("*.dcm"),

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
-from vna.dicom.rawscan import ElementReader
+from vna.dicom.part10 import ElementReader
 
 
 class Level(StrEnum):
