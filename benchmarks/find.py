@@ -126,9 +126,9 @@ class Client:
     def __init__(self, name: str, endpoint: Endpoint) -> None:
         from pynetdicom import AE
 
-        from vna.dicom.net import enable_client_tcp_nodelay
+        from services.dicom_scp.pynetdicom_compat import install_requestor
 
-        enable_client_tcp_nodelay()  # pynetdicom sets no TCP_NODELAY: ~40 ms per message
+        install_requestor()  # pynetdicom sets no TCP_NODELAY: ~40 ms per message
         self.name = name
         self.model = STUDY_ROOT_FIND
         ae = AE(ae_title="BENCHFIND")

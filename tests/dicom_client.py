@@ -24,14 +24,12 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from services.dicom_scp.fastpath import install_response_handback
-from vna.dicom.net import enable_client_tcp_nodelay
+from services.dicom_scp.pynetdicom_compat import install_requestor
 
 # Send files as they are and receive straight to files: the byte-for-byte tests need both.
 _config.STORE_SEND_CHUNKED_DATASET = True
 _config.STORE_RECV_CHUNKED_DATASET = True
-enable_client_tcp_nodelay()
-install_response_handback()  # pynetdicom's requestor race with a fast SCP (see there)
+install_requestor()  # TCP_NODELAY, and pynetdicom's requestor race with a fast SCP (see there)
 
 FIND = {"PATIENT": PatientRootQueryRetrieveInformationModelFind,
         "STUDY": StudyRootQueryRetrieveInformationModelFind}

@@ -11,7 +11,8 @@ from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode
 
-from services.dicom_scp.fastpath import FileMeta, encode_file_meta, encode_response
+from services.dicom_scp.pynetdicom_compat import encode_response, received_file_meta
+from vna.dicom.part10 import encode_file_meta
 
 
 @pytest.mark.parametrize("sop_class,sop_uid,ts", [
@@ -20,7 +21,7 @@ from services.dicom_scp.fastpath import FileMeta, encode_file_meta, encode_respo
     ("1.2.840.10008.5.1.4.1.1.77.1.4", "9.99", "1.2.840.10008.1.2.4.91"),
 ])
 def test_file_meta_identical(sop_class: str, sop_uid: str, ts: str) -> None:
-    ours = encode_file_meta(FileMeta(sop_class, sop_uid, ts))
+    ours = encode_file_meta(received_file_meta(sop_class, sop_uid, ts))
     buf = BytesIO()
     write_file_meta_info(buf, create_file_meta(sop_class_uid=sop_class,
                                                sop_instance_uid=sop_uid, transfer_syntax=ts))
@@ -47,7 +48,7 @@ def test_find_response_identical(identifier: bytes | None) -> None:
     from pynetdicom.dimse_messages import C_FIND_RSP
     from pynetdicom.dimse_primitives import C_FIND
 
-    from services.dicom_scp.fastpath import FastFindResponse
+    from services.dicom_scp.pynetdicom_compat import FastFindResponse
 
     rsp = C_FIND()
     rsp.MessageIDBeingRespondedTo = 3
@@ -100,10 +101,10 @@ def test_response_taken_by_the_reactor_goes_back_to_the_waiting_sender() -> None
     cleared) is put back on the queue that sender reads, not dropped as unexpected."""
     from pynetdicom import AE, Association
 
-    from services.dicom_scp import fastpath
+    from services.dicom_scp import pynetdicom_compat
 
-    fastpath.install_response_handback()
-    assert Association._serve_request is fastpath._serve_request
+    pynetdicom_compat.install_requestor()
+    assert Association._serve_request is pynetdicom_compat._serve_request
     assoc = Association(AE(), mode="requestor")
     rsp = C_STORE()
     rsp.MessageIDBeingRespondedTo, rsp.Status = 7, 0x0000

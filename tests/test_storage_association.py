@@ -27,16 +27,12 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
-from services.dicom_scp.storage_association import (
-    ProtocolError,
-    accepts,
-    parse_command,
-    pdata_pdus,
-)
+from services.dicom_scp.storage_association import accepts
 from tests import dicom_client as dc
 from tests.conftest import Backend, running_scp
 from tests.factory import dataset_bytes, make_instance, write
 from tests.test_dicom_scp import index_count, objects_on_disk
+from vna.dicom.dimse import ProtocolError, parse_command, pdata_pdus
 
 STORAGE = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 

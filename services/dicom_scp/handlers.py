@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,15 +16,32 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
 )
 
-from services.dicom_scp.fastpath import receive_failed
 from services.dicom_scp.metrics import ScpMetrics
+from services.dicom_scp.pynetdicom_compat import partial_receive_file, receive_failed
 from services.dicom_scp.retrieve import ArchivedInstance, contexts_for
-from storage.archive import Archive, ReceivedFile
+from storage.archive import Archive
 from storage.errors import FailureLog
 from storage.index.models import Instance
 from storage.index.query import FindQuery, build_select, find
 from vna.dicom.attributes import UNIQUE_KEY, Level
+from vna.dicom.dimse import (
+    ARCHIVE_UNAVAILABLE,
+    INVALID_QUERY_LEVEL,
+    QUERY_FAILED,
+    STATUS_CANCEL,
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_MISMATCH,
+    STATUS_DUPLICATE_CONFLICT,
+    STATUS_IDENTIFIER_MISMATCH,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_PATIENT_CONFLICT,
+    STATUS_PENDING,
+    STATUS_SUCCESS,
+    STATUS_UNABLE_TO_PROCESS,
+    error_comment,
+)
 from vna.dicom.matching import InvalidQuery, Universal
+from vna.dicom.part10 import ReceivedFile
 from vna.settings import Settings
 
 log = logging.getLogger("vna.scp")
@@ -37,34 +52,9 @@ PATIENT_ROOT = {
     str(PatientRootQueryRetrieveInformationModelMove),
 }
 
-# C-STORE failure statuses (PS3.4 B.2.3)
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DATASET_MISMATCH = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_DUPLICATE_CONFLICT = 0xC001
-# The study or SOP Instance is archived for another patient (vna.dicom.identity); the
-# code dcm4chee-arc answers, so that what modality engineers know applies.
-STATUS_PATIENT_CONFLICT = 0xA778
-# C-FIND/C-GET/C-MOVE
-STATUS_PENDING = 0xFF00
-STATUS_CANCEL = 0xFE00
-STATUS_IDENTIFIER_MISMATCH = 0xA900
-STATUS_UNABLE_TO_PROCESS = 0xC000
-
-
-# ErrorComment is an LO (64 characters). A conflict's comment names the study and both
-# patient IDs, which a UID alone can fill: like dcm4chee-arc we send it whole, up to this.
-ERROR_COMMENT_MAX = 512
-
-
-def error_comment(text: str) -> str:
-    """What fits an ErrorComment: the default character repertoire (a command set has no
-    other), at most ERROR_COMMENT_MAX characters."""
-    return text.encode("ascii", "replace").decode("ascii")[:ERROR_COMMENT_MAX]
-
 
 def _status(code: int, comment: str | None = None) -> Dataset:
+    """A status with its comment, as pynetdicom's handlers return one."""
     ds = Dataset()
     ds.Status = code
     if comment:
@@ -129,13 +119,9 @@ class DicomService:
     def drop_partial(self, event: Any) -> None:
         """Remove the file of a C-STORE whose dataset had not arrived when the association
         ended (released, aborted, connection lost), as pynetdicom keeps it."""
-        message = getattr(event.assoc.dimse, "message", None)
-        partial = getattr(message, "_data_set_file", None)
+        partial = partial_receive_file(event.assoc)
         if partial is not None:
-            with contextlib.suppress(Exception):  # its reactor may be writing it right now
-                partial.close()
-            with contextlib.suppress(OSError):
-                os.unlink(partial.name)
+            partial.discard()
 
     def on_rejected(self, event: Any) -> None:
         log.warning("association from %s (%s) rejected (calling AE title not allowed, "
@@ -151,7 +137,7 @@ class DicomService:
             log.error("C-STORE from %s: could not write the received file: %s", calling_aet,
                       error)
             self.metrics.stored("failed", 0.0)
-            return _status(STATUS_OUT_OF_RESOURCES, "archive unavailable")
+            return _status(STATUS_OUT_OF_RESOURCES, ARCHIVE_UNAVAILABLE)
         status, comment = self.store(event.dataset_path, calling_aet,
                                      str(event.request.AffectedSOPInstanceUID))
         return _status(status, comment) if comment else status
@@ -167,7 +153,7 @@ class DicomService:
         except Exception as exc:
             self.failures.failed(f"C-STORE from {calling_aet}", exc)
             self.metrics.stored("failed", time.perf_counter() - started)
-            return STATUS_OUT_OF_RESOURCES, "archive unavailable"
+            return STATUS_OUT_OF_RESOURCES, ARCHIVE_UNAVAILABLE
         self.metrics.stored(result.outcome, time.perf_counter() - started)
         if result.ok:
             return STATUS_SUCCESS, None
@@ -186,7 +172,7 @@ class DicomService:
     def on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         level, ident = _level(event)
         if level is None:
-            yield _status(STATUS_IDENTIFIER_MISMATCH, "invalid QueryRetrieveLevel"), None
+            yield _status(STATUS_IDENTIFIER_MISMATCH, INVALID_QUERY_LEVEL), None
             return
         try:
             q = FindQuery.from_identifier(level, _items(ident))
@@ -197,7 +183,7 @@ class DicomService:
             return
         except Exception as exc:
             self.failures.failed("C-FIND", exc)
-            yield _status(STATUS_UNABLE_TO_PROCESS, "query failed"), None
+            yield _status(STATUS_UNABLE_TO_PROCESS, QUERY_FAILED), None
             return
         for match in matches:
             if event.is_cancelled:
@@ -243,7 +229,7 @@ class DicomService:
     def _retrieve(self, event: Any) -> tuple[list[ArchivedInstance] | None, Dataset | None]:
         level, ident = _level(event)
         if level is None:
-            return None, _status(STATUS_IDENTIFIER_MISMATCH, "invalid QueryRetrieveLevel")
+            return None, _status(STATUS_IDENTIFIER_MISMATCH, INVALID_QUERY_LEVEL)
         try:
             return self._instances(level, ident), None
         except InvalidQuery as exc:

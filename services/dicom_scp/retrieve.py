@@ -3,22 +3,20 @@
 pynetdicom 3.0.4's C-GET/C-MOVE service classes take `Dataset` objects from the handler
 and encode them again. To send the archived bytes unchanged, the handlers yield an
 `ArchivedInstance` (a Dataset carrying only its UIDs and where its bytes are), and
-`Association.send_c_store` is wrapped once per process: an ArchivedInstance whose
-transfer syntax the peer accepted is streamed from its file untouched; otherwise it is
-decoded and handed to pynetdicom, which converts between the uncompressed syntaxes.
+`Association.send_c_store`, wrapped by `pynetdicom_compat`, sends what its `for_sending`
+gives: the stored file, streamed untouched, when the peer accepted its transfer syntax;
+otherwise the decoded dataset, which pynetdicom converts between the uncompressed syntaxes.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import _config
-from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from storage.objectstore import ObjectStore
@@ -36,32 +34,19 @@ class ArchivedInstance(Dataset):
         object.__setattr__(self, "_vna_key", key)
         object.__setattr__(self, "_vna_ts", transfer_syntax_uid)
 
-
-def _accepts(assoc: Association, sop_class: str, ts: str) -> bool:
-    for cx in assoc.accepted_contexts:
-        if cx.abstract_syntax == sop_class and cx.transfer_syntax and cx.transfer_syntax[0] == ts:
-            return True
-    return False
-
-
-@functools.cache
-def install_send_as_stored() -> None:
-    """Wrap Association.send_c_store (once) so ArchivedInstances go out as stored."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    original: Callable[..., Any] = Association.send_c_store
-
-    def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Any:
-        if not isinstance(dataset, ArchivedInstance):
-            return original(self, dataset, *args, **kwargs)
-        store: ObjectStore = dataset._vna_store
-        key: str = dataset._vna_key
-        with store.local_copy(key) as path:
-            if _accepts(self, str(dataset.SOPClassUID), dataset._vna_ts):
-                return original(self, path, *args, **kwargs)
+    @contextmanager
+    def for_sending(self, accepted: Iterable[PresentationContext]) -> Iterator[Path | Dataset]:
+        """What to hand pynetdicom's `send_c_store`: the stored file when one of the
+        `accepted` contexts has its SOP class and transfer syntax (sent unchanged), else
+        the decoded dataset (pynetdicom converts it)."""
+        sop_class, ts = str(self.SOPClassUID), self._vna_ts
+        with self._vna_store.local_copy(self._vna_key) as path:
+            if any(cx.abstract_syntax == sop_class and cx.transfer_syntax
+                   and cx.transfer_syntax[0] == ts for cx in accepted):
+                yield path
+                return
             decoded = dcmread(path)
-        return original(self, decoded, *args, **kwargs)
-
-    Association.send_c_store = send_c_store  # type: ignore[method-assign]
+        yield decoded
 
 
 def contexts_for(pairs: set[tuple[str, str]], limit: int = 128) -> list[PresentationContext]:

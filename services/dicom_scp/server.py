@@ -3,9 +3,15 @@
 A pynetdicom SCP does not scale with threads (the GIL), so `serve` starts
 VNA_DICOM_PROCESSES processes that each bind the port with SO_REUSEPORT; the kernel
 spreads incoming associations over them. Every accepted socket gets TCP_NODELAY
-(pynetdicom sets none, which costs ~40 ms per message with Nagle's algorithm), and
-received datasets are written by pynetdicom straight to a file on the archive's disk,
-which the archive renames into place instead of copying.
+(pynetdicom sets none, which costs ~40 ms per message with Nagle's algorithm).
+
+Each process has its own receive folder, `VNA_DATA_DIR/incoming/<host>-<pid>/`, on the
+archive's disk: a storage association is served by vna's own loop
+(`storage_association`), which writes each dataset there as it arrives; any other
+association goes to pynetdicom, whose chunked receive writes there too
+(`pynetdicom_compat`). The archive renames a received file into place instead of copying
+it. What a process leaves in its folder was never acknowledged: the folder is swept while
+it runs and removed when it stops, and `serve` removes those of dead processes.
 """
 
 from __future__ import annotations
@@ -16,13 +22,13 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
+import pydicom.config
 from pydicom.uid import (
     UID,
     AllTransferSyntaxes,
@@ -30,7 +36,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, _config
+from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -42,17 +48,16 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from services.dicom_scp import fastpath, metrics
+from services.dicom_scp import metrics, pynetdicom_compat
 from services.dicom_scp.handlers import DicomService
-from services.dicom_scp.retrieve import install_send_as_stored
 from services.dicom_scp.storage_association import StorageAcceptor
 from services.runtime import open_archive
 from services.supervision import configure_logging, die_with_parent, wait_for_free_port
 from storage.objectstore import remove_stale_files
-from vna.dicom.net import enable_client_tcp_nodelay
 from vna.settings import Settings
 
 log = logging.getLogger("vna.scp")
+
 
 def _preference(ts: UID) -> int:
     """Our order of preference when a sender offers several syntaxes in one context.
@@ -131,18 +136,18 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def configure_process(settings: Settings) -> None:
-    """Process-wide pynetdicom settings of an SCP process."""
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    _config.LOG_HANDLER_LEVEL = "none"
+def configure_process(settings: Settings) -> Path:
+    """Process-wide settings of an SCP process; returns its receive folder."""
     # Each process receives into its own folder, so a restart cleans only its own leftovers.
     incoming = settings.incoming_dir / f"{socket.gethostname()}-{os.getpid()}"
     incoming.mkdir(parents=True, exist_ok=True)
-    tempfile.tempdir = str(incoming.resolve())
-    install_send_as_stored()
-    fastpath.install()
-    enable_client_tcp_nodelay()
+    incoming = incoming.resolve()
+    pynetdicom_compat.install(incoming)
+    # The archive stores received bytes as they are and never re-encodes them.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    return incoming
 
 
 def run_server_process(settings: Settings, ready: Any = None,
@@ -151,7 +156,7 @@ def run_server_process(settings: Settings, ready: Any = None,
     if parent_pid is not None:
         die_with_parent(parent_pid)
     configure_logging(settings.log_level)
-    configure_process(settings)
+    incoming = configure_process(settings)
     archive = open_archive(settings)
     service = DicomService(settings, archive)
     ae = build_ae(settings)
@@ -159,8 +164,8 @@ def run_server_process(settings: Settings, ready: Any = None,
         (settings.dicom_host, settings.dicom_port),
         evt_handlers=service.handlers(),  # type: ignore[arg-type]
         server_class=ReusePortServer))
-    ae._servers.append(server)  # so that server.shutdown() finds itself
-    server.storage = StorageAcceptor(ae, server.contexts, service, Path(tempfile.gettempdir()))
+    pynetdicom_compat.register_server(ae, server)  # so that server.shutdown() finds itself
+    server.storage = StorageAcceptor(ae, server.contexts, service, incoming)
 
     stopping = threading.Event()
 
@@ -172,7 +177,7 @@ def run_server_process(settings: Settings, ready: Any = None,
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
-    threading.Thread(target=_sweep_incoming, args=(Path(tempfile.gettempdir()), stopping),
+    threading.Thread(target=_sweep_incoming, args=(incoming, stopping),
                      name="vna-sweep-incoming", daemon=True).start()
     if ready is not None:
         ready.set()
@@ -181,7 +186,7 @@ def run_server_process(settings: Settings, ready: Any = None,
     finally:
         archive.index.dispose()
         # nothing in it was acknowledged; a restart need not find it
-        shutil.rmtree(tempfile.gettempdir(), ignore_errors=True)
+        shutil.rmtree(incoming, ignore_errors=True)
 
 
 STALE_INCOMING_SECONDS = 600  # well past the network timeout: nobody writes it any more

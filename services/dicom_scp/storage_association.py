@@ -12,13 +12,14 @@ the thread that accepted the connection:
   against the AE's supported contexts (`negotiate_as_acceptor`) and encodes the
   A-ASSOCIATE-AC, so both paths accept exactly the same contexts and transfer syntaxes;
 - P-DATA-TF PDUs are read into one reused buffer; dataset fragments are written straight
-  to the receive file and hashed on the way; the command set is read field by field
-  (implicit VR little endian, group 0000: PS3.7 6.3.1);
+  to the receive file and hashed on the way (`vna.dicom.part10.Part10Writer`); the command
+  set is read field by field and responses are encoded directly (`vna.dicom.dimse`);
 - the archive gets the file with its transfer syntax, hash, size and first bytes
   (`ReceivedFile`) and reads nothing back before it answers.
 
 The file written is what pynetdicom writes (preamble, the file meta from the C-STORE-RQ
-and the context's transfer syntax, then the dataset bytes as received), so what is
+and the context's transfer syntax, `pynetdicom_compat.received_file_meta`, then the
+dataset bytes as received), so what is
 archived does not depend on the path. Everything else (Query/Retrieve, C-GET's role
 selection, rejections of calling AE titles) goes to pynetdicom unchanged: see `accepts`.
 """
@@ -26,14 +27,12 @@ selection, rejections of calling AE titles) goes to pynetdicom unchanged: see `a
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
 import socket
 import struct
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,49 +47,44 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from pynetdicom.sop_class import Verification
 
-from services.dicom_scp.fastpath import (
-    NO_DATASET,
-    FileMeta,
-    encode_file_meta,
-    encode_response_command,
-)
-from storage.archive import HEADER_BYTES, ReceivedFile
+from services.dicom_scp.pynetdicom_compat import received_file_meta
 from vna.dicom.attributes import is_valid_uid
+from vna.dicom.dimse import (
+    A_ABORT_PDU,
+    A_ASSOCIATE_RQ_PDU,
+    A_RELEASE_RP_PDU,
+    A_RELEASE_RQ_PDU,
+    ARCHIVE_UNAVAILABLE,
+    C_ECHO_RQ,
+    C_ECHO_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+    INVALID_AFFECTED_UIDS,
+    KNOWN_PDU_TYPES,
+    P_DATA_TF_PDU,
+    REASON_NOT_SPECIFIED,
+    SERVICE_PROVIDER,
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SUCCESS,
+    UNEXPECTED_PDU,
+    UNRECOGNIZED_PDU,
+    UNRECOGNIZED_PDU_PARAMETER,
+    Command,
+    ProtocolError,
+    encode_response_command,
+    parse_command,
+    pdata_pdus,
+)
+from vna.dicom.part10 import FileMeta, Part10Writer, ReceivedFile
 
 log = logging.getLogger("vna.scp")
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = str(Verification)
 
-# PDU types (PS3.8 9.3)
-A_ASSOCIATE_RQ_PDU, P_DATA_TF_PDU = 0x01, 0x04
-A_RELEASE_RQ_PDU, A_RELEASE_RP_PDU, A_ABORT_PDU = 0x05, 0x06, 0x07
-
-# DIMSE command fields (PS3.7 E.1)
-C_STORE_RQ, C_STORE_RSP, C_ECHO_RQ, C_ECHO_RSP = 0x0001, 0x8001, 0x0030, 0x8030
-
 LARGEST_ASSOCIATE_RQ = 64 << 10  # a larger request (hundreds of contexts) goes to pynetdicom
 LARGEST_PDU = 64 << 20  # a peer that sends more than this in one PDU is aborted
-
-PREAMBLE = b"\x00" * 128 + b"DICM"
-
-KNOWN_PDU_TYPES = frozenset(range(0x01, 0x08))
-
-# A-ABORT sources and reasons (PS3.8 9.3.8)
-SERVICE_PROVIDER = 0x02
-UNRECOGNIZED_PDU, UNEXPECTED_PDU = 0x01, 0x02
-UNRECOGNIZED_PDU_PARAMETER, INVALID_PDU_PARAMETER = 0x04, 0x06
-
-# C-STORE statuses answered here without the archive (PS3.4 B.2.3)
-STATUS_OUT_OF_RESOURCES, STATUS_CANNOT_UNDERSTAND = 0xA700, 0xC000
-
-
-class ProtocolError(Exception):
-    """The peer broke the protocol: the association is aborted with `reason`."""
-
-    def __init__(self, message: str, reason: int = INVALID_PDU_PARAMETER) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class PeerGone(Exception):
@@ -158,55 +152,6 @@ def accepts(rq: A_ASSOCIATE, storage_syntaxes: frozenset[str], ae: AE) -> bool:
         str(rq.called_ae_title).strip() == str(ae.ae_title).strip()
 
 
-@dataclass(frozen=True)
-class Command:
-    """The fields of a request command set that this path acts on."""
-
-    command_field: int
-    message_id: int
-    has_dataset: bool
-    sop_class_uid: str
-    sop_instance_uid: str
-
-
-def _text(raw: bytes) -> str:
-    return raw.rstrip(b"\x00 ").decode("ascii", "replace")
-
-
-def parse_command(data: bytes) -> Command:
-    """Read a command set: implicit VR little endian elements of group 0000."""
-    fields: dict[int, bytes] = {}
-    pos, end = 0, len(data)
-    while pos + 8 <= end:
-        group, elem, length = struct.unpack_from("<HHI", data, pos)
-        pos += 8
-        if group != 0 or pos + length > end:
-            raise ProtocolError("malformed command set")
-        fields[elem] = data[pos:pos + length]
-        pos += length
-    if pos != end or 0x0100 not in fields or 0x0110 not in fields:
-        raise ProtocolError("malformed command set")
-
-    def us(elem: int, default: int = 0) -> int:
-        raw = fields.get(elem)
-        return struct.unpack("<H", raw[:2])[0] if raw and len(raw) >= 2 else default
-
-    return Command(us(0x0100), us(0x0110), us(0x0800, NO_DATASET) != NO_DATASET,
-                   _text(fields.get(0x0002, b"")), _text(fields.get(0x1000, b"")))
-
-
-def pdata_pdus(context_id: int, command: bool, data: bytes, max_pdu: int) -> bytes:
-    """`data` as P-DATA-TF PDUs of one PDV each, within the peer's maximum PDU length."""
-    step = max(max_pdu - 6, 1) if max_pdu else max(len(data), 1)
-    out = []
-    for start in range(0, max(len(data), 1), step):
-        chunk = data[start:start + step]
-        control = (1 if command else 0) | (2 if start + step >= len(data) else 0)
-        out.append(struct.pack(">BxIIBB", P_DATA_TF_PDU, len(chunk) + 6, len(chunk) + 2,
-                               context_id, control) + chunk)
-    return b"".join(out)
-
-
 class PDUReader:
     """PDUs from a socket through one reused buffer: a recv takes whatever has arrived (often
     the next PDU too), and each PDU's body is a view of the buffer, valid until `next`."""
@@ -224,7 +169,7 @@ class PDUReader:
         s = self.start
         pdu_type, length = self.buf[s], int.from_bytes(self.buf[s + 2:s + 6], "big")
         if length > LARGEST_PDU:
-            raise ProtocolError(f"PDU of {length} bytes", INVALID_PDU_PARAMETER)
+            raise ProtocolError(f"PDU of {length} bytes")
         self._have(6 + length)
         s = self.start
         self.start = s + 6 + length
@@ -245,25 +190,12 @@ class PDUReader:
             self.end += got
 
 
-def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
-    """One writev, then what a short write left (a full disk answers with an error next)."""
-    written = os.writev(fd, parts)
-    for part in parts:
-        if written >= len(part):
-            written -= len(part)
-            continue
-        view, written = memoryview(part)[written:], 0
-        while view:
-            view = view[os.write(fd, view):]
-
-
 class IncomingFile:
-    """One incoming dataset, written as a Part 10 file and hashed while it arrives.
+    """One incoming C-STORE dataset, written as a Part 10 file and hashed while it arrives.
 
     Its folder is the SCP process's own (see `server.configure_process`), so a counter
-    names the files; the preamble and file meta go out with the first fragment. With a
-    `refusal` (a request that cannot be archived, or a file that cannot be written) the
-    fragments are only read, to be answered with that status.
+    names the files. With a `refusal` (a request that cannot be archived, or a file that
+    cannot be written) the fragments are only read, to be answered with that status.
     """
 
     _counter = itertools.count()
@@ -273,63 +205,41 @@ class IncomingFile:
         self.path = f"{directory}/in-{next(self._counter)}.dcm"
         self.refusal = refusal
         self.error: OSError | None = None  # why the file could not be written
-        self._fd = -1
-        self._prefix: bytes | None = None
-        self.transfer_syntax_uid = meta.transfer_syntax
-        self.dataset_offset = self._size = 0
-        self._head: list[bytes] = []
-        self._head_size = 0
+        self._file: Part10Writer | None = None
         if refusal is not None:
             return
-        self._prefix = PREAMBLE + encode_file_meta(meta)
-        self.dataset_offset = self._size = len(self._prefix)
-        self._hash = hashlib.sha256(self._prefix)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
             try:
-                self._fd = os.open(self.path, flags, 0o600)
+                self._file = Part10Writer(self.path, meta)
             except FileNotFoundError:  # the folder was removed under us: make it again
                 os.makedirs(directory, exist_ok=True)
-                self._fd = os.open(self.path, flags, 0o600)
+                self._file = Part10Writer(self.path, meta)
         except OSError as exc:  # e.g. no inodes left
             self._cannot_write(exc)
 
     def _cannot_write(self, exc: OSError) -> None:
         self.error = exc
-        self.refusal = (STATUS_OUT_OF_RESOURCES, "archive unavailable")
+        self.refusal = (STATUS_OUT_OF_RESOURCES, ARCHIVE_UNAVAILABLE)
 
     def write(self, fragment: memoryview) -> None:
-        if self.refusal is not None:
+        if self.refusal is not None or self._file is None:
             return  # read to be answered; nothing kept
         try:
-            _write_all(self._fd, [fragment] if self._prefix is None
-                       else [self._prefix, fragment])
+            self._file.write(fragment)
         except OSError as exc:  # e.g. disk full
             self._cannot_write(exc)
-            return
-        self._prefix = None
-        self._hash.update(fragment)
-        self._size += len(fragment)
-        if self._head_size < HEADER_BYTES:
-            part = bytes(fragment[:HEADER_BYTES - self._head_size])
-            self._head.append(part)
-            self._head_size += len(part)
 
     def finish(self) -> ReceivedFile:
         """The file, complete (only without refusal)."""
-        self._close()
-        return ReceivedFile(self.path, self.transfer_syntax_uid, self.dataset_offset,
-                            self._hash.hexdigest(), self._size, b"".join(self._head))
+        assert self._file is not None
+        return self._file.finish()
 
     def discard(self) -> None:
-        self._close()
-        with contextlib.suppress(OSError):  # none, if it was refused before being made
-            os.unlink(self.path)
-
-    def _close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
+        if self._file is not None:
+            self._file.discard()
+        else:  # none, if it was refused before being made
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 class StorageService(Protocol):
@@ -425,7 +335,7 @@ class StorageAssociation:
         except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO/SO_SNDTIMEO expired
             log.warning("association from %s aborted: no PDU for %.0f s", self.calling_aet,
                         self.timeout)
-            self._abort(0x00)
+            self._abort(REASON_NOT_SPECIFIED)
         except (PeerGone, OSError):
             pass  # the requestor went away: nothing it was not answered for is kept
         finally:
@@ -485,17 +395,16 @@ class StorageAssociation:
     def _request(self, context_id: int, command: Command) -> None:
         cx = self.accepted[context_id]
         if command.command_field == C_ECHO_RQ and not command.has_dataset:
-            self._respond(context_id, C_ECHO_RSP, command.message_id, 0x0000,
+            self._respond(context_id, C_ECHO_RSP, command.message_id, STATUS_SUCCESS,
                           sop_class_uid=VERIFICATION)
         elif (command.command_field == C_STORE_RQ and command.has_dataset
               and str(cx.abstract_syntax) != VERIFICATION):
             self._pending = (command, context_id)
-            meta = FileMeta(command.sop_class_uid, command.sop_instance_uid,
-                            str(cx.transfer_syntax[0]))
+            meta = received_file_meta(command.sop_class_uid, command.sop_instance_uid,
+                                      str(cx.transfer_syntax[0]))
             refusal = None
             if not (is_valid_uid(meta.sop_class_uid) and is_valid_uid(meta.sop_instance_uid)):
-                refusal = (STATUS_CANNOT_UNDERSTAND,
-                           "Affected SOP Class or Instance UID missing or invalid")
+                refusal = (STATUS_CANNOT_UNDERSTAND, INVALID_AFFECTED_UIDS)
             self._receiving = IncomingFile(str(self.incoming), meta, refusal)
         else:
             raise ProtocolError(f"unsupported DIMSE command 0x{command.command_field:04x} "
