@@ -21,8 +21,7 @@ from services.dicom_scp.pynetdicom_compat import partial_receive_file, receive_f
 from services.dicom_scp.retrieve import ArchivedInstance, contexts_for
 from storage.archive import Archive
 from storage.errors import FailureLog
-from storage.index.models import Instance
-from storage.index.query import FindQuery, build_select, find
+from storage.index.query import FindQuery, find, retrieve_instances
 from vna.dicom.attributes import UNIQUE_KEY, Level
 from vna.dicom.dimse import (
     ARCHIVE_UNAVAILABLE,
@@ -218,13 +217,10 @@ class DicomService:
         # Retrieval uses the unique keys only (PS3.4 C.4.2.2.1)
         q.matchers = {k: m for k, m in q.matchers.items()
                       if k in {a.keyword for a in UNIQUE_KEY.values()}}
-        stmt = build_select(q).with_only_columns(
-            Instance.storage_key, Instance.sop_class_uid, Instance.sop_instance_uid,
-            Instance.transfer_syntax_uid)
         with self.archive.index.read_session() as s:
-            rows = s.execute(stmt).all()
-        return [ArchivedInstance(self.archive.store, r.storage_key, r.sop_class_uid,
-                                 r.sop_instance_uid, r.transfer_syntax_uid) for r in rows]
+            stored = retrieve_instances(s, q)
+        return [ArchivedInstance(self.archive.store, i.storage_key, i.sop_class_uid,
+                                 i.sop_instance_uid, i.transfer_syntax_uid) for i in stored]
 
     def _retrieve(self, event: Any) -> tuple[list[ArchivedInstance] | None, Dataset | None]:
         level, ident = _level(event)

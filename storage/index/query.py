@@ -1,4 +1,4 @@
-"""The one place C-FIND (and later QIDO-RS) queries become SQL.
+"""The one place C-FIND and retrieval (and later QIDO-RS) queries become SQL.
 
 Matchers from `vna.dicom.matching` are applied as bound parameters only; computed
 return keys (NumberOf...Related..., ModalitiesInStudy) come from grouped queries over
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 from pydicom.multival import MultiValue
 from sqlalchemy import ColumnElement, Integer, Select, and_, exists, func, or_, select
@@ -186,6 +186,24 @@ def find(session: Session, q: FindQuery, *, limit: int | None = None) -> list[di
                 out[key] = None
         results.append(out)
     return results
+
+
+class StoredInstance(NamedTuple):
+    """What sending an archived instance needs: where its bytes are and what they are."""
+
+    storage_key: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+def retrieve_instances(session: Session, q: FindQuery) -> list[StoredInstance]:
+    """The instances a retrieval (C-GET, C-MOVE) selects: every instance under what the
+    matchers of `q` match, whatever its level."""
+    stmt = build_select(replace(q, level=Level.IMAGE)).with_only_columns(
+        Instance.storage_key, Instance.sop_class_uid, Instance.sop_instance_uid,
+        Instance.transfer_syntax_uid)
+    return [StoredInstance(*row) for row in session.execute(stmt).all()]
 
 
 def _computed(session: Session, level: Level, keys: Sequence[str],
