@@ -6,7 +6,8 @@ loaded once per corpus and kept under the work dir, because loading is the slow 
 with 4 parallel associations. Then each target is started on its loaded index and queried over
 ONE open association per target (pynetdicom, TCP_NODELAY on), queries alternating between the
 targets so that drift hits both alike. DCMTK's findscu --repeat is timed too, as a second
-client.
+client, and so is what most workstations do: one findscu (and one echoscu) process, so one
+fresh association, per query, wall time of the whole process.
 
     .venv/bin/python benchmarks/find.py --help
 """
@@ -182,6 +183,24 @@ def findscu_ms(endpoint: Endpoint, patient_id: str, repeat: int) -> float:
     return max(0.0, (many - one) / (repeat - 1) * 1000)
 
 
+def per_process_ms(tool: str, endpoint: Endpoint, patient_id: str) -> float:
+    """Wall ms of one DCMTK process that opens an association, sends one C-FIND (findscu)
+    or C-ECHO (echoscu), and releases it."""
+    if tool == "findscu":
+        cmd = [dcmtk("findscu"), "-S", "-aet", "BENCHFIND", "-aec", endpoint.aet,
+               "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={patient_id}",
+               *(a for k in RETURN_KEYS for a in ("-k", k)), endpoint.host, str(endpoint.port)]
+    else:
+        cmd = [dcmtk("echoscu"), "-aet", "BENCHFIND", "-aec", endpoint.aet, endpoint.host,
+               str(endpoint.port)]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=dcmtk_env(), capture_output=True, timeout=60)
+    ms = (time.perf_counter() - t0) * 1000
+    if r.returncode != 0:
+        raise BenchError(f"{tool} failed: {r.stderr.decode(errors='replace')[-500:]}")
+    return ms
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
@@ -203,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="load the index again even if a loaded one is kept in the work dir")
     ap.add_argument("--findscu-repeat", type=int, default=100,
                     help="also time DCMTK findscu --repeat N (0 = skip)")
+    ap.add_argument("--per-process", type=int, default=20,
+                    help="also time N findscu and N echoscu processes per target, one "
+                         "association each (0 = skip)")
     ap.add_argument("--seed", type=int, default=1, help="for the choice of patients")
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                     help="corpus, loaded indexes, temporary files (env VNA_BENCH_DIR)")
@@ -259,6 +281,15 @@ def main(argv: list[str] | None = None) -> int:
                     assert target.endpoint is not None
                     findscu[t] = findscu_ms(target.endpoint, rng.choice(pids),
                                             args.findscu_repeat)
+            fresh: dict[tuple[str, str], list[float]] = {}
+            for i in range(args.per_process):
+                pid = rng.choice(pids)
+                pairs = list(zip(targets, started, strict=True))
+                for tool in ("findscu", "echoscu"):
+                    for t, target in (pairs if i % 2 == 0 else pairs[::-1]):
+                        assert target.endpoint is not None
+                        fresh.setdefault((t, tool), []).append(
+                            per_process_ms(tool, target.endpoint, pid))
         finally:
             for c in clients:
                 with contextlib.suppress(Exception):
@@ -286,6 +317,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"p90 {pct(v, 0.9) / pct(o, 0.9):.2f}"
                   + (f", findscu {findscu['vna'] / findscu['orthanc']:.2f}"
                      if findscu.get("orthanc") else ""))
+        if fresh:
+            print()
+            print(f"One DCMTK process (one fresh association) per request, {args.per_process} "
+                  "each, interleaved; wall ms of the process")
+            print()
+            print("| target | findscu median | findscu p90 | echoscu median | echoscu p90 |")
+            print("|---|---:|---:|---:|---:|")
+            for t in targets:
+                f, e = fresh[(t, "findscu")], fresh[(t, "echoscu")]
+                print(f"| {t} | {statistics.median(f):.1f} | {pct(f, 0.9):.1f} | "
+                      f"{statistics.median(e):.1f} | {pct(e, 0.9):.1f} |")
+            if ("vna", "findscu") in fresh and ("orthanc", "findscu") in fresh:
+                ratio = statistics.median(fresh[("vna", "findscu")]) / \
+                    statistics.median(fresh[("orthanc", "findscu")])
+                print(f"\nvna/orthanc fresh-association findscu ratio (lower is better for "
+                      f"vna): {ratio:.2f}")
         print(f"\n(loaded indexes are kept in {d}; delete it or pass --reload to rebuild)")
         return 0
 

@@ -121,9 +121,11 @@ class ObjectStore(ABC):
     def discard_partial(self, partial: PartialWrite) -> None: ...
 
     @contextmanager
-    def local_copy(self, key: str) -> Iterator[Path]:
-        """A local file with the object's bytes, valid inside the `with` block."""
-        fd, name = tempfile.mkstemp(suffix=".dcm")
+    def local_copy(self, key: str, directory: Path | None = None) -> Iterator[Path]:
+        """A local file with the object's bytes, valid inside the `with` block; a copy is
+        made in `directory` (the system's temp folder if None), so that a process that
+        sweeps its own folder also sweeps what a kill -9 mid-copy left."""
+        fd, name = tempfile.mkstemp(suffix=".dcm", dir=directory)
         try:
             with os.fdopen(fd, "wb") as out, self.open(key) as src:
                 shutil.copyfileobj(src, out, 1 << 20)
@@ -387,7 +389,7 @@ class FileObjectStore(ObjectStore):
             os.unlink(os.path.join(self._tmp, partial.key.removeprefix(".tmp/")))
 
     @contextmanager
-    def local_copy(self, key: str) -> Iterator[Path]:
+    def local_copy(self, key: str, directory: Path | None = None) -> Iterator[Path]:
         p = self.path(key)
         if not p.is_file():
             raise ObjectNotFound(key)

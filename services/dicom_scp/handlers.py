@@ -86,9 +86,11 @@ def _items(ident: Dataset) -> list[tuple[str, Any]]:
 class DicomService:
     """The handlers of one SCP process, bound to its archive and settings."""
 
-    def __init__(self, settings: Settings, archive: Archive) -> None:
+    def __init__(self, settings: Settings, archive: Archive,
+                 receive_dir: Path | None = None) -> None:
         self.settings = settings
         self.archive = archive
+        self.receive_dir = receive_dir  # the process's own folder, swept by it
         self.peers = settings.peers
         self.metrics = ScpMetrics()
         self.failures = FailureLog(log)
@@ -220,7 +222,8 @@ class DicomService:
         with self.archive.index.read_session() as s:
             stored = retrieve_instances(s, q)
         return [ArchivedInstance(self.archive.store, i.storage_key, i.sop_class_uid,
-                                 i.sop_instance_uid, i.transfer_syntax_uid) for i in stored]
+                                 i.sop_instance_uid, i.transfer_syntax_uid, self.receive_dir)
+                for i in stored]
 
     def _retrieve(self, event: Any) -> tuple[list[ArchivedInstance] | None, Dataset | None]:
         level, ident = _level(event)

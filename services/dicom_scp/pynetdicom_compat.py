@@ -70,7 +70,11 @@ together with other contexts.
   (`time.sleep(self._run_loop_delay)`, 1 ms) waits on its socket and on a socket pair
   that `send_pdu` pokes, instead of polling. Gain: +20-30 % (141-159 vs 109-133 inst/s,
   three interleaved pairs), and an idle association costs ~0 CPU
-  (tests/test_fastpath.py). Remove when pynetdicom's DUL is event-driven.
+  (tests/test_fastpath.py). `_run_reactor` also has the DUL's `to_user_queue` (A-RELEASE
+  and A-ABORT indications) wake the association's reactor, which waits on the DIMSE queue
+  (`_association_sleep`): otherwise an A-RELEASE-RQ is answered only when that 5 ms wait
+  runs out (14.1 -> 11.9 ms for a release, as Orthanc). Remove when pynetdicom's DUL is
+  event-driven.
 - `pynetdicom.association.Association._serve_request` -> `_serve_request`. What: a
   response that the reactor reads while a `send_c_*()` in another thread waits for it goes
   back to the queue that sender reads, instead of being dropped as unexpected
@@ -104,6 +108,16 @@ together with other contexts.
 - `pynetdicom.ae.ApplicationEntity._servers` through `register_server(ae, server)`: a
   server made by `make_server` (for vna's server class) must be listed there for
   `server.shutdown()`, which removes it. Remove when `make_server` lists it.
+- `pynetdicom.transport.RequestHandler._create_association` deep-copies the server's
+  supported contexts for every association it serves; `share_contexts(server)` makes that
+  copy the list itself (`SharedContexts`). Why: vna's AE supports 177 contexts with 37
+  transfer syntaxes each; the copy took ~17 ms of CPU between the A-ASSOCIATE-RQ and the
+  A-ASSOCIATE-AC and left ~7,000 objects of garbage per association, which brought on full
+  garbage collections of 45-60 ms in the middle of associations. Negotiation only reads
+  the contexts (`negotiate_as_acceptor` builds new ones), and nothing changes them while
+  the server runs. Gain: a C-FIND on a fresh association (DCMTK findscu, one process per
+  query) 41 -> 19 ms; associate p99 68 -> 6.5 ms (benchmarks/find.py). Remove when
+  pynetdicom stops copying them.
 """
 
 from __future__ import annotations
@@ -252,6 +266,20 @@ def register_server(ae: AE, server: _transport.ThreadedAssociationServer) -> Non
     ae._servers.append(server)
 
 
+class SharedContexts(list[Any]):
+    """A server's supported presentation contexts, shared by all its associations: a
+    deep copy of it is the list itself (see `share_contexts`)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedContexts:
+        return self
+
+
+def share_contexts(server: _transport.ThreadedAssociationServer) -> None:
+    """Have the associations `server` serves share its contexts instead of each deep-copying
+    them (`RequestHandler._create_association`; see the module docstring)."""
+    server.contexts = SharedContexts(server.contexts)
+
+
 # -- responses -------------------------------------------------------------------------------
 
 _RESPONSE_COMMAND_FIELD = {C_STORE: dimse.C_STORE_RSP, C_FIND: dimse.C_FIND_RSP}
@@ -374,17 +402,33 @@ def _dul_sleep(seconds: float) -> None:
 
 
 def _run_reactor(self: _dul.DULServiceProvider) -> None:
-    """The DUL's loop, with a socket pair that `_send_pdu` uses to wake it up."""
+    """The DUL's loop, with a socket pair that `_send_pdu` uses to wake it up, and its
+    indications to the association waking the association's reactor."""
     wake = socket.socketpair()
     for end in wake:
         end.setblocking(False)
     self._vna_wake = wake  # type: ignore[attr-defined]
+    _wake_association_on_indication(self)
     try:
         DUL_RUN_REACTOR.original(self)
     finally:
         self._vna_wake = None  # type: ignore[attr-defined]
         for end in wake:
             end.close()
+
+
+def _wake_association_on_indication(dul: _dul.DULServiceProvider) -> None:
+    """A-RELEASE and A-ABORT indications go to the DUL's `to_user_queue`, but the acceptor
+    reactor waits on the DIMSE queue (`_association_sleep`): wake it for those too."""
+    put = dul.to_user_queue.put
+
+    def put_and_wake(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        put(item, block, timeout)
+        q = dul.assoc.dimse.msg_queue
+        with q.not_empty:
+            q.not_empty.notify_all()  # a get() woken for nothing waits again
+
+    dul.to_user_queue.put = put_and_wake  # type: ignore[method-assign]
 
 
 def _send_pdu(self: _dul.DULServiceProvider, primitive: Any) -> None:
@@ -491,7 +535,8 @@ def _reactor_sleeps() -> str | None:
 def _dul_sleeps() -> str | None:
     """The DUL sleeps its `_run_loop_delay`, DUL_LOOP_DELAY: `_dul_sleep` engages for it."""
     return (_contains(_dul.DULServiceProvider.__init__,
-                      (f"self._run_loop_delay = {DUL_LOOP_DELAY!r}",))
+                      (f"self._run_loop_delay = {DUL_LOOP_DELAY!r}", "self.to_user_queue",
+                       "self._assoc = assoc"))
             or _contains(_dul.DULServiceProvider.run_reactor,
                          ("time.sleep(self._run_loop_delay)",))
             or _contains(_transport.AssociationSocket.__init__, ("self.socket",)))
@@ -620,11 +665,18 @@ def _message_file() -> str | None:
             or _contains(_dimse.DIMSEServiceProvider.__init__, ("self.message",)))
 
 
-# private attribute read -> (accessor, check)
+def _copies_contexts() -> str | None:
+    return _contains(_transport.RequestHandler._create_association,
+                     ("deepcopy(self.server.contexts)",))
+
+
+# private attribute read or internal behaviour relied on -> (accessor, check)
 PRIVATE_READS: dict[str, tuple[Callable[..., Any], Callable[[], str | None]]] = {
     "pynetdicom.dimse_messages.DIMSEMessage._data_set_file": (partial_receive_file,
                                                               _message_file),
     "pynetdicom.ae.ApplicationEntity._servers": (register_server, _servers_list),
+    "pynetdicom.transport.RequestHandler._create_association": (share_contexts,
+                                                                _copies_contexts),
 }
 
 

@@ -26,13 +26,15 @@ class ArchivedInstance(Dataset):
     """A stored SOP Instance standing in for its dataset until it is sent."""
 
     def __init__(self, store: ObjectStore, key: str, sop_class_uid: str,
-                 sop_instance_uid: str, transfer_syntax_uid: str) -> None:
+                 sop_instance_uid: str, transfer_syntax_uid: str,
+                 scratch: Path | None = None) -> None:
         super().__init__()
         self.SOPClassUID = sop_class_uid
         self.SOPInstanceUID = sop_instance_uid
         object.__setattr__(self, "_vna_store", store)
         object.__setattr__(self, "_vna_key", key)
         object.__setattr__(self, "_vna_ts", transfer_syntax_uid)
+        object.__setattr__(self, "_vna_scratch", scratch)  # where an S3 object is copied
 
     @contextmanager
     def for_sending(self, accepted: Iterable[PresentationContext]) -> Iterator[Path | Dataset]:
@@ -40,7 +42,7 @@ class ArchivedInstance(Dataset):
         `accepted` contexts has its SOP class and transfer syntax (sent unchanged), else
         the decoded dataset (pynetdicom converts it)."""
         sop_class, ts = str(self.SOPClassUID), self._vna_ts
-        with self._vna_store.local_copy(self._vna_key) as path:
+        with self._vna_store.local_copy(self._vna_key, self._vna_scratch) as path:
             if any(cx.abstract_syntax == sop_class and cx.transfer_syntax
                    and cx.transfer_syntax[0] == ts for cx in accepted):
                 yield path
