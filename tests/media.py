@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import wave
+from collections.abc import Iterable
 from fractions import Fraction
 
 import numpy as np
@@ -65,3 +66,18 @@ def make_jpeg(size: tuple[int, int] = (320, 240)) -> bytes:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="JPEG", quality=85)
     return buf.getvalue()
+
+
+FormPart = tuple[str, str | None, str | None, bytes]  # name, filename, content type, bytes
+
+
+def form_body(parts: Iterable[FormPart], boundary: str, end: bool = True) -> bytes:
+    """A multipart/form-data body of these parts, in the order given (`end`: with the
+    closing boundary)."""
+    out = b""
+    for name, filename, ctype, data in parts:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disp}\r\n".encode()
+        out += (f"Content-Type: {ctype}\r\n" if ctype else "").encode() + b"\r\n" + data
+        out += b"\r\n"
+    return out + (f"--{boundary}--\r\n".encode() if end else b"")

@@ -69,6 +69,21 @@ def test_import_missing_path_is_an_error(embedded: Backend) -> None:
     assert "does not exist" in p.stderr + p.stdout
 
 
+def _upload_a_pdf(http_port: int, token: str) -> None:
+    """The printed admin token works on the document API of `vna up`."""
+    import httpx
+
+    from tests.media import make_pdf
+
+    r = httpx.post(f"http://127.0.0.1:{http_port}/api/v1/documents",
+                   headers={"Authorization": f"Bearer {token}"},
+                   data={"metadata": json.dumps({"patientId": "191212121212",
+                                                 "classCode": "report",
+                                                 "practiceSettingCode": "lung"})},
+                   files={"file": ("r.pdf", make_pdf(), "application/pdf")})
+    assert r.status_code == 201, r.text
+
+
 def test_up_runs_everything_and_ctrl_c_stops_it(embedded: Backend, tmp_path: Path) -> None:
     dport, hport = free_port(), free_port()
     env = vna_env({**embedded.env, "VNA_DICOM_PORT": str(dport), "VNA_HTTP_PORT": str(hport),
@@ -93,17 +108,7 @@ def test_up_runs_everything_and_ctrl_c_stops_it(embedded: Backend, tmp_path: Pat
         assert assoc.is_established and assoc.send_c_echo().Status == 0
         assoc.release()
         # The printed admin token works on the document API.
-        import httpx
-
-        from tests.media import make_pdf
-
-        r = httpx.post(f"http://127.0.0.1:{hport}/api/v1/documents",
-                       headers={"Authorization": f"Bearer {token}"},
-                       data={"metadata": json.dumps({"patientId": "191212121212",
-                                                     "classCode": "report",
-                                                     "practiceSettingCode": "lung"})},
-                       files={"file": ("r.pdf", make_pdf(), "application/pdf")})
-        assert r.status_code == 201, r.text
+        _upload_a_pdf(hport, token)
         # The worker is a real Celery process on the serverless broker.
         from services.worker.app import make_celery
 
@@ -138,17 +143,7 @@ def test_up_console_shows_what_a_person_needs(embedded: Backend, tmp_path: Path)
     try:
         wait_port(hport, 90)
         token = (embedded.data_dir / "admin-token").read_text().strip()
-        import httpx
-
-        from tests.media import make_pdf
-
-        r = httpx.post(f"http://127.0.0.1:{hport}/api/v1/documents",
-                       headers={"Authorization": f"Bearer {token}"},
-                       data={"metadata": json.dumps({"patientId": "191212121212",
-                                                     "classCode": "report",
-                                                     "practiceSettingCode": "lung"})},
-                       files={"file": ("r.pdf", make_pdf(), "application/pdf")})
-        assert r.status_code == 201, r.text
+        _upload_a_pdf(hport, token)
         from services.runtime import open_runtime
         from storage.outbox import lag
 

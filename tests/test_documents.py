@@ -29,7 +29,7 @@ from tests.api_client import (
 )
 from tests.conftest import VNA, Backend, vna_env
 from tests.factory import make_instance, write
-from tests.media import make_jpeg, make_mp4, make_pdf, make_wav
+from tests.media import form_body, make_jpeg, make_mp4, make_pdf, make_wav
 
 
 @pytest.fixture(scope="module")
@@ -556,14 +556,7 @@ def test_unknown_document_is_404(api: RunningAPI) -> None:
 def _multipart(parts: list[tuple[str, str | None, str | None, bytes]],
                boundary: str = "vna-b") -> tuple[bytes, dict[str, str]]:
     """A body from (name, filename, content type, bytes) parts, in the order given."""
-    out = b""
-    for name, filename, ctype, data in parts:
-        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        out += f"--{boundary}\r\nContent-Disposition: {disp}\r\n".encode()
-        out += (f"Content-Type: {ctype}\r\n" if ctype else "").encode() + b"\r\n" + data
-        out += b"\r\n"
-    out += f"--{boundary}--\r\n".encode()
-    return out, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    return form_body(parts, boundary), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 @pytest.mark.parametrize(("case", "status"), [

@@ -30,6 +30,7 @@ from services.xds_api.upload import (
     UploadReceiver,
 )
 from storage.objectstore import Readable
+from tests.media import FormPart, form_body
 from vna.documents import mime
 
 KEY = "documents/2026/01/entry"
@@ -87,17 +88,11 @@ class FakeStore:
 
 # -- bodies and requests --------------------------------------------------------------------
 
-Part = tuple[str, str | None, str | None, bytes]  # name, filename, content type, bytes
+Part = FormPart
 
 
 def form(parts: Iterable[Part], boundary: str = "test-b", end: bool = True) -> bytes:
-    out = b""
-    for name, filename, ctype, data in parts:
-        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        out += f"--{boundary}\r\nContent-Disposition: {disp}\r\n".encode()
-        out += (f"Content-Type: {ctype}\r\n" if ctype else "").encode() + b"\r\n" + data
-        out += b"\r\n"
-    return out + (f"--{boundary}--\r\n".encode() if end else b"")
+    return form_body(parts, boundary, end)
 
 
 def metadata(**extra: object) -> Part:
