@@ -34,6 +34,9 @@ class Action(StrEnum):
     TOKEN_LIST = "token.list"
     TOKEN_REVOKE = "token.revoke"
     AUDIT_LIST = "audit.list"
+    DICOMWEB_QUERY = "dicomweb.query"  # QIDO-RS
+    DICOMWEB_RETRIEVE = "dicomweb.retrieve"  # WADO-RS: instances, metadata, frames, renders
+    DICOMWEB_STORE = "dicomweb.store"  # STOW-RS
     STATS_READ = "stats.read"  # no patient data: counts and sizes
     METRICS_READ = "metrics.read"
 
@@ -48,6 +51,9 @@ ALLOWED_ROLES: dict[Action, frozenset[Role]] = {
     Action.DOCUMENT_CONTENT: _READERS,
     Action.DOCUMENT_REVIEW: frozenset({Role.ADMIN, Role.REVIEWER}),
     Action.TIMELINE_READ: _READERS,
+    Action.DICOMWEB_QUERY: _READERS,
+    Action.DICOMWEB_RETRIEVE: _READERS,
+    Action.DICOMWEB_STORE: _WRITERS,
     Action.TOKEN_CREATE: frozenset({Role.ADMIN}),
     Action.TOKEN_LIST: frozenset({Role.ADMIN}),
     Action.TOKEN_REVOKE: frozenset({Role.ADMIN}),

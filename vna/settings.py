@@ -88,6 +88,11 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    cors_origins: str = Field(default="", description=(
+        "origins allowed to call the HTTP service from a browser, comma-separated "
+        "(e.g. an OHIF served elsewhere); empty: none"))
+    viewer_dir: Path | None = Field(default=None, description=(
+        "a built OHIF viewer (the dist folder of @ohif/app) to serve at /viewer"))
 
     fsync: bool = True
     admin_token: str | None = None
@@ -136,6 +141,10 @@ class Settings(BaseSettings):
     def allowed_document_mime_types(self) -> frozenset[str]:
         return frozenset(m.strip().lower() for m in self.document_mime_types.split(",")
                          if m.strip())
+
+    @property
+    def allowed_cors_origins(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def peers(self) -> dict[str, DicomPeer]:

@@ -1,5 +1,5 @@
-"""The HTTP service: FastAPI app factory. Documents, tokens, audit, statistics, the
-dashboard and operations (/health, /metrics) mount here; DICOMweb will."""
+"""The HTTP service: FastAPI app factory. Documents, tokens, audit, statistics, DICOMweb,
+the dashboard and operations (/health, /metrics) mount here."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
 import vna
 from services.runtime import Runtime, open_runtime
-from services.xds_api import admin, dashboard, documents, operations, stats
+from services.xds_api import admin, dashboard, dicomweb, documents, operations, stats
 from services.xds_api.audit import AuditMiddleware
 from services.xds_api.deps import ApiContext
 from services.xds_api.metrics import Metrics
@@ -56,9 +57,18 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(stats.router)
     app.include_router(operations.router)
     app.include_router(dashboard.router)
+    app.include_router(dicomweb.router)
     failures = FailureLog(log)
     app.add_middleware(AuditMiddleware, trail=context.audit, metrics=context.metrics,
                        failures=failures)
+    origins = runtime.settings.allowed_cors_origins
+    if origins:  # outermost: a preflight is answered before anything asks for a token
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_credentials=True,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Accept", "Content-Type", "If-None-Match"],
+            expose_headers=["ETag", "Warning", "Content-Location", "Content-Range"],
+            max_age=600)
 
     @app.exception_handler(ObjectNotFound)
     async def _object_missing(_request: Request, exc: ObjectNotFound) -> JSONResponse:

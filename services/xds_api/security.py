@@ -26,6 +26,12 @@ _PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
 _UNIQUE_ID = re.compile(UNIQUE_ID_PATTERN)
 _bearer = HTTPBearer(auto_error=False, description="an API token (`vna token create`)")
 
+# A browser viewer (OHIF at /viewer) cannot send a bearer header with every image it loads:
+# after one sign-in it sends this HttpOnly, SameSite=Strict cookie, which holds the token
+# and is taken in place of the header under these paths only.
+SESSION_COOKIE = "vna_session"
+SESSION_COOKIE_PATHS = ("/dicomweb",)
+
 
 def ensure_admin_token(settings: Settings) -> tuple[str, bool]:
     """The admin token and whether it was generated just now (then it is shown once)."""
@@ -79,10 +85,14 @@ def authorize(action: Action) -> Any:
             patient_id=patient if patient and _PATIENT_ID.match(patient) else None,
             resource=resource if resource and _UNIQUE_ID.match(resource) else None)
         request.state.audit = ctx
-        if credentials is None or credentials.scheme.lower() != "bearer":
+        secret = credentials.credentials if credentials is not None and \
+            credentials.scheme.lower() == "bearer" else None
+        if secret is None and request.url.path.startswith(SESSION_COOKIE_PATHS):
+            secret = request.cookies.get(SESSION_COOKIE) or None
+        if secret is None:
             raise HTTPException(401, "a bearer token is required",
                                 headers={"WWW-Authenticate": "Bearer"})
-        principal = tokens.authenticate(credentials.credentials)
+        principal = tokens.authenticate(secret)
         if principal is None:
             raise HTTPException(401, "the token is unknown or revoked",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})

@@ -15,7 +15,7 @@ from sqlalchemy import Select, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from storage.index.db import Index
-from storage.index.models import Document, Patient, Series, Study
+from storage.index.models import Document
 from storage.index.query import FindQuery, find
 from storage.outbox import DOCUMENT_STORED, add_events
 from vna.dicom.attributes import Level
@@ -213,20 +213,11 @@ class Documents:
             "IssuerOfPatientID", "StudyInstanceUID", "StudyDate", "StudyTime",
             "StudyDescription", "AccessionNumber", "ReferringPhysicianName",
             "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
-            "NumberOfStudyRelatedInstances"])
+            "NumberOfStudyRelatedInstances"],
+            departments=departments)  # a limited token: the studies its departments took
         with self.index.read_session() as s:
             studies = [st for st in find(s, q)
                        if issuer is None or st["IssuerOfPatientID"] in (None, "", issuer)]
-            if departments and studies:
-                # A department-limited token sees the studies its departments took part in.
-                # (This patient's rows only: a Study Instance UID may have one per patient.)
-                allowed = set(s.scalars(select(Study.study_instance_uid).join(
-                    Series, Series.study_fk == Study.id).join(
-                    Patient, Patient.id == Study.patient_fk).where(
-                    Patient.patient_id == dicom_id,
-                    Study.study_instance_uid.in_([st["StudyInstanceUID"] for st in studies]),
-                    Series.institutional_department_name.in_(departments))))
-                studies = [st for st in studies if st["StudyInstanceUID"] in allowed]
         return [TimelineStudy.of(st) for st in studies]
 
 

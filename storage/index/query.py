@@ -1,4 +1,4 @@
-"""The one place C-FIND and retrieval (and later QIDO-RS) queries become SQL.
+"""The one place C-FIND and QIDO-RS queries (and retrievals) become SQL.
 
 Matchers from `vna.dicom.matching` are applied as bound parameters only; computed
 return keys (NumberOf...Related..., ModalitiesInStudy) come from grouped queries over
@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from pydicom.multival import MultiValue
 from sqlalchemy import ColumnElement, Integer, Select, and_, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from storage.index.models import Instance, Patient, Series, Study
 from vna.dicom.attributes import (
@@ -28,10 +28,12 @@ from vna.dicom.matching import (
     AnyOf,
     InvalidQuery,
     Matcher,
+    NamePrefixes,
     Range,
     Single,
     Universal,
     Wildcard,
+    fuzzy_name,
     parse_matcher,
     wildcard_to_like,
 )
@@ -46,14 +48,19 @@ MODELS: dict[Level, Any] = {
 
 @dataclass
 class FindQuery:
-    """A C-FIND request reduced to what the index needs."""
+    """A C-FIND (or QIDO-RS) request reduced to what the index needs. `departments`, when
+    not empty, limits matches to studies with a series of one of these departments
+    (InstitutionalDepartmentName): what a department-limited token may see."""
 
     level: Level
     matchers: dict[str, Matcher] = field(default_factory=dict)
     return_keys: list[str] = field(default_factory=list)
+    departments: frozenset[str] = frozenset()
 
     @classmethod
-    def from_identifier(cls, level: Level, items: Iterable[tuple[str, Any]]) -> FindQuery:
+    def from_identifier(cls, level: Level, items: Iterable[tuple[str, Any]], *,
+                        fuzzy_names: bool = False) -> FindQuery:
+        """`fuzzy_names`: person names match by word prefixes (QIDO's fuzzymatching)."""
         q = cls(level)
         for keyword, value in items:
             if keyword in ("QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"):
@@ -76,6 +83,8 @@ class FindQuery:
                 continue
             q.return_keys.append(keyword)
             m = parse_matcher(attr, value)
+            if fuzzy_names and attr.vr == "PN":
+                m = fuzzy_name(m)
             if not isinstance(m, Universal):
                 q.matchers[keyword] = m
         return q
@@ -111,6 +120,9 @@ def _apply(col: Any, m: Matcher) -> ColumnElement[bool]:
         return col.like(m.like, escape="\\")
     if isinstance(m, AnyOf):
         return col.in_(m.values)
+    if isinstance(m, NamePrefixes):  # each word begins a component: "^" between, " " within
+        return and_(*(or_(col.like(f"{p}%", escape="\\"), col.like(f"%^{p}%", escape="\\"),
+                          col.like(f"% {p}%", escape="\\")) for p in m.prefixes))
     if isinstance(m, Range):
         parts = []
         if m.low is not None:
@@ -128,6 +140,8 @@ def _upper(m: Matcher) -> Matcher:
         return Wildcard(m.like.upper())
     if isinstance(m, AnyOf):
         return AnyOf(tuple(v.upper() for v in m.values))
+    if isinstance(m, NamePrefixes):
+        return NamePrefixes(tuple(p.upper() for p in m.prefixes))
     return m
 
 
@@ -159,14 +173,24 @@ def build_select(q: FindQuery) -> Select[Any]:
             stmt = stmt.where(exists(sub))
             continue
         stmt = stmt.where(_predicate(BY_KEYWORD[keyword], m))
+    if q.departments and q.level.depth >= Level.STUDY.depth:
+        dept = aliased(Series)  # not the matched series: any series of the study
+        seen_by = select(dept.id).where(
+            dept.study_fk == Study.id,
+            dept.institutional_department_name.in_(sorted(q.departments)))
+        stmt = stmt.where(exists(seen_by))
     return stmt.order_by(MODELS[q.level].id)
 
 
-def find(session: Session, q: FindQuery, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """Run a C-FIND query: one dict (keyword -> value) per match, return keys only."""
+def find(session: Session, q: FindQuery, *, limit: int | None = None,
+         offset: int = 0) -> list[dict[str, Any]]:
+    """Run a C-FIND query: one dict (keyword -> value) per match, return keys only; at most
+    `limit` matches after skipping `offset` (in the order of the index)."""
     stmt = build_select(q)
     if limit:
         stmt = stmt.limit(limit)
+    if offset:
+        stmt = stmt.offset(offset)
     rows = session.execute(stmt).all()
     own = MODELS[q.level]
     computed = [k for k in q.return_keys if COMPUTED_KEYS.get(k) is q.level]

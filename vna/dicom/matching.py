@@ -42,7 +42,16 @@ class AnyOf:
     values: tuple[str, ...]
 
 
-Matcher = Universal | Single | Wildcard | Range | AnyOf
+@dataclass(frozen=True)
+class NamePrefixes:
+    """Fuzzy person-name matching (QIDO-RS `fuzzymatching=true`): every word of the query
+    begins one of the name's components (family, given, middle...), in any order, as LIKE
+    prefixes with `\\` as escape character."""
+
+    prefixes: tuple[str, ...]
+
+
+Matcher = Universal | Single | Wildcard | Range | AnyOf | NamePrefixes
 
 
 class InvalidQuery(ValueError):
@@ -117,6 +126,15 @@ def parse_matcher(attr: IndexedAttribute, raw: object) -> Matcher:
     if "*" in text or "?" in text:
         return Wildcard(wildcard_to_like(text))
     return Single(text)
+
+
+def fuzzy_name(matcher: Matcher) -> Matcher:
+    """A PN matcher made fuzzy: a single value (no wildcards) becomes `NamePrefixes` of its
+    words; wildcards and lists are matched as sent."""
+    if not isinstance(matcher, Single):
+        return matcher
+    words = [w for w in matcher.value.replace("^", " ").replace("=", " ").split() if w]
+    return NamePrefixes(tuple(wildcard_to_like(w) for w in words)) if words else Universal()
 
 
 def _time_upper(text: str) -> str:

@@ -1,0 +1,105 @@
+"""What the DICOMweb routes share: media types, the DICOM JSON response, URLs, and which
+studies a token may reach.
+
+Access is the REST API's: the same bearer tokens (or the viewer's session cookie,
+`security.SESSION_COOKIE`), viewers and admins read, uploaders store, and a token limited
+to departments reaches the studies one of its departments took part in (a series whose
+InstitutionalDepartmentName is one of them), as on the patient timeline. A study it may
+not reach answers 404, as one that does not exist: no hint that it does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from fastapi import HTTPException, Request
+from starlette.responses import Response
+
+from services.xds_api.security import audit_context
+from storage.index.db import Index
+from storage.index.query import FindQuery, find
+from vna.access import Principal
+from vna.dicom.attributes import Level, is_valid_uid
+from vna.dicom.matching import Single
+from vna.documents.entry import PATIENT_ID_PATTERN
+
+DICOM_JSON = "application/dicom+json"
+DICOM = "application/dicom"
+OCTET_STREAM = "application/octet-stream"
+PREFIX = "/dicomweb"
+
+_PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
+
+
+class DicomJSONResponse(Response):
+    """A body in the DICOM JSON model (PS3.18 F), compact."""
+
+    media_type = DICOM_JSON
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def require_json(request: Request) -> None:
+    """406 unless the client takes the DICOM JSON model (or JSON, or anything)."""
+    accept = request.headers.get("accept", "")
+    if not accept:
+        return
+    for item in accept.split(","):
+        media = item.split(";", 1)[0].strip().lower()
+        if media in (DICOM_JSON, "application/json", "application/*", "*/*"):
+            return
+    raise HTTPException(406, f"this resource is {DICOM_JSON}; Accept was {accept!r}")
+
+
+def dicomweb_base(request: Request) -> str:
+    """The absolute URL of this service's DICOMweb root, as the client reached it."""
+    return str(request.base_url).rstrip("/") + PREFIX
+
+
+def study_url(base: str, study: str) -> str:
+    return f"{base}/studies/{study}"
+
+
+def series_url(base: str, study: str, series: str) -> str:
+    return f"{base}/studies/{study}/series/{series}"
+
+
+def instance_url(base: str, study: str, series: str, instance: str) -> str:
+    return f"{base}/studies/{study}/series/{series}/instances/{instance}"
+
+
+def check_uid(name: str, value: str) -> str:
+    """A UID from the path: 400 if it is not one (nothing else is looked up with it)."""
+    if not is_valid_uid(value):
+        raise HTTPException(400, f"{name} {value!r} is not a valid UID")
+    return value
+
+
+def audit_patient(request: Request, patient_id: str | None) -> None:
+    """Record the patient a request touched (only a well-formed ID)."""
+    if patient_id and _PATIENT_ID.match(patient_id):
+        audit_context(request).patient_id = patient_id
+
+
+def audit_study(request: Request, study: str) -> None:
+    audit_context(request).resource = study
+
+
+def reachable_study(request: Request, index: Index, principal: Principal,
+                    study: str) -> str | None:
+    """The patient ID of a study this principal may reach, recorded in the audit trail;
+    404 if there is no such study for it. (One C-FIND-shaped query: `storage.index.query`.)"""
+    check_uid("StudyInstanceUID", study)
+    audit_study(request, study)
+    q = FindQuery(Level.STUDY, {"StudyInstanceUID": Single(study)}, ["PatientID"],
+                  departments=principal.departments)
+    with index.read_session() as s:
+        rows = find(s, q, limit=1)
+    if not rows:
+        raise HTTPException(404, f"no study {study}")
+    patient_id = rows[0].get("PatientID")
+    audit_patient(request, patient_id)
+    return patient_id
