@@ -33,6 +33,18 @@ PREFIX = "/dicomweb"
 _PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
 
 
+# The DICOM JSON model as an OpenAPI schema: an array of datasets, each attribute (8-hex tag)
+# an object with its VR and a Value, BulkDataURI or InlineBinary (PS3.18 F.2).
+DICOM_JSON_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {"type": "object", "additionalProperties": {
+        "type": "object", "required": ["vr"],
+        "properties": {"vr": {"type": "string"}, "Value": {"type": "array", "items": {}},
+                       "BulkDataURI": {"type": "string"},
+                       "InlineBinary": {"type": "string"}}}},
+}
+
+
 class DicomJSONResponse(Response):
     """A body in the DICOM JSON model (PS3.18 F), compact."""
 

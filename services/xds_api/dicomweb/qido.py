@@ -18,6 +18,7 @@ from starlette.responses import Response
 from services.xds_api.deps import IndexDep
 from services.xds_api.dicomweb.common import (
     DICOM_JSON,
+    DICOM_JSON_SCHEMA,
     DicomJSONResponse,
     audit_patient,
     audit_study,
@@ -40,7 +41,8 @@ router = APIRouter(tags=["dicomweb"])
 Reader = Annotated[Principal, authorize(Action.DICOMWEB_QUERY)]
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {DICOM_JSON: {}}, "description": "the matches, in the DICOM JSON model"},
+    200: {"content": {DICOM_JSON: {"schema": DICOM_JSON_SCHEMA}},
+          "description": "the matches, in the DICOM JSON model"},
     400: {"description": "a query parameter vna cannot answer"},
 }
 _CHARSET = ("00080005", {"vr": "CS", "Value": ["ISO_IR 192"]})
