@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 
 from services.runtime import Runtime
 from services.xds_api.metrics import Metrics
+from storage.archive import Archive
 from storage.index.db import Index
 from storage.index.documents import Documents
 from storage.index.stats import StatsReader
@@ -57,6 +58,10 @@ async def _store(request: Request) -> ObjectStore:
     return context(request).runtime.store
 
 
+async def _archive(request: Request) -> Archive:
+    return context(request).runtime.archive
+
+
 async def _documents(request: Request) -> Documents:
     return context(request).documents
 
@@ -80,6 +85,7 @@ async def _metrics(request: Request) -> Metrics:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 IndexDep = Annotated[Index, Depends(_index)]
 StoreDep = Annotated[ObjectStore, Depends(_store)]
+ArchiveDep = Annotated[Archive, Depends(_archive)]  # the SOP Instance ingest path (STOW-RS)
 DocumentsDep = Annotated[Documents, Depends(_documents)]
 TokensDep = Annotated[Tokens, Depends(_tokens)]
 AuditTrailDep = Annotated[AuditTrail, Depends(_audit_trail)]
