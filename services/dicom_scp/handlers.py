@@ -28,16 +28,13 @@ from vna.dicom.dimse import (
     INVALID_QUERY_LEVEL,
     QUERY_FAILED,
     STATUS_CANCEL,
-    STATUS_CANNOT_UNDERSTAND,
-    STATUS_DATASET_MISMATCH,
-    STATUS_DUPLICATE_CONFLICT,
     STATUS_IDENTIFIER_MISMATCH,
     STATUS_OUT_OF_RESOURCES,
-    STATUS_PATIENT_CONFLICT,
     STATUS_PENDING,
     STATUS_SUCCESS,
     STATUS_UNABLE_TO_PROCESS,
     error_comment,
+    refusal_status,
 )
 from vna.dicom.matching import InvalidQuery, Universal
 from vna.dicom.part10 import ReceivedFile
@@ -160,13 +157,8 @@ class DicomService:
             return STATUS_SUCCESS, None
         log.warning("C-STORE from %s refused (%s): %s", calling_aet, result.sop_instance_uid,
                     result.outcome if result.conflict else result.reason)
-        if result.outcome == "patient_conflict":
-            code = STATUS_PATIENT_CONFLICT
-        elif result.outcome == "conflict":
-            code = STATUS_DUPLICATE_CONFLICT
-        else:
-            code = STATUS_CANNOT_UNDERSTAND if result.unreadable else STATUS_DATASET_MISMATCH
-        return code, error_comment(result.reason or "")
+        return refusal_status(result.outcome, result.unreadable), \
+            error_comment(result.reason or "")
 
     # -- C-FIND ---------------------------------------------------------------------------
 

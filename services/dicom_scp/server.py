@@ -32,7 +32,6 @@ from typing import Any, cast
 import pydicom.config
 from pydicom.uid import (
     UID,
-    AllTransferSyntaxes,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     RLELossless,
@@ -49,12 +48,14 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from services import incoming as receive_folders
 from services.dicom_scp import metrics, pynetdicom_compat
 from services.dicom_scp.handlers import DicomService
 from services.dicom_scp.storage_association import StorageAcceptor
 from services.runtime import open_archive
 from services.supervision import configure_logging, die_with_parent, wait_for_free_port
 from storage.objectstore import remove_stale_files
+from vna.dicom.part10 import ACCEPTED_TRANSFER_SYNTAXES
 from vna.settings import Settings
 
 log = logging.getLogger("vna.scp")
@@ -78,8 +79,7 @@ def _preference(ts: UID) -> int:
     return 3
 
 
-TRANSFER_SYNTAXES = [str(ts) for ts in sorted(
-    (t for t in AllTransferSyntaxes if "JPIP" not in t.name), key=_preference)]
+TRANSFER_SYNTAXES = sorted(ACCEPTED_TRANSFER_SYNTAXES, key=lambda ts: _preference(UID(ts)))
 
 MAX_ASSOCIATIONS = 64  # per SCP process
 
@@ -140,15 +140,13 @@ def build_ae(settings: Settings) -> AE:
 def configure_process(settings: Settings) -> Path:
     """Process-wide settings of an SCP process; returns its receive folder."""
     # Each process receives into its own folder, so a restart cleans only its own leftovers.
-    incoming = settings.incoming_dir / f"{socket.gethostname()}-{os.getpid()}"
-    incoming.mkdir(parents=True, exist_ok=True)
-    incoming = incoming.resolve()
-    pynetdicom_compat.install(incoming)
+    receive_dir = receive_folders.own_folder(settings.incoming_dir)
+    pynetdicom_compat.install(receive_dir)
     # The archive stores received bytes as they are and never re-encodes them.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    return incoming
+    return receive_dir
 
 
 def run_server_process(settings: Settings, ready: Any = None,
@@ -216,25 +214,7 @@ def _sweep_incoming(folder: Path, stopping: threading.Event) -> None:
 
 def _clean_incoming(settings: Settings) -> None:
     """Drop what dead SCP processes of this host were receiving: never acknowledged."""
-    d = settings.incoming_dir
-    if not d.is_dir():
-        return
-    host = socket.gethostname()
-    for sub in d.iterdir():
-        name, _, pid = sub.name.rpartition("-")
-        if not sub.is_dir() or name != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        shutil.rmtree(sub, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    receive_folders.remove_dead(settings.incoming_dir)
 
 
 def serve(settings: Settings) -> int:

@@ -149,6 +149,21 @@ STATUS_DUPLICATE_CONFLICT = 0xC001  # the SOP Instance UID is archived with othe
 # The study or SOP Instance is archived for another patient (vna.dicom.identity); the
 # code dcm4chee-arc answers, so that what modality engineers know applies.
 STATUS_PATIENT_CONFLICT = 0xA778
+STATUS_PROCESSING_FAILURE = 0x0110  # PS3.7 C.4.2: a failure vna did not foresee (a bug)
+STATUS_NOT_AUTHORIZED = 0x0124  # PS3.7 C.4.5: outside the caller's departments
+# PS3.18 10.5.3 (STOW-RS FailureReason): "Referenced Transfer Syntax not supported"
+STATUS_TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+
+
+def refusal_status(outcome: str, unreadable: bool) -> int:
+    """The status of an instance the archive refused (`storage.archive.StoreResult`): a
+    patient conflict, a UID archived with other content, bytes that are not DICOM, or a
+    dataset without valid identifying UIDs. C-STORE and STOW-RS answer the same."""
+    if outcome == "patient_conflict":
+        return STATUS_PATIENT_CONFLICT
+    if outcome == "conflict":
+        return STATUS_DUPLICATE_CONFLICT
+    return STATUS_CANNOT_UNDERSTAND if unreadable else STATUS_DATASET_MISMATCH
 
 # The error comments that are not a refusal's own reason
 ARCHIVE_UNAVAILABLE = "archive unavailable"  # with 0xA700: a server or disk under it failed

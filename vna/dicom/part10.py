@@ -26,7 +26,12 @@ from typing import IO, Any, NamedTuple
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset, read_preamble
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
 
 # -- value representations ------------------------------------------------------------------
 
@@ -87,6 +92,15 @@ def encode_file_meta(meta: FileMeta) -> bytes:
 _META_START = len(PREAMBLE) + 12  # after the preamble and the group length element
 
 
+def lacks_preamble(head: bytes) -> bool:
+    """Whether a file starts with its file meta group instead of the preamble and "DICM":
+    what pydicom's `dcmwrite` writes for a dataset that has no preamble (dicomweb-client's
+    STOW-RS sends those). `head`: the first len(PREAMBLE) bytes, or the whole file if
+    shorter."""
+    return head[128:132] != b"DICM" and len(head) >= 8 and head[:2] == b"\x02\x00" and \
+        head[4:6] in VRS
+
+
 def parse_file_meta(data: bytes) -> tuple[str, int] | None:
     """Transfer syntax and dataset offset from the first bytes of a Part 10 file, or None
     if they do not start with a preamble and a group length or hold no transfer syntax."""
@@ -139,6 +153,12 @@ def _read_file_meta_with_pydicom(path: str | Path) -> tuple[str, int]:
 
 
 # -- the dataset ---------------------------------------------------------------------------
+
+# The transfer syntaxes the archive takes in: the DICOM service negotiates these for every
+# storage SOP class, and STOW-RS refuses a part whose file meta names another. JPIP ones
+# are left out: their pixel data is a URL elsewhere, not in the file.
+ACCEPTED_TRANSFER_SYNTAXES = tuple(str(t) for t in AllTransferSyntaxes if "JPIP" not in t.name)
+
 
 
 def dataset_encoding(transfer_syntax: str) -> tuple[bool, bool] | None:
