@@ -98,6 +98,13 @@ class ObjectStore(ABC):
     def open_range(self, key: str, start: int, length: int) -> BinaryIO:
         """A readable stream of `length` bytes of the object from offset `start`."""
 
+    def open_seekable(self, key: str, size: int) -> BinaryIO:
+        """A seekable binary stream of the object (`size` bytes long) that reads only the
+        parts asked for: what parsing a header and reading single frames needs. Here
+        ranged reads (`open_range`) through a small read-ahead block; files are simply
+        opened."""
+        return RangedReader(self, key, size)  # type: ignore[return-value]
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
@@ -332,6 +339,9 @@ class FileObjectStore(ObjectStore):
         f = self.open(key)
         f.seek(start)
         return _Limited(f, length)  # type: ignore[return-value]
+
+    def open_seekable(self, key: str, size: int) -> BinaryIO:
+        return self.open(key)
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -616,6 +626,74 @@ class _ResponseReader:
         self._resp.release_conn()  # type: ignore[attr-defined]
 
     def __enter__(self) -> _ResponseReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RangedReader:
+    """A seekable, read-only view of an object of known size made of ranged reads: a read
+    within the last fetched block is served from it, a small one elsewhere fetches the next
+    `block` bytes, a large one is fetched exactly. pydicom parses a header with many small
+    reads; one block holds a typical header."""
+
+    def __init__(self, store: ObjectStore, key: str, size: int, block: int = 128 << 10) -> None:
+        self._store = store
+        self._key = key
+        self._size = size
+        self._block = block
+        self._pos = 0
+        self._cached_at = 0
+        self._cached = b""
+        self.name = key
+
+    def _fetch(self, start: int, length: int) -> bytes:
+        with self._store.open_range(self._key, start, length) as f:
+            parts = []
+            while length > 0:
+                data = f.read(length)
+                if not data:
+                    break
+                parts.append(data)
+                length -= len(data)
+            return b"".join(parts)
+
+    def read(self, n: int = -1) -> bytes:
+        end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
+        if end <= self._pos:
+            return b""
+        lo, hi = self._cached_at, self._cached_at + len(self._cached)
+        if not (lo <= self._pos and end <= hi):
+            if end - self._pos >= self._block:
+                data = self._fetch(self._pos, end - self._pos)
+                self._pos += len(data)
+                return data
+            self._cached_at = self._pos
+            self._cached = self._fetch(self._pos, min(self._block, self._size - self._pos))
+            lo = self._cached_at
+        data = self._cached[self._pos - lo:end - lo]
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._cached = b""
+
+    def __enter__(self) -> RangedReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
