@@ -9,6 +9,7 @@ into its answer without decoding it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -86,12 +87,19 @@ def instance_headers(session: Session, study: str, series: str | None = None,
     return [InstanceHeader._make(row) for row in session.execute(stmt).all()]
 
 
-def keep_header(index: Index, sop_instance_uid: str, header: dict[str, Any]) -> bool:
-    """Store a header built on demand (before the worker derived it), unless one is
-    there already: the worker's upsert writes the same header later. Whether it was
-    written."""
+def keep_headers(index: Index, headers: Iterable[tuple[str, dict[str, Any]]]) -> int:
+    """Store headers built on demand (before the worker derived them), in one transaction,
+    each unless one is there already: the worker's upsert writes the same header later.
+    How many were written."""
+    now = datetime.now(UTC)
+    rows = [{"sop_instance_uid": sop, "header": header, "created_at": now}
+            for sop, header in headers]
+    if not rows:
+        return 0
+    written = 0
     with index.begin() as conn:
-        stmt = dialect_insert(conn)(InstanceMetadata).values(
-            sop_instance_uid=sop_instance_uid, header=header, created_at=datetime.now(UTC))
-        result = conn.execute(stmt.on_conflict_do_nothing(index_elements=["sop_instance_uid"]))
-        return bool(result.rowcount)
+        stmt = dialect_insert(conn)(InstanceMetadata).on_conflict_do_nothing(
+            index_elements=["sop_instance_uid"])
+        for row in rows:
+            written += conn.execute(stmt, row).rowcount or 0
+    return written

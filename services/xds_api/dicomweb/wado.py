@@ -52,7 +52,7 @@ from storage.index.dicomweb import (
     InstanceHeader,
     archived_instances,
     instance_headers,
-    keep_header,
+    keep_headers,
 )
 from storage.objectstore import STREAM_CHUNK, ObjectStore
 from vna.access import Action, Principal
@@ -240,17 +240,20 @@ def _etag(base: str, rows: list[InstanceHeader]) -> str:
     return f'"{h.hexdigest()[:40]}"'
 
 
-def _header_now(index: Index, store: ObjectStore, row: InstanceHeader) -> str:
-    """An instance's header before the workers derived it: built from its object by the
-    function they use, and kept (the worker's later upsert writes the same)."""
-    with store.local_copy(row.storage_key) as path:
-        header = header_json(path)
+def _headers_now(index: Index, store: ObjectStore, rows: list[InstanceHeader]) -> dict[str, str]:
+    """The headers of instances the workers have not reached yet: built from their
+    objects by the function the workers use, and kept (in one transaction; the worker's
+    later upsert writes the same)."""
+    built = []
+    for row in rows:
+        with store.local_copy(row.storage_key) as path:
+            built.append((row.sop_instance_uid, header_json(path)))
     try:
-        keep_header(index, row.sop_instance_uid, header)
-    except Exception as exc:  # noqa: BLE001 - the answer does not depend on keeping it
-        log.warning("could not keep the header of %s: %s", row.sop_instance_uid,
+        keep_headers(index, built)
+    except Exception as exc:  # noqa: BLE001 - the answer does not depend on keeping them
+        log.warning("could not keep %d headers built on demand: %s", len(built),
                     type(exc).__name__)
-    return header_text(header)
+    return {sop: header_text(header) for sop, header in built}
 
 
 def _metadata(request: Request, index: Index, store: ObjectStore, principal: Principal,
@@ -273,8 +276,9 @@ def _metadata(request: Request, index: Index, store: ObjectStore, principal: Pri
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
+    built = _headers_now(index, store, [r for r in rows if r.header is None])
     body = metadata_array(
-        with_bulkdata_urls(r.header if r.header is not None else _header_now(index, store, r),
+        with_bulkdata_urls(r.header if r.header is not None else built[r.sop_instance_uid],
                            instance_url(base, r.study_instance_uid, r.series_instance_uid,
                                         r.sop_instance_uid))
         for r in rows)
