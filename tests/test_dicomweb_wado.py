@@ -59,6 +59,7 @@ CORPUS = {
     "SC_ybr_full_422_uncompressed.dcm": "native YBR_FULL_422",
     "waveform_ecg.dcm": "bulk data in a sequence (Waveform Data)",
     "examples_overlay.dcm": "Pixel Data in a sequence (Icon Image) and at the top",
+    "JPGExtended.dcm": "12-bit JPEG, which no decoder installed here decodes",
 }
 
 
@@ -552,6 +553,50 @@ def test_frame_errors(api: RunningAPI, corpus: dict[str, Any], module_backend: B
     r = c.get(f"{multi}/frames/1", headers={"Accept": 'multipart/related; type="image/jp2"'})
     assert_error(r, 406)
     assert state(module_backend) == before
+
+
+FRAME_MEDIA = {"1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.70": "image/jpeg",
+               "1.2.840.10008.1.2.4.80": "image/jls", "1.2.840.10008.1.2.4.90": "image/jp2",
+               "1.2.840.10008.1.2.4.91": "image/jp2", "1.2.840.10008.1.2.5": "image/dicom-rle"}
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_jpeg_dcmtk.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                                  "JPEG2000.dcm", "rtdose_rle.dcm"])
+def test_frames_in_their_own_media_type(api: RunningAPI, corpus: dict[str, Any],
+                                        name: str) -> None:
+    """`type="image/jpeg"` (and the other codecs' types, as dicomweb-client names them)."""
+    path = corpus["files"][name]
+    st, se, sop = uids(path)
+    ds = dcmread(path)
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    got = client(api).retrieve_instance_frames(st, se, sop, [1],
+                                               media_types=((FRAME_MEDIA[ts], ts),))
+    n = int(ds.get("NumberOfFrames") or 1)
+    assert got == [get_frame(ds.PixelData, 0, number_of_frames=n)]
+    r = api.client().get(f"{instance_path(path)}/frames/1",
+                         headers={"Accept": f'multipart/related; type="{FRAME_MEDIA[ts]}"'})
+    [(headers, _)] = parts(r)
+    assert headers["content-type"] == f"{FRAME_MEDIA[ts]}; transfer-syntax={ts}"
+
+
+def test_what_cannot_be_decoded_here_is_406(api: RunningAPI, corpus: dict[str, Any]) -> None:
+    """12-bit JPEG (no decoder for it is installed): as stored it is there; decoded,
+    transcoded or rendered it is a 406 that says so, not a broken answer."""
+    path = corpus["files"]["JPGExtended.dcm"]
+    try:
+        dcmread(path).pixel_array
+    except RuntimeError:
+        pass
+    else:
+        pytest.skip("a decoder for 12-bit JPEG is installed")
+    c = api.client()
+    url = instance_path(path)
+    assert c.get(f"{url}/frames/1", headers={"Accept": OHIF_FRAMES}).status_code == 200
+    assert c.get(url).status_code == 200
+    assert_error(c.get(f"{url}/frames/1", headers={
+        "Accept": "multipart/related; type=application/octet-stream"}), 406)
+    assert_error(c.get(url, headers={"Accept": f"{DICOM_ANY}{EXPLICIT_LE}"}), 406)
+    assert_error(c.get(f"{url}/rendered"), 406)
 
 
 # -- rendered --------------------------------------------------------------------------------

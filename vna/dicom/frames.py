@@ -36,6 +36,11 @@ class FrameError(ValueError):
     """The pixel data does not hold the frame its header promises (a damaged object)."""
 
 
+class DecodeError(FrameError):
+    """A frame none of the installed decoders could decode (a codec that is missing here,
+    such as 12-bit JPEG, or data it does not understand)."""
+
+
 def _before_pixels(tag: Any, _vr: Any, _length: int) -> bool:
     return int(tag) >= 0x7FE00008
 
@@ -283,7 +288,7 @@ def decode_frame(image: ImageObject, number: int) -> np.ndarray:
     try:
         arr, _ = decoder.as_array(source, **m.decoder_options())
     except Exception as exc:  # noqa: BLE001 - every codec raises its own
-        raise FrameError(f"frame {number} cannot be decoded: {type(exc).__name__}: "
+        raise DecodeError(f"frame {number} cannot be decoded: {type(exc).__name__}: "
                          f"{exc}") from None
     return arr
 

@@ -59,6 +59,7 @@ from vna.access import Action, Principal
 from vna.dicom import mediatypes as mt
 from vna.dicom.frames import (
     PIXEL_TAGS,
+    DecodeError,
     FrameError,
     ImageObject,
     can_decode,
@@ -181,6 +182,14 @@ def _retrieve(request: Request, index: Index, store: ObjectStore, principal: Pri
         plan.append((row, syntax))
     base = dicomweb_base(request)
     boundary = new_boundary()
+    # One instance to transcode is transcoded before the answer begins, so that what
+    # cannot be decoded here is a 406; in a series or study it ends the answer unfinished.
+    ready: dict[str, bytes] = {}
+    if len(plan) == 1 and plan[0][1] != plan[0][0].transfer_syntax_uid:
+        try:
+            ready[plan[0][0].sop_instance_uid] = _transcoded(store, *plan[0])
+        except TranscodeError as exc:
+            raise _not_acceptable(str(exc), accept) from None
 
     def body() -> Iterator[bytes]:
         for row, syntax in plan:
@@ -191,18 +200,24 @@ def _retrieve(request: Request, index: Index, store: ObjectStore, principal: Pri
                 with store.open(row.storage_key) as f:
                     while chunk := f.read(STREAM_CHUNK):
                         yield chunk
+            elif row.sop_instance_uid in ready:
+                yield ready.pop(row.sop_instance_uid)
             else:
-                with store.open_seekable(row.storage_key, row.size) as f:
-                    try:
-                        yield transcode(f, syntax)
-                    except TranscodeError as exc:
-                        # The answer has begun: all that is left is to end it unfinished.
-                        log.error("WADO-RS: %s", exc)
-                        raise
+                try:
+                    yield _transcoded(store, row, syntax)
+                except TranscodeError as exc:
+                    # The answer has begun: all that is left is to end it unfinished.
+                    log.error("WADO-RS: %s", exc)
+                    raise
             yield PART_END
         yield closing(boundary)
 
     return streamed_response(mt.DICOM, boundary, body())
+
+
+def _transcoded(store: ObjectStore, row: ArchivedInstance, syntax: str) -> bytes:
+    with store.open_seekable(row.storage_key, row.size) as f:
+        return transcode(f, syntax)
 
 
 @router.get("/studies/{study}", responses=_MULTIPART, response_class=Response)
@@ -334,6 +349,11 @@ def _check_frames(image: ImageObject, numbers: list[int]) -> None:
 
 
 def _damaged(exc: FrameError, row: ArchivedInstance) -> HTTPException:
+    """A frame that cannot be decoded here is 406 (the client may take it as stored); one
+    the object does not hold as its header says is a damaged object, 500."""
+    if isinstance(exc, DecodeError):
+        return HTTPException(406, f"{exc}; it can be had as stored, in "
+                                  f"{row.transfer_syntax_uid}")
     log.error("WADO-RS: instance %s: %s", row.sop_instance_uid, exc)
     return HTTPException(500, f"the archived instance's pixel data cannot be read: {exc}")
 
@@ -415,7 +435,7 @@ def _pixel_bulkdata(store: ObjectStore, row: ArchivedInstance, ranges: list[mt.M
         if image.pixel is None or image.pixel.tag != tag:
             raise HTTPException(404, f"instance {row.sop_instance_uid} has no "
                                      f"{PIXEL_TAGS[tag]}")
-        count = image.number_of_frames
+        count, encapsulated = image.number_of_frames, image.encapsulated
     boundary = new_boundary()
 
     def frames() -> Iterator[bytes]:
@@ -445,7 +465,7 @@ def _pixel_bulkdata(store: ObjectStore, row: ArchivedInstance, ranges: list[mt.M
         yield closing(boundary)
 
     return streamed_response(answer.media_type, boundary,
-                             frames() if image.encapsulated else value())
+                             frames() if encapsulated else value())
 
 
 # -- rendered --------------------------------------------------------------------------------
