@@ -273,8 +273,9 @@ class OutboxEvent(Base):
 
 
 class InstanceMetadata(Base):
-    """The whole DICOM header of an instance as DICOM JSON (PS3.18 F.2), bulk data left out:
-    what DICOMweb's /metadata answers, without reading the object again."""
+    """The whole DICOM header of an instance as DICOM JSON (PS3.18 F.2), bulk data named by
+    `bulkdata:<path>` placeholders instead of inlined (`vna.dicom.metadata`): what
+    DICOMweb's /metadata answers, without reading the object again."""
 
     __tablename__ = "instance_metadata"
 
