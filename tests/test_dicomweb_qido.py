@@ -216,9 +216,11 @@ def test_access_roles_departments_and_audit(api: RunningAPI, archived: dict[str,
     assert [values(s, "0020000D")[0] for s in r.json()] == [archived["study_b"]]
     r = lung.get(f"/dicomweb/studies/{archived['study_a']}/series")
     assert r.status_code == 200 and r.json() == []
+    api.client().get("/dicomweb/studies", params={"PatientID": archived["a"]})
     audit = api.client().get("/api/v1/audit", params={"patientId": archived["a"]}).json()
     events = audit.get("events", audit) if isinstance(audit, dict) else audit
-    assert any(e.get("action") == "dicomweb.query" for e in events), audit
+    assert any(e.get("action") == "dicomweb.query" and e.get("route") == "/dicomweb/studies"
+               for e in events), audit
 
 
 def test_not_acceptable(api: RunningAPI) -> None:

@@ -57,7 +57,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(stats.router)
     app.include_router(operations.router)
     app.include_router(dashboard.router)
-    app.include_router(dicomweb.router)
+    for router in dicomweb.ROUTERS:
+        app.include_router(router)
     failures = FailureLog(log)
     app.add_middleware(AuditMiddleware, trail=context.audit, metrics=context.metrics,
                        failures=failures)

@@ -19,6 +19,7 @@ from services.xds_api.deps import IndexDep
 from services.xds_api.dicomweb.common import (
     DICOM_JSON,
     DICOM_JSON_SCHEMA,
+    PREFIX,
     DicomJSONResponse,
     audit_patient,
     audit_study,
@@ -37,7 +38,7 @@ from vna.dicom.json_model import dataset_json
 from vna.dicom.matching import InvalidQuery
 from vna.dicom.qido import InvalidQidoQuery, parse
 
-router = APIRouter(tags=["dicomweb"])
+router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
 Reader = Annotated[Principal, authorize(Action.DICOMWEB_QUERY)]
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {

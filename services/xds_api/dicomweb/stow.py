@@ -65,6 +65,7 @@ from services.xds_api.deps import ArchiveDep, SettingsDep
 from services.xds_api.dicomweb.common import (
     DICOM_JSON,
     DICOM_JSON_SCHEMA,
+    PREFIX,
     DicomJSONResponse,
     audit_patient,
     audit_study,
@@ -115,7 +116,7 @@ async def _receive_folder(app: FastAPI) -> AsyncIterator[None]:
         shutil.rmtree(own, ignore_errors=True)
 
 
-router = APIRouter(tags=["dicomweb"], lifespan=_receive_folder)
+router = APIRouter(prefix=PREFIX, tags=["dicomweb"], lifespan=_receive_folder)
 Storer = Annotated[Principal, authorize(Action.DICOMWEB_STORE)]
 
 

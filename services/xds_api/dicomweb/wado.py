@@ -32,6 +32,7 @@ from services.xds_api.content import etag_matches
 from services.xds_api.deps import IndexDep, StoreDep
 from services.xds_api.dicomweb.common import (
     DICOM_JSON_SCHEMA,
+    PREFIX,
     check_uid,
     dicomweb_base,
     instance_url,
@@ -90,7 +91,7 @@ from vna.dicom.rendering import (
 from vna.dicom.transcode import TranscodeError, can_transcode, transcode
 
 log = logging.getLogger("vna.dicomweb")
-router = APIRouter(tags=["dicomweb"])
+router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
 Reader = Annotated[Principal, authorize(Action.DICOMWEB_RETRIEVE)]
 
 # Bump when header_json changes what it derives: cached metadata is then stale.
