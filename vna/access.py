@@ -37,6 +37,8 @@ class Action(StrEnum):
     DICOMWEB_QUERY = "dicomweb.query"  # QIDO-RS
     DICOMWEB_RETRIEVE = "dicomweb.retrieve"  # WADO-RS: instances, metadata, frames, renders
     DICOMWEB_STORE = "dicomweb.store"  # STOW-RS
+    SESSION_CREATE = "session.create"  # a browser signs in with a token (the viewer's cookie)
+    SESSION_END = "session.end"  # and signs out
     STATS_READ = "stats.read"  # no patient data: counts and sizes
     METRICS_READ = "metrics.read"
 
@@ -54,6 +56,8 @@ ALLOWED_ROLES: dict[Action, frozenset[Role]] = {
     Action.DICOMWEB_QUERY: _READERS,
     Action.DICOMWEB_RETRIEVE: _READERS,
     Action.DICOMWEB_STORE: _WRITERS,
+    Action.SESSION_CREATE: frozenset(Role),  # what a session may do is its token's role's
+    Action.SESSION_END: frozenset(Role),
     Action.TOKEN_CREATE: frozenset({Role.ADMIN}),
     Action.TOKEN_LIST: frozenset({Role.ADMIN}),
     Action.TOKEN_REVOKE: frozenset({Role.ADMIN}),
