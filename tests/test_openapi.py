@@ -14,7 +14,8 @@ from tests.conftest import Backend
 
 # Routes whose success is not JSON: bytes, CSV/Parquet, Prometheus text, no content.
 NOT_JSON = {("get", "/api/v1/documents/{uniqueId}/content"), ("get", "/api/v1/stats/export"),
-            ("get", "/metrics"), ("delete", "/api/v1/tokens/{token_id}")}
+            ("get", "/metrics"), ("delete", "/api/v1/tokens/{token_id}"),
+            ("delete", "/api/v1/session")}
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 import vna
 from services.runtime import Runtime, open_runtime
-from services.xds_api import admin, dashboard, dicomweb, documents, operations, stats
+from services.xds_api import admin, dashboard, dicomweb, documents, operations, stats, viewer
 from services.xds_api.audit import AuditMiddleware
 from services.xds_api.deps import ApiContext
 from services.xds_api.metrics import Metrics
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(dashboard.router)
     for router in dicomweb.ROUTERS:
         app.include_router(router)
+    app.include_router(viewer.router)
     failures = FailureLog(log)
     app.add_middleware(AuditMiddleware, trail=context.audit, metrics=context.metrics,
                        failures=failures)
