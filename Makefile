@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # Every version `make up`, `make test` and CI install: what CI tested. `make lock` renews it.
 LOCK := requirements.lock
 
-.PHONY: setup up test lint bench lock clean
+.PHONY: setup up test lint bench lock clean viewer
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
@@ -40,3 +40,10 @@ lock:
 
 clean:
 	rm -rf $(VENV) vna-data .pytest_cache .mypy_cache .ruff_cache
+
+# The OHIF viewer that `vna api` serves at /viewer: the prebuilt dist of @ohif/app from npm,
+# unpacked into viewer/ohif (not in git). Set the VNA_VIEWER_DIR it prints and restart vna.
+OHIF_VERSION ?= 3.13.2
+viewer:
+	OHIF_VERSION=$(OHIF_VERSION) bash scripts/fetch-ohif.sh viewer/ohif
+	@echo "then: export VNA_VIEWER_DIR=$(CURDIR)/viewer/ohif; vna up (or vna api); open http://127.0.0.1:8000/viewer"

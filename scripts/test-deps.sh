@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite talks to: DCMTK (the independent DICOM peer),
-# libmagic (MIME sniffing), Chromium (the dashboard test), PostgreSQL and Redis. Safe to run again; does nothing that is already done.
+# libmagic (MIME sniffing), Chromium (the dashboard and OHIF viewer tests), npm (fetches the
+# OHIF build those tests open), PostgreSQL and Redis. Safe to run again; does nothing that is already done.
 set -euo pipefail
 
 need_apt=()
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 # libmagic sniffs uploaded documents' MIME types (python-magic loads it)
 ldconfig -p 2>/dev/null | grep 'libmagic\.so\.1' >/dev/null || need_apt+=(libmagic1)
-# headless Chromium opens the statistics dashboard in the tests
+# headless Chromium opens the statistics dashboard and the OHIF viewer in the tests
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# npm fetches the prebuilt OHIF viewer (@ohif/app) for the viewer test, as `make viewer` does
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
