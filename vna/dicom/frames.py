@@ -12,6 +12,7 @@ native little endian bytes, as pydicom's own `pixel_array` would give them.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import struct
@@ -26,6 +27,7 @@ from pydicom.filereader import read_dataset
 from pydicom.pixels import get_decoder
 
 from vna.dicom.mediatypes import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, NATIVE_SYNTAXES
+from vna.dicom.part10 import ACCEPTED_TRANSFER_SYNTAXES
 
 PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData",
               0x7FE00009: "DoubleFloatPixelData"}
@@ -264,10 +266,27 @@ def pixel_word_size(image: ImageObject) -> int:
     return 2 if bits <= 8 else bits // 8
 
 
+@functools.cache
+def _gdcm_only_as_last_resort() -> None:
+    """Decode with GDCM only where nothing else can (JPEG lossless here): GDCM is a C++
+    library that aborts the whole process on some malformed data it is handed (seen here
+    on an odd-sized RGB image), which in `vna api` would end every request in flight.
+    pylibjpeg, openjpeg, Pillow, pyjpegls and pydicom's RLE raise exceptions instead."""
+    for ts in ACCEPTED_TRANSFER_SYNTAXES:
+        try:
+            decoder = get_decoder(ts)
+        except (NotImplementedError, ValueError):
+            continue
+        available = set(decoder.available_plugins)
+        if "gdcm" in available and available - {"gdcm"}:
+            decoder.remove_plugin("gdcm")
+
+
 def can_decode(transfer_syntax: str) -> bool:
     """Whether frames in this transfer syntax can be decoded here (a plugin is installed)."""
     if transfer_syntax in NATIVE_SYNTAXES:
         return True
+    _gdcm_only_as_last_resort()
     try:
         return bool(get_decoder(transfer_syntax).is_available)
     except (NotImplementedError, ValueError):
@@ -279,6 +298,7 @@ def decode_frame(image: ImageObject, number: int) -> np.ndarray:
     bits unpacked)."""
     frame = stored_frame(image, number)
     m = image.module
+    _gdcm_only_as_last_resort()
     if image.encapsulated:
         decoder = get_decoder(image.transfer_syntax)
         source: bytes = encapsulate([frame], has_bot=False)
