@@ -16,7 +16,7 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,9 @@ KINDS: dict[str, Layout] = {
     "tiny": Layout("tiny", 64, 10, 2, 2, ("CT", "MR", "CR")),
     # The C-FIND index: 1 study x 2 series x 5 instances per patient.
     "find": Layout("find", 64, 5, 2, 1, ("CT", "MR", "CR")),
+    # One study of one series of `count` 512x512x16 bit CT slices (per_series 0: all of
+    # them): DICOMweb's series metadata, retrieval, frames and the big STOW.
+    "series": Layout("series", 512, 0, 1, 1, ("CT",)),
 }
 
 
@@ -83,9 +86,29 @@ class Corpus:
 
     def patient_ids(self) -> list[str]:
         """Every PatientID in the corpus (derived, not read back from the files)."""
-        lay = KINDS[self.kind]
+        lay = layout(self.kind, self.count)
         per_patient = lay.per_series * lay.series_per_study * lay.studies_per_patient
         return [patient_id(i) for i in range((self.count + per_patient - 1) // per_patient)]
+
+
+def layout(kind: str, count: int) -> Layout:
+    """The layout of `kind`-`count` (a one-series kind holds all `count` in its series)."""
+    lay = KINDS[kind]
+    return replace(lay, per_series=count) if lay.per_series == 0 else lay
+
+
+def study_uid(corpus: str, study_no: int) -> UID:
+    """The StudyInstanceUID of study `study_no` (from 0) of the corpus named `corpus`."""
+    return uid(corpus, "study", study_no)
+
+
+def series_uid(corpus: str, study_no: int, series_no: int) -> UID:
+    return uid(corpus, "series", study_no, series_no)
+
+
+def instance_uid(corpus: str, i: int) -> UID:
+    """The SOPInstanceUID of the corpus's instance `i` (from 0, in send order)."""
+    return uid(corpus, "instance", i)
 
 
 def uid(*parts: object) -> UID:
@@ -156,7 +179,7 @@ def _phantom(size: int) -> np.ndarray:
 def generate(kind: str, count: int, workdir: Path = DEFAULT_WORKDIR, *,
              quiet: bool = False) -> Corpus:
     """The corpus `kind`-`count` under workdir, generated unless a complete one is there."""
-    lay = KINDS[kind]
+    lay = layout(kind, count)
     root = workdir / "corpus" / f"{kind}-{count}"
     manifest = root.with_name(root.name + ".json")
     params = json.loads(json.dumps(asdict(lay) | {"count": count, "version": 1}))
@@ -176,7 +199,7 @@ def generate(kind: str, count: int, workdir: Path = DEFAULT_WORKDIR, *,
     files: list[Path] = []
     nbytes = 0
     name = f"{kind}-{count}"
-    study_uid = series_uid = UID("")
+    this_study = this_series = UID("")
     for i in range(count):
         study_no, rest = divmod(i, per_study)
         series_no, inst_no = divmod(rest, lay.per_series)
@@ -184,8 +207,8 @@ def generate(kind: str, count: int, workdir: Path = DEFAULT_WORKDIR, *,
         modality = lay.modalities[study_no % len(lay.modalities)]
         sop_class, description, body_part, station = MODALITIES[modality]
         if inst_no == 0:
-            study_uid = uid(name, "study", study_no)
-            series_uid = uid(name, "series", study_no, series_no)
+            this_study = study_uid(name, study_no)
+            this_series = series_uid(name, study_no, series_no)
         if rest == 0:
             born, serial = _birth(patient_no)
             day = dt.date(2024, 1, 1) + dt.timedelta(days=study_no % 366)
@@ -195,7 +218,7 @@ def generate(kind: str, count: int, workdir: Path = DEFAULT_WORKDIR, *,
                               f"{FIRST_NAMES[(patient_no // 3) % len(FIRST_NAMES)]}")
             ds.PatientBirthDate = f"{born:%Y%m%d}"
             ds.PatientSex = "M" if serial % 2 else "F"
-            ds.StudyInstanceUID = study_uid
+            ds.StudyInstanceUID = this_study
             ds.StudyDate = ds.SeriesDate = ds.ContentDate = f"{day:%Y%m%d}"
             ds.StudyTime = f"{minute // 60:02d}{minute % 60:02d}00"
             ds.AccessionNumber = f"RAD{study_no + 1:08d}"
@@ -206,11 +229,11 @@ def generate(kind: str, count: int, workdir: Path = DEFAULT_WORKDIR, *,
             ds.SOPClassUID = sop_class
             ds.file_meta.MediaStorageSOPClassUID = sop_class
         if inst_no == 0:
-            ds.SeriesInstanceUID = series_uid
+            ds.SeriesInstanceUID = this_series
             ds.SeriesNumber = series_no + 1
             ds.SeriesDescription = f"{description} {series_no + 1}"
             ds.SeriesTime = ds.StudyTime
-        sop_uid = uid(name, "instance", i)
+        sop_uid = instance_uid(name, i)
         ds.SOPInstanceUID = sop_uid
         ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
         ds.InstanceNumber = inst_no + 1
