@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -19,13 +20,15 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +41,8 @@ ORTHANC_BIN = os.environ.get("VNA_BENCH_ORTHANC", "/usr/sbin/Orthanc")
 TARGETS = ("vna", "vna-pg", "vna-s3", "vna-s3-2nodes", "orthanc", "orthanc-pg", "storescp")
 ORTHANC_PG_PLUGIN = os.environ.get(
     "VNA_BENCH_ORTHANC_PG", "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so")
+ORTHANC_DICOMWEB_PLUGIN = os.environ.get(
+    "VNA_BENCH_ORTHANC_DICOMWEB", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 class BenchError(RuntimeError):
@@ -259,6 +264,23 @@ def wait_echo(aet: str, port: int, proc: subprocess.Popen[bytes], log: Path,
             return
         time.sleep(0.2)
     raise BenchError(f"{aet} on port {port} does not answer C-ECHO:\n{tail(log)}")
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Until GET `url` answers 200 (the process must stay up meanwhile)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"exited with {proc.returncode}:\n{tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise BenchError(f"{url} not OK after {timeout:.0f} s: {last}\n{tail(log)}")
 
 
 def sync_disk() -> None:
@@ -534,6 +556,59 @@ class VnaNodesTarget(Target):
         self.weed = self.db_url = None
 
 
+class VnaApiTarget(VnaTarget):
+    """`vna api` (FastAPI under uvicorn, in-process: the started pid is the server) on files
+    + SQLite, or PostgreSQL with files (`pg`, or a caller's database `db_url`, which it
+    leaves alone), with a fresh bootstrap admin token (VNA_ADMIN_TOKEN) for each start."""
+
+    def __init__(self, workdir: Path, *, pg: bool = False, data_dir: Path | None = None,
+                 db_url: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(workdir, pg=pg or db_url is not None, data_dir=data_dir,
+                         extra_env=extra_env, db_url=db_url)
+        self.name = "vna-api-pg" if self.pg else "vna-api"
+        self.shared = db_url is not None  # the caller's database: not this target's to drop
+        self.token = ""
+        self.http_port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_root(self) -> str:
+        return self.url + "/dicomweb"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> Endpoint:
+        self.http_port = free_port()
+        self.token = "bench_" + secrets.token_urlsafe(24)
+        env = self.env()
+        env.update({"VNA_HTTP_HOST": "127.0.0.1", "VNA_HTTP_PORT": str(self.http_port),
+                    "VNA_ADMIN_TOKEN": self.token})
+        assert self.data_dir is not None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log = self.data_dir.parent / f"vna-api-{self.http_port}.log"
+        self.proc = start_process([*VNA, "api"], env=vna_env(env), log=self.log,
+                                  cwd=self.data_dir.parent, group=True)
+        wait_http(f"{self.url}/health", 90, self.proc, self.log)
+        self.endpoint = Endpoint("", self.http_port)
+        return self.endpoint
+
+    def stop_server(self) -> None:
+        """Stop the process, keep its data (to `vna import` into it, then start again)."""
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
 class OrthancTarget(Target):
     """Debian's Orthanc with its own config: default settings but for ports, storage, access."""
 
@@ -624,6 +699,37 @@ class OrthancPgTarget(OrthancTarget):
         self.db_url = None
 
 
+class OrthancDicomWebTarget(OrthancTarget):
+    """Orthanc with Debian's DICOMweb plugin (`orthanc-dicomweb`) at /dicom-web/, the
+    plugin's defaults otherwise; HTTP for loopback only (RemoteAccessAllowed false)."""
+
+    name = "orthanc-dicomweb"
+
+    def extra_config(self) -> dict[str, object]:
+        if not Path(ORTHANC_DICOMWEB_PLUGIN).exists():
+            raise BenchError(f"{ORTHANC_DICOMWEB_PLUGIN} is missing (apt-get install "
+                             "orthanc-dicomweb)")
+        return {"Plugins": [ORTHANC_DICOMWEB_PLUGIN],
+                "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_root(self) -> str:
+        return self.url + "/dicom-web"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
 class StorescpTarget(Target):
     """DCMTK's storescp writing every object as received (+B) to a file: the practical limit.
 
@@ -681,6 +787,93 @@ def make_target(name: str, workdir: Path) -> Target:
     if name == "storescp":
         return StorescpTarget(workdir)
     raise BenchError(f"unknown target {name!r} (known: {', '.join(TARGETS)})")
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+def _status_kb(pid: int, name: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _descendants(pid: int) -> list[int]:
+    """The process's children, grandchildren, ... (from /proc/*/stat)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parent[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory (VmRSS, MB of 10^6 bytes) of a process and all its descendants."""
+    total = 0
+    for p in [pid, *_descendants(pid)]:
+        with contextlib.suppress(OSError):
+            total += _status_kb(p, "VmRSS")
+    return total * 1024 / 1e6
+
+
+class RssSampler:
+    """A server's resident memory while the `with` block runs: VmRSS of the process and its
+    descendants every `interval` seconds, and the process's own VmHWM (reset through
+    clear_refs on entry) for a peak between samples."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.before = self.after = 0.0
+        self.samples: list[float] = []
+        self.hwm = 0.0
+        self._hwm_reset = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(OSError):
+                self.samples.append(tree_rss_mb(self.pid))
+
+    def __enter__(self) -> RssSampler:
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
+                f.write("5")  # VmHWM := VmRSS (Linux >= 4.0)
+            self._hwm_reset = True
+        except OSError:
+            pass
+        self.before = tree_rss_mb(self.pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(OSError):
+            self.after = tree_rss_mb(self.pid)
+            if self._hwm_reset:
+                self.hwm = _status_kb(self.pid, "VmHWM") * 1024 / 1e6
+
+    @property
+    def peak(self) -> float:
+        return max([self.before, self.after, self.hwm, *self.samples])
+
+    @property
+    def growth(self) -> float:
+        return self.peak - self.before
 
 
 # -- where the time goes ---------------------------------------------------------------------------
