@@ -17,7 +17,7 @@ from sqlalchemy import Text, cast
 from sqlalchemy.orm import Session
 
 from storage.index.db import Index, dialect_insert
-from storage.index.models import Instance, InstanceMetadata, Series, Study
+from storage.index.models import Instance, InstanceMetadata, Patient, Series, Study
 from storage.index.query import FindQuery, build_select
 from vna.dicom.attributes import Level
 from vna.dicom.matching import Single
@@ -36,6 +36,7 @@ class ArchivedInstance(NamedTuple):
     sha256: str
     dataset_offset: int
     number_of_frames: int | None
+    patient_id: str  # for the audit trail
 
 
 class InstanceHeader(NamedTuple):
@@ -49,6 +50,7 @@ class InstanceHeader(NamedTuple):
     sha256: str
     header: str | None
     derived_at: datetime | None
+    patient_id: str  # for the audit trail
 
 
 def _query(study: str, series: str | None, instance: str | None,
@@ -69,7 +71,8 @@ def archived_instances(session: Session, study: str, series: str | None = None,
     stmt = build_select(_query(study, series, instance, departments)).with_only_columns(
         Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
         Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.storage_key,
-        Instance.size, Instance.sha256, Instance.dataset_offset, Instance.number_of_frames)
+        Instance.size, Instance.sha256, Instance.dataset_offset, Instance.number_of_frames,
+        Patient.patient_id)
     return [ArchivedInstance._make(row) for row in session.execute(stmt).all()]
 
 
@@ -83,7 +86,7 @@ def instance_headers(session: Session, study: str, series: str | None = None,
     ).with_only_columns(
         Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
         Instance.storage_key, Instance.sha256, cast(InstanceMetadata.header, Text),
-        InstanceMetadata.created_at)
+        InstanceMetadata.created_at, Patient.patient_id)
     return [InstanceHeader._make(row) for row in session.execute(stmt).all()]
 
 

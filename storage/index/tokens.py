@@ -8,10 +8,12 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 
-from storage.index.db import Index
+from storage.groupcommit import GroupCommit
+from storage.index.db import CompiledStatement, Index
 from storage.index.models import ApiToken, AuditEvent
 from vna.access import Principal, Role, check_token_request
 from vna.documents.entry import Source
@@ -63,14 +65,18 @@ class Tokens:
                 created_at=datetime.now(UTC)))
 
     def authenticate(self, secret: str) -> Principal | None:
-        with self.index.read_session() as s:
-            row = s.scalars(select(ApiToken).where(
-                ApiToken.token_sha256 == hash_token(secret),
-                ApiToken.revoked_at.is_(None))).first()
+        """The principal of a valid, unrevoked token (every request asks: a Core select of
+        four columns, not an ORM object)."""
+        with self.index.read_engine.connect() as conn:
+            row = conn.execute(self._authenticate, {"sha": hash_token(secret)}).first()
         if row is None:
             return None
         return Principal(row.id, Role(row.role), frozenset(row.departments or ()),
                          Source(row.source))
+
+    _authenticate = select(ApiToken.id, ApiToken.role, ApiToken.departments,
+                           ApiToken.source).where(
+        ApiToken.token_sha256 == bindparam("sha"), ApiToken.revoked_at.is_(None))
 
     def list(self) -> list[ApiToken]:
         with self.index.read_session() as s:
@@ -108,18 +114,33 @@ class AuditRecord:
         return "refused" if self.status < 500 else "error"
 
 
+_AUDIT_COLUMNS = ("at", "token_id", "role", "action", "method", "route", "patient_id",
+                  "resource", "status", "outcome", "client")
+
+
 class AuditTrail:
+    """The audit trail: each record is committed before its request's answer is complete.
+    Records of concurrent requests share a transaction (`GroupCommit`), written by a
+    statement compiled once on the index's kept write connection: an audit record used to
+    cost more than serving a WADO-RS frame."""
+
     def __init__(self, index: Index) -> None:
         self.index = index
+        self._insert = CompiledStatement(insert(cast(Table, AuditEvent.__table__)),
+                                         index.engine.dialect, _AUDIT_COLUMNS)
+        self._group: GroupCommit[dict[str, object], None] = GroupCommit(self._write)
 
     def record(self, rec: AuditRecord) -> None:
         p = rec.principal
-        with self.index.begin() as conn:
-            conn.execute(insert(AuditEvent).values(
-                at=datetime.now(UTC), token_id=p.token_id if p else None,
-                role=p.role.value if p else None, action=rec.action, method=rec.method,
-                route=rec.route, patient_id=rec.patient_id, resource=rec.resource,
-                status=rec.status, outcome=rec.outcome, client=rec.client))
+        self._group.submit({
+            "at": datetime.now(UTC), "token_id": p.token_id if p else None,
+            "role": p.role.value if p else None, "action": rec.action, "method": rec.method,
+            "route": rec.route, "patient_id": rec.patient_id, "resource": rec.resource,
+            "status": rec.status, "outcome": rec.outcome, "client": rec.client})
+
+    def _write(self, rows: list[dict[str, object]]) -> list[None]:
+        self.index.run_write(lambda cursor: self._insert.executemany(cursor, rows))
+        return [None] * len(rows)
 
     def list(self, *, token_id: str | None = None, patient_id: str | None = None,
              action: str | None = None, since: datetime | None = None,

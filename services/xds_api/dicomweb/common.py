@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import HTTPException, Request
 from starlette.responses import Response
 
 from services.xds_api.security import audit_context
-from storage.index.db import Index
-from storage.index.query import FindQuery, find
-from vna.access import Principal
-from vna.dicom.attributes import Level, is_valid_uid
-from vna.dicom.matching import Single
+from vna.dicom.attributes import is_valid_uid
 from vna.documents.entry import PATIENT_ID_PATTERN
 
 DICOM_JSON = "application/dicom+json"
@@ -100,18 +97,9 @@ def audit_study(request: Request, study: str) -> None:
     audit_context(request).resource = study
 
 
-def reachable_study(request: Request, index: Index, principal: Principal,
-                    study: str) -> str | None:
-    """The patient ID of a study this principal may reach, recorded in the audit trail;
-    404 if there is no such study for it. (One C-FIND-shaped query: `storage.index.query`.)"""
-    check_uid("StudyInstanceUID", study)
+def audit_access(request: Request, study: str, patient_ids: Iterable[str | None]) -> None:
+    """Record the study a request reached and its patient (when all it read was one's)."""
     audit_study(request, study)
-    q = FindQuery(Level.STUDY, {"StudyInstanceUID": Single(study)}, ["PatientID"],
-                  departments=principal.departments)
-    with index.read_session() as s:
-        rows = find(s, q, limit=1)
-    if not rows:
-        raise HTTPException(404, f"no study {study}")
-    patient_id = rows[0].get("PatientID")
-    audit_patient(request, patient_id)
-    return patient_id
+    patients = set(patient_ids)
+    if len(patients) == 1:
+        audit_patient(request, patients.pop())

@@ -13,8 +13,9 @@
   asked for (`vna.dicom.frames`).
 
 What each answer's Accept header may name is decided in `vna.dicom.mediatypes`. Every
-route goes through `reachable_study` first: a study outside a department-limited token's
-departments is a 404, like one that does not exist, and the patient is audited.
+route selects its instances with the token's department limit (the same query QIDO-RS
+runs): a study outside its departments is a 404, like one that does not exist; the study
+and its patient are audited.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from services.xds_api.deps import IndexDep, StoreDep
 from services.xds_api.dicomweb.common import (
     DICOM_JSON_SCHEMA,
     PREFIX,
+    audit_access,
+    audit_study,
     check_uid,
     dicomweb_base,
     instance_url,
-    reachable_study,
 )
 from services.xds_api.dicomweb.related import (
     PART_END,
@@ -121,17 +123,24 @@ _RENDERED: dict[int | str, dict[str, Any]] = {
 
 def _select(request: Request, index: Index, principal: Principal, study: str,
             series: str | None = None, instance: str | None = None) -> list[ArchivedInstance]:
-    reachable_study(request, index, principal, study)
+    _check_uids(study, series, instance)
+    with index.read_session() as s:
+        rows = archived_instances(s, study, series, instance,
+                                  departments=principal.departments)
+    audit_study(request, study)
+    if not rows:
+        raise HTTPException(404, _missing(study, series, instance))
+    audit_access(request, study, (r.patient_id for r in rows))
+    return rows
+
+
+def _check_uids(study: str, series: str | None, instance: str | None) -> None:
+    """400 for a path UID that is not a UID (nothing is looked up with it)."""
+    check_uid("StudyInstanceUID", study)
     if series is not None:
         check_uid("SeriesInstanceUID", series)
     if instance is not None:
         check_uid("SOPInstanceUID", instance)
-    with index.read_session() as s:
-        rows = archived_instances(s, study, series, instance,
-                                  departments=principal.departments)
-    if not rows:
-        raise HTTPException(404, _missing(study, series, instance))
-    return rows
 
 
 def _missing(study: str, series: str | None, instance: str | None) -> str:
@@ -275,15 +284,13 @@ def _headers_now(index: Index, store: ObjectStore, rows: list[InstanceHeader]) -
 def _metadata(request: Request, index: Index, store: ObjectStore, principal: Principal,
               study: str, series: str | None = None,
               instance: str | None = None) -> Response:
-    reachable_study(request, index, principal, study)
-    if series is not None:
-        check_uid("SeriesInstanceUID", series)
-    if instance is not None:
-        check_uid("SOPInstanceUID", instance)
+    _check_uids(study, series, instance)
     with index.read_session() as s:
         rows = instance_headers(s, study, series, instance, departments=principal.departments)
+    audit_study(request, study)
     if not rows:
         raise HTTPException(404, _missing(study, series, instance))
+    audit_access(request, study, (r.patient_id for r in rows))
     accept = request.headers.get("accept")
     if not mt.takes_json(mt.parse_accept(accept)):
         raise _not_acceptable(f"this resource is {mt.DICOM_JSON}", accept)
