@@ -18,6 +18,7 @@ class Role(StrEnum):
     UPLOADER = "uploader"  # stores and replaces documents; reads nothing back
     VIEWER = "viewer"  # finds and opens approved documents, studies and timelines
     REVIEWER = "reviewer"  # a viewer who also approves or rejects patients' uploads
+    SCHEDULER = "scheduler"  # a RIS or booking system: places and reads worklist items
 
 
 class Action(StrEnum):
@@ -39,6 +40,9 @@ class Action(StrEnum):
     DICOMWEB_STORE = "dicomweb.store"  # STOW-RS
     SESSION_CREATE = "session.create"  # a browser signs in with a token (the viewer's cookie)
     SESSION_END = "session.end"  # and signs out
+    WORKLIST_READ = "worklist.read"  # scheduled procedure steps (patient data)
+    WORKLIST_WRITE = "worklist.write"  # place or cancel one
+    HL7_LIST = "hl7.list"  # the HL7 messages received, with their ACKs
     STATS_READ = "stats.read"  # no patient data: counts and sizes
     METRICS_READ = "metrics.read"
 
@@ -62,6 +66,9 @@ ALLOWED_ROLES: dict[Action, frozenset[Role]] = {
     Action.TOKEN_LIST: frozenset({Role.ADMIN}),
     Action.TOKEN_REVOKE: frozenset({Role.ADMIN}),
     Action.AUDIT_LIST: frozenset({Role.ADMIN}),
+    Action.WORKLIST_READ: frozenset({Role.ADMIN, Role.SCHEDULER}),
+    Action.WORKLIST_WRITE: frozenset({Role.ADMIN, Role.SCHEDULER}),
+    Action.HL7_LIST: frozenset({Role.ADMIN}),
     Action.STATS_READ: frozenset({Role.ADMIN}),
     Action.METRICS_READ: frozenset({Role.ADMIN}),
 }
@@ -74,6 +81,7 @@ _VISIBLE: dict[Role, frozenset[AvailabilityStatus]] = {
                               AvailabilityStatus.SUBMITTED}),
     Role.VIEWER: frozenset({AvailabilityStatus.APPROVED, AvailabilityStatus.DEPRECATED}),
     Role.UPLOADER: frozenset(),
+    Role.SCHEDULER: frozenset(),
 }
 
 

@@ -86,6 +86,15 @@ class Settings(BaseSettings):
         "an instance of a known study or SOP Instance under another patient: reject, or "
         "accept (filed under the patient it names, never another)"))
 
+    hl7_host: str = Field(default="0.0.0.0", description="where the HL7 v2 listener listens")
+    hl7_port: int = Field(default=2575, ge=0, le=65535, description=(
+        "HL7 v2 over MLLP (orders, patient updates, reports); 0 turns it off"))
+    report_missing_days: int = Field(default=7, ge=1, description=(
+        "an exam without a final report this many days after it ended is a quality finding"))
+    commitment_retry_seconds: float = Field(default=5.0, gt=0, description=(
+        "first wait before a Storage Commitment N-EVENT-REPORT is sent again to a requester "
+        "that could not be reached; doubled each time, at most an hour"))
+
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     cors_origins: str = Field(default="", description=(

@@ -11,14 +11,18 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
 )
 
+from services.dicom_scp.commitment import CommitmentService
 from services.dicom_scp.metrics import ScpMetrics
+from services.dicom_scp.mpps import MppsService
 from services.dicom_scp.pynetdicom_compat import partial_receive_file, receive_failed
 from services.dicom_scp.retrieve import ArchivedInstance, contexts_for
+from services.dicom_scp.worklist import WorklistService
 from storage.archive import Archive
 from storage.errors import FailureLog
 from storage.index.query import FindQuery, find, retrieve_instances
@@ -91,6 +95,9 @@ class DicomService:
         self.peers = settings.peers
         self.metrics = ScpMetrics()
         self.failures = FailureLog(log)
+        self.worklist = WorklistService(settings, archive)
+        self.mpps = MppsService(settings, archive)
+        self.commitment = CommitmentService(settings, archive)
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -99,6 +106,9 @@ class DicomService:
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_N_CREATE, self.mpps.create),  # MPPS is the only N-CREATE served
+            (evt.EVT_N_SET, self.mpps.set),
+            (evt.EVT_N_ACTION, self.commitment.action),  # Storage Commitment's request
             (evt.EVT_REJECTED, self.on_rejected),
             # a C-STORE cut short leaves its partly received file: never acknowledged. The
             # association may stop its DUL before that handles the closed connection, so
@@ -163,6 +173,9 @@ class DicomService:
     # -- C-FIND ---------------------------------------------------------------------------
 
     def on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        if str(event.request.AffectedSOPClassUID) == str(ModalityWorklistInformationFind):
+            yield from self.worklist.find(event)
+            return
         level, ident = _level(event)
         if level is None:
             yield _status(STATUS_IDENTIFIER_MISMATCH, INVALID_QUERY_LEVEL), None

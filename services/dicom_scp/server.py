@@ -38,9 +38,12 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
+    ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -92,6 +95,13 @@ QR_MODELS = [
     StudyRootQueryRetrieveInformationModelMove,
 ]
 
+# The modality workflow: worklist query, performed procedure steps, storage commitment.
+WORKFLOW_SOP_CLASSES = [
+    ModalityWorklistInformationFind,
+    ModalityPerformedProcedureStep,
+    StorageCommitmentPushModel,
+]
+
 
 class ReusePortServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, sharing its port with sibling processes; storage
@@ -130,6 +140,8 @@ def build_ae(settings: Settings) -> AE:
                                  scu_role=True, scp_role=True)
     for model in QR_MODELS:
         ae.add_supported_context(model)
+    for workflow in WORKFLOW_SOP_CLASSES:
+        ae.add_supported_context(workflow)
     allowed = settings.allowed_aets
     if allowed:
         ae.require_calling_aet = sorted(allowed)

@@ -432,3 +432,142 @@ class FixityCheck(Base):
     expected_sha256: Mapped[str] = mapped_column(String(64))
     found_sha256: Mapped[str | None] = mapped_column(String(64))  # None: object missing
     ok: Mapped[bool] = mapped_column(Boolean)
+
+
+# -- orders and the modality workflow (HL7 v2, Modality Worklist, MPPS, Storage Commitment) --
+
+
+class PatientAlias(Base):
+    """A patient identity that no longer stands alone: merged into (HL7 A40) or renamed to
+    (A47) the surviving patient row. Ingest files an instance naming the old identity under
+    the survivor; C-FIND for the old identity finds nothing, since no patient row has it."""
+
+    __tablename__ = "patient_alias"
+    __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id",
+                                       name="uq_patient_alias_identity"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), server_default="")
+    survivor_fk: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    reason: Mapped[str] = mapped_column(String(16))  # merge | change_id
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    hl7_message_fk: Mapped[int | None] = mapped_column(Integer)
+
+
+class Hl7Message(Base):
+    """One HL7 v2 message as received over MLLP, with the ACK it got: who sent what, when."""
+
+    __tablename__ = "hl7_message"
+    __table_args__ = (Index("ix_hl7_message_received", "received_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    peer: Mapped[str | None] = mapped_column(String(64))  # host:port of the sender
+    sending_application: Mapped[str | None] = mapped_column(String(64))
+    sending_facility: Mapped[str | None] = mapped_column(String(64))
+    message_type: Mapped[str | None] = mapped_column(String(16))  # e.g. ADT^A40
+    control_id: Mapped[str | None] = mapped_column(String(64))  # MSH-10
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    ack_code: Mapped[str] = mapped_column(String(2))  # AA | AE | AR
+    error: Mapped[str | None] = mapped_column(Text)  # what ERR said, for AE/AR
+    message: Mapped[str] = mapped_column(Text)  # as received (segments joined by \r)
+
+
+class ImagingOrder(Base):
+    """A requested procedure with its one scheduled procedure step: what the Modality
+    Worklist answers, from an HL7 order (ORM^O01/OMI^O23) or `POST /api/v1/worklist`.
+    Times a controller's lead times start from are kept: referral and placer order times."""
+
+    __tablename__ = "imaging_order"
+    __table_args__ = (
+        Index("ix_imaging_order_worklist", "status", "scheduled_date", "scheduled_time"),
+        Index("ix_imaging_order_station", "scheduled_station_aet", "scheduled_date"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
+    placer_order_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    filler_order_number: Mapped[str | None] = mapped_column(String(64))
+    accession_number: Mapped[str] = mapped_column(String(16), unique=True)
+    requested_procedure_id: Mapped[str] = mapped_column(String(16))
+    requested_procedure_description: Mapped[str | None] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    scheduled_procedure_step_id: Mapped[str] = mapped_column(String(16))
+    scheduled_procedure_step_description: Mapped[str | None] = mapped_column(String(64))
+    scheduled_station_aet: Mapped[str | None] = mapped_column(String(16))
+    scheduled_station_name: Mapped[str | None] = mapped_column(String(16))
+    modality: Mapped[str] = mapped_column(String(16), index=True)
+    # local date and time of the region (VNA_TIMEZONE), as the worklist matches them
+    scheduled_date: Mapped[str] = mapped_column(String(8))
+    scheduled_time: Mapped[str] = mapped_column(String(16))
+    scheduled_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    scheduled_performing_physician_name: Mapped[str | None] = mapped_column(String(324))
+    referring_physician_name: Mapped[str | None] = mapped_column(String(324))
+    requesting_physician_name: Mapped[str | None] = mapped_column(String(324))
+    department: Mapped[str | None] = mapped_column(String(64))
+    priority: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # vna.orders.OrderStatus
+    referral_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    placed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(8))  # hl7 | api
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PerformedProcedureStep(Base):
+    """An MPPS instance (N-CREATE, then N-SETs): when the exam started and ended, on which
+    station, the series it made, linked to the order and study it performed."""
+
+    __tablename__ = "performed_procedure_step"
+    __table_args__ = (Index("ix_pps_started", "started_at"),)
+
+    sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    order_fk: Mapped[int | None] = mapped_column(ForeignKey("imaging_order.id"), index=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), server_default="")
+    modality: Mapped[str | None] = mapped_column(String(16))
+    station_aet: Mapped[str | None] = mapped_column(String(16))  # who sent the N-CREATE
+    status: Mapped[str] = mapped_column(String(16))  # IN PROGRESS | COMPLETED | DISCONTINUED
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    performed_series: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON)  # the dataset, DICOM JSON
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class StorageCommitment(Base):
+    """A Storage Commitment request (N-ACTION): the instances asked about, what the archive
+    found, and the N-EVENT-REPORT a worker sends (retried while the requester is away)."""
+
+    __tablename__ = "storage_commitment"
+    __table_args__ = (Index("ix_storage_commitment_due", "reported_at", "next_attempt_at"),)
+
+    transaction_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    requester_aet: Mapped[str] = mapped_column(String(16))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    referenced: Mapped[list[dict[str, str]]] = mapped_column(JSON)  # [{sop_class_uid, ...}]
+    committed: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+    failed: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class StudyReport(Base):
+    """A final report of an exam (HL7 ORU^R01), by accession number: the report time that
+    closes the exam-to-report lead time."""
+
+    __tablename__ = "study_report"
+
+    accession_number: Mapped[str] = mapped_column(String(16), primary_key=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    result_status: Mapped[str] = mapped_column(String(2))  # OBR-25: F, C
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    hl7_message_fk: Mapped[int | None] = mapped_column(Integer)
