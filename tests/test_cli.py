@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.migrate import HEAD
 from tests import dicom_client as dc
 from tests.conftest import VNA, Backend, free_port, vna_env, wait_port
 from tests.factory import make_instance, write
@@ -24,7 +25,7 @@ def vna(backend: Backend, *args: str, timeout: float = 300) -> subprocess.Comple
 def test_db_upgrade(backend: Backend) -> None:
     p = vna(backend, "db", "upgrade")
     assert p.returncode == 0, p.stderr
-    assert "0005" in p.stderr + p.stdout
+    assert HEAD in p.stderr + p.stdout
     assert vna(backend, "db", "upgrade").returncode == 0  # idempotent
 
 
