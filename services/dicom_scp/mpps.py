@@ -1,16 +1,46 @@
 """Modality Performed Procedure Step SOP Class (PS3.4 F.7): N-CREATE when an exam starts,
-N-SET while it runs and when it is COMPLETED or DISCONTINUED."""
+N-SET while it runs and when it is COMPLETED or DISCONTINUED.
+
+Thin: the rules are `vna.mpps`, the writes `storage.index.workflow`; each request is one
+index transaction, committed before the response goes out."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from storage.archive import Archive
+from storage.errors import FailureLog
+from storage.index import workflow
+from vna import mpps
+from vna.dicom.dimse import (
+    ARCHIVE_UNAVAILABLE,
+    STATUS_PROCESSING_FAILURE,
+    STATUS_SUCCESS,
+    error_comment,
+)
+from vna.orders import new_uid, utc_now
 from vna.settings import Settings
 
-PROCESSING_FAILURE = 0x0110
+log = logging.getLogger("vna.scp.mpps")
+
+
+def _refusal(exc: mpps.MppsRefused) -> Dataset:
+    ds = Dataset()
+    ds.Status = exc.status
+    ds.ErrorComment = error_comment(exc.comment)
+    if exc.error_id is not None:
+        ds.ErrorID = exc.error_id
+    return ds
+
+
+def _failure() -> Dataset:
+    ds = Dataset()
+    ds.Status = STATUS_PROCESSING_FAILURE
+    ds.ErrorComment = ARCHIVE_UNAVAILABLE
+    return ds
 
 
 class MppsService:
@@ -19,9 +49,46 @@ class MppsService:
     def __init__(self, settings: Settings, archive: Archive) -> None:
         self.settings = settings
         self.archive = archive
+        self.failures = FailureLog(log)
 
     def create(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
-        return PROCESSING_FAILURE, None  # not there yet
+        calling = event.assoc.requestor.ae_title
+        # the SCU may leave the UID to us (PS3.4 F.7.2.1.1); pynetdicom then answers it
+        given = event.request.AffectedSOPInstanceUID
+        uid = str(given) if given else new_uid()
+        try:
+            step = mpps.created(uid, event.attribute_list, self.settings.timezone)
+            with self.archive.index.begin() as conn:
+                order = workflow.create_step(conn, step, station_aet=calling, now=utc_now())
+        except mpps.MppsRefused as exc:
+            log.warning("MPPS N-CREATE %s from %s refused: %s", uid, calling, exc.comment)
+            return _refusal(exc), None
+        except Exception as exc:
+            self.failures.failed(f"MPPS N-CREATE from {calling}", exc)
+            return _failure(), None
+        log.info("MPPS %s IN PROGRESS from %s (order %s)", uid, calling, order)
+        reply = Dataset()
+        if not given:
+            reply.AffectedSOPInstanceUID = uid
+        return STATUS_SUCCESS, reply
 
     def set(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
-        return PROCESSING_FAILURE, None  # not there yet
+        calling = event.assoc.requestor.ae_title
+        uid = str(event.request.RequestedSOPInstanceUID or "")
+        try:
+            modification = event.modification_list
+            with self.archive.index.begin() as conn:
+                current = workflow.step_attributes(conn, uid)
+                if current is None:
+                    raise mpps.unknown(uid)
+                step = mpps.updated(uid, mpps.from_json(current), modification,
+                                    self.settings.timezone)
+                order = workflow.update_step(conn, step, now=utc_now())
+        except mpps.MppsRefused as exc:
+            log.warning("MPPS N-SET %s from %s refused: %s", uid, calling, exc.comment)
+            return _refusal(exc), None
+        except Exception as exc:
+            self.failures.failed(f"MPPS N-SET from {calling}", exc)
+            return _failure(), None
+        log.info("MPPS %s %s from %s (order %s)", uid, step.status.value, calling, order)
+        return STATUS_SUCCESS, None

@@ -81,9 +81,28 @@ def _die_with_the_worker(**_: object) -> None:
     die_with_parent(_MAIN_PID)
 
 
+@signals.worker_ready.connect
+def _start_commitment_reports(**_: object) -> None:
+    """The worker's main process sends Storage Commitment reports from a thread of its own
+    (services/worker/commitment.py: not behind the pool's outbox work)."""
+    from services.runtime import open_runtime
+    from services.worker.commitment import start_reporter
+
+    start_reporter(get_settings(), open_runtime().index)
+
+
+@signals.worker_shutdown.connect
+def _stop_commitment_reports(**_: object) -> None:
+    from services.worker.commitment import stop_reporter
+
+    stop_reporter()
+
+
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("vna", broker=settings.resolved_broker_url, include=["services.worker.tasks"])
+    # services.worker.commitment registers the remote-control command that wakes its reporter
+    app = Celery("vna", broker=settings.resolved_broker_url,
+                 include=["services.worker.tasks", "services.worker.commitment"])
     conf: dict[str, object] = {
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

@@ -180,3 +180,15 @@ def error_comment(text: str) -> str:
     """What fits an ErrorComment: the default character repertoire (a command set has no
     other), at most ERROR_COMMENT_MAX characters."""
     return text.encode("ascii", "replace").decode("ascii")[:ERROR_COMMENT_MAX]
+
+
+# -- N-services: MPPS (PS3.4 F.7.2) and Storage Commitment (PS3.4 J.3); PS3.7 C.4 --------------
+
+STATUS_NO_SUCH_ATTRIBUTE = 0x0105
+STATUS_INVALID_ATTRIBUTE_VALUE = 0x0106
+STATUS_MAY_NO_LONGER_BE_UPDATED = STATUS_PROCESSING_FAILURE  # with Error ID 0xA710 (F.7.2.2.4)
+STATUS_DUPLICATE_SOP_INSTANCE = 0x0111
+STATUS_NO_SUCH_OBJECT_INSTANCE = 0x0112
+STATUS_CLASS_INSTANCE_CONFLICT = 0x0119
+STATUS_MISSING_ATTRIBUTE = 0x0120
+STATUS_NO_SUCH_ACTION_TYPE = 0x0123
