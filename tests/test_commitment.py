@@ -8,13 +8,16 @@ Commitment tool (Debian's dcmtk 3.6.7), so pynetdicom is the only modality here.
 
 from __future__ import annotations
 
+import os
 import queue
 import random
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +161,18 @@ def request(port: int, references: list[tuple[str, str]], *, calling: str = MODA
 def commitments(archive: Archive) -> list[dict[str, Any]]:
     with archive.index.read_session() as s:
         return [dict(r._mapping) for r in s.execute(sa.text(
-            "SELECT transaction_uid, requester_aet, attempts, reported_at, last_error "
+            "SELECT transaction_uid, requester_aet, attempts, next_attempt_at, reported_at, "
+            "last_error "
             "FROM storage_commitment ORDER BY transaction_uid"))]
+
+
+def claimed(row: dict[str, Any]) -> bool:
+    """Whether a worker holds the row's lease (its next attempt is a lease away)."""
+    at = row["next_attempt_at"]
+    if isinstance(at, str):  # SQLite through a plain text query
+        at = datetime.fromisoformat(at)
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    return at - datetime.now(UTC) > timedelta(seconds=30)
 
 
 def references_of(seq: Any) -> list[tuple[str, str]]:
@@ -211,18 +224,27 @@ def test_requester_and_worker_down_then_up(archive: Archive, backend: Backend,
                                            modality: Modality, archive_scp: RunningSCP,
                                            tmp_path: Path) -> None:
     """The request is kept with no worker running; a worker retries while the requester
-    does not answer (with back-off) and reports once, when it is back."""
+    does not answer (with back-off) and is killed (-9); the next worker reports once,
+    when the requester is back."""
     stored = store(archive, tmp_path, 3)
     status, transaction = request(archive_scp.port, [(CT, u) for u in stored])
     assert status == 0x0000
     time.sleep(1)
     (row,) = commitments(archive)
     assert row["attempts"] == 0 and row["reported_at"] is None  # no worker: waits
-    with running_worker(backend, workflow_env(backend, modality)):
-        wait_for(lambda: commitments(archive)[0]["attempts"] >= 2, 60)
-        row = commitments(archive)[0]
-        assert row["reported_at"] is None and row["last_error"]
-        modality.start()  # back: the next retry (within 2 s at this back-off) reports
+    env = workflow_env(backend, modality)
+    with running_worker(backend, env) as worker:
+        # two attempts made and the second one over (not under its claim's lease, which
+        # a worker killed mid-attempt leaves for LEASE before another worker may retry)
+        wait_for(lambda: commitments(archive)[0]["attempts"] >= 2
+                 and not claimed(commitments(archive)[0]), 60)
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    row = commitments(archive)[0]
+    assert row["reported_at"] is None and "MOD1" in row["last_error"]
+    assert modality.reports.empty()
+    modality.start()  # the requester is back
+    with running_worker(backend, env):
         report = modality.next_report(60)
         assert report.event_type == 1 and report.information.TransactionUID == transaction
         assert references_of(report.information.ReferencedSOPSequence) == \
