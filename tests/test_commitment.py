@@ -286,3 +286,23 @@ def test_requests_that_cannot_be_taken_change_nothing(archive: Archive,
     assert request(archive_scp.port, refs, transaction="not-a-uid")[0] == 0x0106
     assert request(archive_scp.port, [])[0] == 0x0120  # no references
     assert commitments(archive) == []
+
+
+# -- the rules alone (vna/commitment.py) ---------------------------------------------------
+
+def test_check_and_the_report_it_makes() -> None:
+    from vna.commitment import Reference, check, event_information, retry_delay
+
+    stored = {"1.2.1": CT, "1.2.2": CT, "1.2.3": MR}
+    refs = [Reference(CT, "1.2.1"), Reference(CT, "1.2.3"), Reference(CT, "1.2.9"),
+            Reference("", "1.2.2")]
+    result = check(refs, stored)
+    assert [r.sop_instance_uid for r in result.committed] == ["1.2.1"]
+    assert [(f.reference.sop_instance_uid, f.reason) for f in result.failed] == \
+        [("1.2.3", 0x0119), ("1.2.9", 0x0112), ("1.2.2", 0x0110)]
+    assert result.event_type == 2
+    info = event_information("1.2.99", result, "VNA")
+    assert info.TransactionUID == "1.2.99" and info.RetrieveAETitle == "VNA"
+    assert [int(i.FailureReason) for i in info.FailedSOPSequence] == [0x0119, 0x0112, 0x0110]
+    assert [retry_delay(5, n) for n in (1, 2, 3, 4)] == [5, 10, 20, 40]
+    assert retry_delay(5, 30) == 3600

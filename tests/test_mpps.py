@@ -254,3 +254,24 @@ def _json(value: Any) -> Any:
     import json
 
     return json.loads(value) if isinstance(value, str) else value
+
+
+# -- the rules alone (vna/mpps.py) ---------------------------------------------------------
+
+def test_times_in_the_datasets_offset_else_the_regions_zone() -> None:
+    ds = in_progress("A", new_uid(), start=("20260705", "101500"))
+    assert mpps.created("1.2.3", ds, ZONE).started_at == datetime(2026, 7, 5, 8, 15, tzinfo=UTC)
+    ds.TimezoneOffsetFromUTC = "-0500"
+    assert mpps.created("1.2.3", ds, ZONE).started_at == datetime(2026, 7, 5, 15, 15,
+                                                                  tzinfo=UTC)
+    ds.PerformedProcedureStepStartTime = "1015"  # minutes only: seconds are zero
+    assert mpps.created("1.2.3", ds, ZONE).started_at.minute == 15
+
+
+def test_an_end_before_the_start_is_refused() -> None:
+    step = mpps.created("1.2.3", in_progress("A", new_uid()), ZONE)
+    end = final("COMPLETED", new_uid(), [])
+    end.PerformedProcedureStepEndTime = "090000"  # started 10:15
+    with pytest.raises(mpps.MppsRefused) as refused:
+        mpps.updated("1.2.3", step.dataset, end, ZONE)
+    assert refused.value.status == 0x0106

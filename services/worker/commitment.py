@@ -99,6 +99,8 @@ class CommitmentReporter:
 
     def start(self) -> None:
         install_requestor()
+        # each report would log a dozen association lines at INFO; vna logs its own line
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         self._thread = threading.Thread(target=self._run, name="commitment-reports",
                                         daemon=True)
         self._thread.start()
