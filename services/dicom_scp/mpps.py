@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from pydicom.dataset import Dataset
+from sqlalchemy.exc import IntegrityError
 
 from storage.archive import Archive
 from storage.errors import FailureLog
@@ -60,6 +61,10 @@ class MppsService:
             step = mpps.created(uid, event.attribute_list, self.settings.timezone)
             with self.archive.index.begin() as conn:
                 order = workflow.create_step(conn, step, station_aet=calling, now=utc_now())
+        except IntegrityError:  # the same UID created by another association meanwhile
+            exc = mpps.duplicate(uid)
+            log.warning("MPPS N-CREATE %s from %s refused: %s", uid, calling, exc.comment)
+            return _refusal(exc), None
         except mpps.MppsRefused as exc:
             log.warning("MPPS N-CREATE %s from %s refused: %s", uid, calling, exc.comment)
             return _refusal(exc), None
