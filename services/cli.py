@@ -239,6 +239,17 @@ def api() -> None:
 
 
 @app.command()
+def hl7() -> None:
+    """Run the HL7 v2 listener (MLLP on VNA_HL7_PORT): orders, patient updates, reports."""
+    settings = get_settings()
+    _logging(settings)
+    _prepare_data_dir(settings)
+    from services.hl7.server import serve
+
+    raise typer.Exit(serve(settings))
+
+
+@app.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 1,
     beat: Annotated[bool, typer.Option(
@@ -353,7 +364,8 @@ def _wait_port(host: str, port: int, timeout: float) -> bool:
 
 @app.command()
 def up() -> None:
-    """Run the whole archive on this machine: DICOM service, HTTP service and a worker.
+    """Run the whole archive on this machine: DICOM service, HTTP service, a worker and
+    the HL7 listener (unless VNA_HL7_PORT is 0).
 
     Embedded defaults: SQLite index and files under VNA_DATA_DIR, a serverless broker.
     Ctrl-C stops everything.
@@ -368,18 +380,27 @@ def up() -> None:
     cmd = [sys.executable, "-m", "services.cli"]
     # Own sessions (Ctrl-C at the terminal reaches this process, which stops them in
     # order); each dies with this process however it dies (services.supervision).
+    services = [("scp", ["scp"]), ("api", ["api"]), ("worker", ["worker", "--beat"])]
+    if settings.hl7_port:
+        services.append(("hl7", ["hl7"]))
     children = {
         name: subprocess.Popen([*cmd, *args], start_new_session=True,
                                preexec_fn=child_of_this_process())
-        for name, args in (("scp", ["scp"]), ("api", ["api"]), ("worker", ["worker", "--beat"]))
+        for name, args in services
     }
     ok_dicom = _wait_port(settings.dicom_host, settings.dicom_port, 60)
     ok_http = _wait_port(settings.http_host, settings.http_port, 60)
+    ok_hl7 = not settings.hl7_port or _wait_port(settings.hl7_host, settings.hl7_port, 60)
     console.print(f"[bold]vna is up[/bold] (data in {settings.data_dir.resolve()})")
     console.print(f"  DICOM  {settings.dicom_aet}@{settings.dicom_host}:{settings.dicom_port}"
                   f"{'' if ok_dicom else '  [red](not answering)[/red]'}")
     console.print(f"  HTTP   http://{settings.http_host}:{settings.http_port}/health"
                   f"{'' if ok_http else '  [red](not answering)[/red]'}")
+    if settings.viewer_dir:
+        console.print(f"  viewer http://{settings.http_host}:{settings.http_port}/viewer")
+    if settings.hl7_port:
+        console.print(f"  HL7    mllp://{settings.hl7_host}:{settings.hl7_port}"
+                      f"{'' if ok_hl7 else '  [red](not answering)[/red]'}")
     console.print(f"  worker celery on {settings.resolved_broker_url.split('://')[0]}://")
     if created:
         console.print(f"  admin token (printed once): [bold]{token}[/bold]")

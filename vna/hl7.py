@@ -178,6 +178,12 @@ def header(message: hl7.Message, zone: str) -> Header:
                   sent_at=_time_or_none(message, "MSH", 7, zone), charset=get(18))
 
 
+def patient_id_of(message: hl7.Message) -> str | None:
+    """PID-3's first ID, as the message log keeps it (None without one)."""
+    value = _value(message, "PID", 3)
+    return value if value and value != '""' else None
+
+
 def read(message: hl7.Message, zone: str) -> Parsed:
     """The domain object of a supported message; `Hl7Error` for anything else. `zone` is
     the region's time zone, for HL7 times without an offset."""

@@ -26,14 +26,15 @@ from storage.index.models import (
     Instance,
     OutboxEvent,
     Patient,
+    PatientAlias,
     Series,
     Study,
 )
 from vna.dicom.attributes import InstanceHeader, Level, columns_of
 from vna.dicom.identity import ConflictPolicy, IdentityConflict, PatientIdentity, first_match
 
-_P, _ST, _SE, _I, _OUTBOX, _CONFLICT = (cast(Table, m.__table__) for m in (
-    Patient, Study, Series, Instance, OutboxEvent, IngestConflict))
+_P, _ST, _SE, _I, _OUTBOX, _CONFLICT, _ALIAS = (cast(Table, m.__table__) for m in (
+    Patient, Study, Series, Instance, OutboxEvent, IngestConflict, PatientAlias))
 
 # What the archive adds to the header's own columns, per table.
 _STUDY_EXTRA = ("patient_fk", "created_at")
@@ -121,6 +122,11 @@ class IndexWriter:
         self._insert_patient = CompiledStatement(
             insert_new(_P).on_conflict_do_nothing(index_elements=list(identity)),
             dialect, patient)
+        self._aliases = CompiledStatement(  # an identity merged (A40) or changed (A47)
+            select(_ALIAS.c.issuer_of_patient_id, _P.c.id, _P.c.patient_id,
+                   _P.c.issuer_of_patient_id)
+            .join(_P, _P.c.id == _ALIAS.c.survivor_fk)
+            .where(_ALIAS.c.patient_id == bindparam("patient_id")), dialect)
         self._fit_study = _Fit(_ST, study)
         self._studies = CompiledStatement(
             select(_ST.c.id, _P.c.patient_id, _P.c.issuer_of_patient_id)
@@ -244,6 +250,11 @@ class IndexWriter:
             self._lock_uid(cursor, "study", study_uid)
             candidates = self._study_candidates(cursor, params)
             study_fk = first_match(candidates, sent)
+        survivor = None
+        if study_fk is None:  # the patient sent may live on under another identity
+            survivor = self._survivor(cursor, sent)
+            if survivor is not None:
+                study_fk = first_match(candidates, survivor[1])
         if study_fk is None:
             if candidates:
                 done.conflicts[i] = IdentityConflict.study_of_another_patient(
@@ -252,10 +263,11 @@ class IndexWriter:
                 if self.policy == ConflictPolicy.REJECT:
                     done.rejected.add(i)
                     return None
-            patient_fk = self._patient_id(cursor, h, done)
+            patient_fk = survivor[0] if survivor else self._patient_id(cursor, h, done)
             self._insert_study.execute(cursor, self._fit_study(
                 {**h.study, "patient_fk": patient_fk, "created_at": received_at}))
-            study_fk = first_match(self._study_candidates(cursor, params), sent)
+            study_fk = first_match(self._study_candidates(cursor, params),
+                                   survivor[1] if survivor else sent)
             assert study_fk is not None
         done.created[key] = study_fk
         return study_fk
@@ -264,6 +276,17 @@ class IndexWriter:
                           ) -> list[tuple[int, PatientIdentity]]:
         return [(int(r[0]), PatientIdentity(r[1], r[2] or ""))
                 for r in self._studies.rows(cursor, params)]
+
+    def _survivor(self, cursor: Any, sent: PatientIdentity,
+                  ) -> tuple[int, PatientIdentity] | None:
+        """The patient row (and its identity) an identity was merged into or renamed to
+        (HL7 A40/A47, `patient_alias`): an instance naming the old identity is filed
+        there. Asked once per study new under the identity sent, never per instance."""
+        for alias_issuer, row_id, pid, issuer in self._aliases.rows(
+                cursor, {"patient_id": sent.patient_id}):
+            if sent.matches(PatientIdentity(sent.patient_id, alias_issuer or "")):
+                return int(row_id), PatientIdentity(pid, issuer or "")
+        return None
 
     def _patient_id(self, cursor: Any, h: InstanceHeader, done: Written) -> int:
         values = self._fit_patient(dict(h.patient))
