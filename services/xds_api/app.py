@@ -18,6 +18,7 @@ from services.runtime import Runtime, open_runtime
 from services.xds_api import admin, dashboard, dicomweb, documents, operations, stats, viewer
 from services.xds_api.audit import AuditMiddleware
 from services.xds_api.deps import ApiContext
+from services.xds_api.hl7 import router as hl7_router
 from services.xds_api.metrics import Metrics
 from services.xds_api.security import ensure_admin_token
 from storage.errors import FailureLog, is_storage_full
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for router in dicomweb.ROUTERS:
         app.include_router(router)
     app.include_router(viewer.router)
+    app.include_router(hl7_router)
     failures = FailureLog(log)
     app.add_middleware(AuditMiddleware, trail=context.audit, metrics=context.metrics,
                        failures=failures)

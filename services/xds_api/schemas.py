@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, PlainSerializer
 from typing_extensions import TypedDict
 
 from storage.index.documents import TimelineStudy
-from storage.index.models import AuditEvent, Document
+from storage.index.models import AuditEvent, Document, Hl7Message
 from vna.documents.entry import AvailabilityStatus, Source
 from vna.leadtimes import RELATIVE_RESOLUTION
 from vna.quality import Distribution, Finding
@@ -419,3 +419,37 @@ class FindingOut(BaseModel):
 class Quality(BaseModel):
     rules: list[FindingOut]
     freshness: Freshness
+
+
+# -- HL7 messages (issue 14) ------------------------------------------------------------------
+
+class Hl7MessageOut(BaseModel):
+    """One HL7 v2 message as received over MLLP, and the ACK it got."""
+
+    id: int
+    receivedAt: datetime
+    peer: str | None
+    sendingApplication: str | None
+    sendingFacility: str | None
+    messageType: str | None
+    controlId: str | None
+    patientId: str | None
+    ackCode: Literal["AA", "AE", "AR"]
+    error: str | None
+    message: str
+
+    @classmethod
+    def of(cls, r: Hl7Message) -> Hl7MessageOut:
+        return cls(id=r.id, receivedAt=r.received_at, peer=r.peer,
+                   sendingApplication=r.sending_application,
+                   sendingFacility=r.sending_facility, messageType=r.message_type,
+                   controlId=r.control_id, patientId=r.patient_id,
+                   ackCode=r.ack_code,  # type: ignore[arg-type]
+                   error=r.error, message=r.message)
+
+
+class Hl7MessagePage(BaseModel):
+    limit: int
+    offset: int
+    messages: list[Hl7MessageOut]
+

@@ -88,28 +88,29 @@ class Hl7Inbox:
         with self.index.begin() as conn:
             return _log(conn, received, error.ack_code, str(error))
 
-    def list(self, *, since: datetime | None = None, until: datetime | None = None,
-             patient_id: str | None = None, message_type: str | None = None,
-             ack_code: str | None = None, limit: int = 100,
-             offset: int = 0) -> list[Hl7Message]:
-        """The log, newest first. A message type without a trigger (`ADT`) matches all
-        of its events."""
-        stmt = select(Hl7Message)
-        if since:
-            stmt = stmt.where(Hl7Message.received_at >= since)
-        if until:
-            stmt = stmt.where(Hl7Message.received_at <= until)
-        if patient_id:
-            stmt = stmt.where(Hl7Message.patient_id == patient_id)
-        if message_type:
-            stmt = stmt.where(Hl7Message.message_type == message_type if "^" in message_type
-                              else Hl7Message.message_type.startswith(message_type + "^",
-                                                                      autoescape=True))
-        if ack_code:
-            stmt = stmt.where(Hl7Message.ack_code == ack_code)
-        stmt = stmt.order_by(Hl7Message.id.desc()).limit(limit).offset(offset)
-        with self.index.read_session() as s:
-            return list(s.scalars(stmt))
+
+def list_messages(index: Index, *, since: datetime | None = None,
+                  until: datetime | None = None, patient_id: str | None = None,
+                  message_type: str | None = None, ack_code: str | None = None,
+                  limit: int = 100, offset: int = 0) -> list[Hl7Message]:
+    """The message log, newest first. A message type without a trigger (`ADT`) matches
+    all of its events."""
+    stmt = select(Hl7Message)
+    if since:
+        stmt = stmt.where(Hl7Message.received_at >= since)
+    if until:
+        stmt = stmt.where(Hl7Message.received_at <= until)
+    if patient_id:
+        stmt = stmt.where(Hl7Message.patient_id == patient_id)
+    if message_type:
+        stmt = stmt.where(Hl7Message.message_type == message_type if "^" in message_type
+                          else Hl7Message.message_type.startswith(message_type + "^",
+                                                                  autoescape=True))
+    if ack_code:
+        stmt = stmt.where(Hl7Message.ack_code == ack_code)
+    stmt = stmt.order_by(Hl7Message.id.desc()).limit(limit).offset(offset)
+    with index.read_session() as s:
+        return list(s.scalars(stmt))
 
 
 def _fit(value: str | None, limit: int) -> str | None:
