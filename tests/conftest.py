@@ -179,7 +179,9 @@ class Backend:
 
 def _backend_env(kind: str, data_dir: Path, request: pytest.FixtureRequest,
                  database_url: str | None = None) -> dict[str, str]:
-    env = {"VNA_DATA_DIR": str(data_dir), "VNA_LOG_LEVEL": "WARNING"}
+    # An HL7 port of its own: `vna up` starts the HL7 listener, and 2575 may be taken.
+    env = {"VNA_DATA_DIR": str(data_dir), "VNA_LOG_LEVEL": "WARNING",
+           "VNA_HL7_PORT": str(free_port())}
     if kind == "s3-postgres":
         s3: S3Server = request.getfixturevalue("s3_server")
         env.update({
