@@ -170,6 +170,10 @@ def parse(text: str) -> hl7.Message:
 
 
 def header(message: hl7.Message, zone: str) -> Header:
+    return _header(_Reader(message), zone)
+
+
+def _header(message: _Reader, zone: str) -> Header:
     def get(field: int, component: int = 1) -> str:
         return _value(message, "MSH", field, component)
 
@@ -180,14 +184,15 @@ def header(message: hl7.Message, zone: str) -> Header:
 
 def patient_id_of(message: hl7.Message) -> str | None:
     """PID-3's first ID, as the message log keeps it (None without one)."""
-    value = _value(message, "PID", 3)
+    value = _value(_Reader(message), "PID", 3)
     return value if value and value != '""' else None
 
 
 def read(message: hl7.Message, zone: str) -> Parsed:
     """The domain object of a supported message; `Hl7Error` for anything else. `zone` is
     the region's time zone, for HL7 times without an offset."""
-    head = header(message, zone)
+    reader = _Reader(message)
+    head = _header(reader, zone)
     if head.code not in SUPPORTED:
         raise Hl7Error("MSH-9", ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
                        f"message type {head.code!r} is not supported", ack_code="AR")
@@ -196,10 +201,10 @@ def read(message: hl7.Message, zone: str) -> Parsed:
                        f"{head.code} event {head.trigger!r} is not supported", ack_code="AR")
     try:
         if head.code == "ADT":
-            return _adt(message, head.trigger)
+            return _adt(reader, head.trigger)
         if head.code == "ORU":
-            return _report(message, head, zone)
-        return _order(message, head.code, zone)
+            return _report(reader, head, zone)
+        return _order(reader, head.code, zone)
     except InvalidOrder as exc:
         raise error_of(exc, head.code) from None
 
@@ -231,29 +236,38 @@ _OMI_FIELDS = {**_ORM_FIELDS, "AccessionNumber": "IPC-1", "RequestedProcedureID"
                "ScheduledProcedureStepStartDateTime": "TQ1-7", "priority": "TQ1-9"}
 
 
-def _has(message: hl7.Message, segment: str) -> bool:
-    try:
-        message.segment(segment)
-    except KeyError:
-        return False
-    return True
+class _Reader:
+    """A message with its segments found once (python-hl7 looks each up by a scan)."""
+
+    def __init__(self, message: hl7.Message) -> None:
+        self.message = message
+        self.segments: dict[str, hl7.Segment] = {}
+        for segment in message:
+            self.segments.setdefault(str(segment[0][0]), segment)
 
 
-def _value(message: hl7.Message, segment: str, field: int, component: int = 1,
+def _has(message: _Reader, segment: str) -> bool:
+    return segment in message.segments
+
+
+def _value(message: _Reader, segment: str, field: int, component: int = 1,
            subcomponent: int = 1, repeat: int = 1) -> str:
     """One value, unescaped; "" if the segment or field is absent. HL7's explicit null
     (`""`) is returned as `""` (two quotes): `_text` makes it a delete."""
-    if not _has(message, segment):
+    found = message.segments.get(segment)
+    if found is None:
         return ""
     try:
-        raw = message.extract_field(segment, 1, field, repeat, component, subcomponent)
+        raw = found.extract_field(1, field, repeat, component, subcomponent)
     except (IndexError, KeyError):
         return ""
     value = str(raw or "").strip()
-    return value if value == '""' else message.unescape(value)
+    if "\\" not in value or value == '""':  # nothing escaped
+        return value
+    return str(message.message.unescape(value))
 
 
-def _text(message: hl7.Message, segment: str, field: int, component: int = 1,
+def _text(message: _Reader, segment: str, field: int, component: int = 1,
           subcomponent: int = 1) -> str | None:
     """None when not sent (keep what is there), "" for HL7's `""` (delete it)."""
     value = _value(message, segment, field, component, subcomponent)
@@ -284,7 +298,7 @@ def parse_ts(value: str, zone: str) -> datetime:
                     int((frac or "0").ljust(6, "0")[:6]), tzinfo=tz)
 
 
-def _time_or_none(message: hl7.Message, segment: str, field: int, zone: str,
+def _time_or_none(message: _Reader, segment: str, field: int, zone: str,
                   component: int = 1) -> datetime | None:
     value = _value(message, segment, field, component)
     if not value or value == '""':
@@ -298,7 +312,7 @@ def _time_or_none(message: hl7.Message, segment: str, field: int, zone: str,
 
 # -- patients ----------------------------------------------------------------------------------
 
-def _identity(message: hl7.Message, segment: str, field: int) -> PatientIdentity:
+def _identity(message: _Reader, segment: str, field: int) -> PatientIdentity:
     """A CX (ID^check digit^scheme^assigning authority): the first repetition with an ID,
     its issuer the assigning authority's namespace (else its universal ID), as
     dcm4chee-arc maps PID-3 to PatientID and IssuerOfPatientID."""
@@ -322,7 +336,7 @@ def _identity(message: hl7.Message, segment: str, field: int) -> PatientIdentity
     raise Hl7Error(location, ErrorCode.REQUIRED_FIELD_MISSING, "no patient identifier")
 
 
-def person_name(message: hl7.Message, segment: str, field: int) -> str | None:
+def person_name(message: _Reader, segment: str, field: int) -> str | None:
     """An XPN (family^given^middle^suffix^prefix) as a DICOM PN
     (family^given^middle^prefix^suffix), trailing empty components dropped."""
     family = _text(message, segment, field, 1)
@@ -337,7 +351,7 @@ def person_name(message: hl7.Message, segment: str, field: int) -> str | None:
 _SEX = {"M": "M", "F": "F", "O": "O", "A": "O", "N": "O", "U": ""}
 
 
-def _patient(message: hl7.Message) -> PatientRecord:
+def _patient(message: _Reader) -> PatientRecord:
     identity = _identity(message, "PID", 3)
     birth = _text(message, "PID", 7)
     if birth:
@@ -359,7 +373,7 @@ def _patient(message: hl7.Message) -> PatientRecord:
         raise error_of(exc, "ADT") from None
 
 
-def _adt(message: hl7.Message, trigger: str) -> Parsed:
+def _adt(message: _Reader, trigger: str) -> Parsed:
     patient = _patient(message)
     if trigger not in ("A40", "A47"):
         return PatientUpdate(patient)
@@ -387,7 +401,7 @@ def _first(*values: str) -> str | None:
     return next((v for v in values if v and v != '""'), None)
 
 
-def _accession(message: hl7.Message, code: str) -> str | None:
+def _accession(message: _Reader, code: str) -> str | None:
     """IPC-1 (OMI), else OBR-18, else the filler order number (ORC-3, OBR-3), as
     dcm4chee-arc's order and report mappings take it."""
     return _first(_value(message, "IPC", 1) if code == "OMI" else "",
@@ -395,7 +409,7 @@ def _accession(message: hl7.Message, code: str) -> str | None:
                   _value(message, "OBR", 3))
 
 
-def _order(message: hl7.Message, code: str, zone: str) -> OrderControl:
+def _order(message: _Reader, code: str, zone: str) -> OrderControl:
     control_value = _value(message, "ORC", 1)
     if not control_value:
         raise Hl7Error("ORC-1", ErrorCode.REQUIRED_FIELD_MISSING, "no order control code")
@@ -469,14 +483,14 @@ def _order(message: hl7.Message, code: str, zone: str) -> OrderControl:
     return OrderControl(control, patient, accession, placer, step=step)
 
 
-def _xcn(message: hl7.Message, segment: str, field: int) -> str | None:
+def _xcn(message: _Reader, segment: str, field: int) -> str | None:
     """An XCN (ID^family^given^middle^suffix^prefix) as a DICOM PN."""
     parts = [_value(message, segment, field, c) for c in (2, 3, 4, 6, 5)]
     name = "^".join("" if p == '""' else p for p in parts).rstrip("^")
     return name or None
 
 
-def _report(message: hl7.Message, head: Header, zone: str) -> Report:
+def _report(message: _Reader, head: Header, zone: str) -> Report:
     patient = _patient(message)
     status = _value(message, "OBR", 25)
     if not status:

@@ -117,14 +117,17 @@ def _fit(value: str | None, limit: int) -> str | None:
     return value[:limit] if value else value
 
 
+_LOG = _msg.insert()  # one statement, its compiled form cached by SQLAlchemy
+
+
 def _log(conn: Connection, r: Received, ack_code: str, error: str | None) -> int:
-    return int(conn.execute(_msg.insert().values(
-        received_at=r.received_at, peer=_fit(r.peer, 64),
-        sending_application=_fit(r.sending_application, 64),
-        sending_facility=_fit(r.sending_facility, 64),
-        message_type=_fit(r.message_type, 16), control_id=_fit(r.control_id, 64),
-        patient_id=_fit(r.patient_id, 64), ack_code=ack_code, error=error,
-        message=r.message)).inserted_primary_key[0])  # type: ignore[index]
+    return int(conn.execute(_LOG, {
+        "received_at": r.received_at, "peer": _fit(r.peer, 64),
+        "sending_application": _fit(r.sending_application, 64),
+        "sending_facility": _fit(r.sending_facility, 64),
+        "message_type": _fit(r.message_type, 16), "control_id": _fit(r.control_id, 64),
+        "patient_id": _fit(r.patient_id, 64), "ack_code": ack_code, "error": error,
+        "message": r.message}).inserted_primary_key[0])  # type: ignore[index]
 
 
 def _apply(conn: Connection, parsed: Parsed, message_fk: int, now: datetime,
