@@ -519,3 +519,27 @@ def test_vna_up_runs_the_listener(embedded: Backend, tmp_path: Path) -> None:
     assert "vna stopped" in log.read_text()
     with pytest.raises(TimeoutError):
         wait_port(lport, 1)
+
+
+# -- the field mapping itself (no server) ----------------------------------------------------------
+
+def test_fields_are_read_as_documented() -> None:
+    from datetime import UTC, datetime
+
+    from vna import hl7 as fields
+    from vna.hl7 import Merge, PatientUpdate
+
+    zone = "Europe/Stockholm"
+    m = fields.parse(msg("ADT^A08", seg("PID", {
+        3: "~77^^^&1.2.752.9&ISO", 5: r"O\T\Hara^Sean^^Jr^Dr", 7: "19650412", 8: "U"})))
+    update = fields.read(m, zone)
+    assert isinstance(update, PatientUpdate)
+    record = update.patient
+    assert (record.identity.patient_id, record.identity.issuer) == ("77", "1.2.752.9")
+    assert record.name == "O&Hara^Sean^^Dr^Jr" and record.sex == "" and \
+        record.birth_date == "19650412"
+    merge = fields.read(fields.parse(msg("ADT^A47", pid("N1"), seg("MRG", {1: "O1"}))), zone)
+    assert isinstance(merge, Merge) and merge.change_id and merge.prior.issuer == ""
+    assert fields.parse_ts("202612051010+0000", zone) == datetime(2026, 12, 5, 10, 10,
+                                                                   tzinfo=UTC)
+    assert fields.parse_ts("20260705", zone).utcoffset().total_seconds() == 7200  # type: ignore[union-attr]

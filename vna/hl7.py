@@ -177,9 +177,12 @@ def _header(message: _Reader, zone: str) -> Header:
     def get(field: int, component: int = 1) -> str:
         return _value(message, "MSH", field, component)
 
+    try:
+        sent_at = _time_or_none(message, "MSH", 7, zone)
+    except Hl7Error:
+        sent_at = None  # only a fallback for OBR-22: not worth refusing a message for
     return Header(sending_application=get(3), sending_facility=get(4), code=get(9, 1),
-                  trigger=get(9, 2), control_id=get(10),
-                  sent_at=_time_or_none(message, "MSH", 7, zone), charset=get(18))
+                  trigger=get(9, 2), control_id=get(10), sent_at=sent_at, charset=get(18))
 
 
 def patient_id_of(message: hl7.Message) -> str | None:
