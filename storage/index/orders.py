@@ -24,11 +24,15 @@ class OrderExists(InvalidOrder):
 def place(conn: Connection, step: ScheduledStep, *, source: str, zone: str,
           now: datetime) -> int:
     """A new SCHEDULED order of `step` (its patient created or updated): its row id."""
-    for column, value, name in (
-            (_order.c.accession_number, step.accession_number, "AccessionNumber"),
-            (_order.c.study_instance_uid, step.study_instance_uid, "StudyInstanceUID")):
-        if conn.execute(select(_order.c.id).where(column == value)).first() is not None:
-            raise OrderExists(name, f"an order with {value!r} exists already")
+    taken = conn.execute(select(_order.c.accession_number).where(
+        (_order.c.accession_number == step.accession_number)
+        | (_order.c.study_instance_uid == step.study_instance_uid)).limit(1)).first()
+    if taken is not None:  # one query for both unique keys: HL7 places orders in bulk
+        if taken[0] == step.accession_number:
+            raise OrderExists("AccessionNumber",
+                              f"an order with {step.accession_number!r} exists already")
+        raise OrderExists("StudyInstanceUID",
+                          f"an order with {step.study_instance_uid!r} exists already")
     patient_fk = patients.ensure(conn, step.patient)
     date, time = step.local_date_time(zone)
     return int(conn.execute(_order.insert().values(

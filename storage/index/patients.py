@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, literal, select, union_all, update
 from sqlalchemy.engine import Connection
 
 from storage.index.models import Patient, PatientAlias
@@ -23,14 +23,17 @@ _alias = cast(Table, PatientAlias.__table__)
 
 def find(conn: Connection, identity: PatientIdentity) -> int | None:
     """The patient row of an identity: its own row, or the survivor it was merged into
-    or renamed to. An empty issuer on either side matches any issuer (as at ingest)."""
-    for table, column in ((_patient, _patient.c.id), (_alias, _alias.c.survivor_fk)):
-        rows = conn.execute(
-            select(column, table.c.issuer_of_patient_id)
-            .where(table.c.patient_id == identity.patient_id)).all()
-        for row_id, issuer in rows:
-            if identity.matches(PatientIdentity(identity.patient_id, issuer or "")):
-                return int(row_id)
+    or renamed to. An empty issuer on either side matches any issuer (as at ingest).
+    One query: HL7 orders and updates look a patient up in every message."""
+    own = select(_patient.c.id, _patient.c.issuer_of_patient_id, literal(0).label("alias")) \
+        .where(_patient.c.patient_id == identity.patient_id)
+    aliased = select(_alias.c.survivor_fk, _alias.c.issuer_of_patient_id,
+                     literal(1).label("alias")) \
+        .where(_alias.c.patient_id == identity.patient_id)
+    rows = conn.execute(union_all(own, aliased)).all()
+    for row_id, issuer, _ in sorted(rows, key=lambda r: r[2]):  # own rows first
+        if identity.matches(PatientIdentity(identity.patient_id, issuer or "")):
+            return int(row_id)
     return None
 
 
