@@ -90,7 +90,7 @@ class Deriver:
                     _upsert(conn, model, key, values)
             facts = {event.id: values for event, derived in results
                      for model, _key, values in derived if model is InstanceFact}
-            merge_study_facts(conn, facts.values())
+            merge_study_facts(conn, [(values, rows[i][0]) for i, values in facts.items()])
             marked = mark_processed(conn, (event.id for event, _ in results))
             add_to_rollup(conn, [rows[i][1] for i in marked if i in rows])
             add_arrivals_to_rollup(conn, [facts[i] for i in marked if i in facts])

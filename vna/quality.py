@@ -7,15 +7,20 @@ VNA_TIMEZONE); the archive's own times are UTC.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
+
+if TYPE_CHECKING:
+    from vna.leadtimes import Exam
 
 SHORT_EXAM_SECONDS = 60  # a CT or MR exam "under a minute" is a start/stop misuse
 LATE_ARRIVAL = timedelta(hours=24)
 SHORT_EXAM_MODALITIES = frozenset({"CT", "MR"})
+# An MPPS COMPLETED this long ago should have its images archived: a modality sends them
+# as the exam goes or right after.
+MPPS_IMAGES_GRACE_SECONDS = 3600
 
 # A Swedish personnummer or samordningsnummer: YYMMDD or YYYYMMDD, optionally - or +,
 # then NNNC. The check digit C is Luhn over the ten digits YYMMDDNNN.
@@ -113,22 +118,12 @@ def percentiles(values: list[float], points: tuple[int, ...] = (50, 90)) -> dict
 @dataclass(frozen=True)
 class Distribution:
     """How many values there are and their percentiles ({"p50": ..., "p90": ...}; empty
-    without values), overall and by modality."""
+    without values), overall, by modality and (lead times of exams) by department."""
 
     n: int
     percentiles: dict[str, float]
     by_modality: dict[str, Distribution] = field(default_factory=dict)
-
-
-def exam_durations(exams: Iterable[tuple[str, str | None, float]]) -> Distribution:
-    """(Study Instance UID, modality, seconds) of exams -> their durations' distribution."""
-    rows = list(exams)
-    by_modality: dict[str, list[float]] = {}
-    for _uid, modality, seconds in rows:
-        by_modality.setdefault(modality or "", []).append(seconds)
-    return Distribution(len(rows), percentiles([r[2] for r in rows]),
-                        {m: Distribution(len(v), percentiles(v))
-                         for m, v in sorted(by_modality.items())})
+    by_department: dict[str, Distribution] = field(default_factory=dict)
 
 
 Examples = tuple[int, list[str]]  # how many, and the first ten
@@ -138,7 +133,7 @@ Examples = tuple[int, list[str]]  # how many, and the first ten
 class QualityFacts:
     """What the quality rules read for a period (`storage.index.stats` gathers them)."""
 
-    exams: list[tuple[str, str | None, float]]  # (study UID, modality, seconds)
+    exams: list[Exam]  # the period's exams (vna.leadtimes)
     late_arrivals: Examples
     missing_referrer: Examples
     missing_accession: Examples
@@ -146,6 +141,12 @@ class QualityFacts:
     several_names: Examples
     patient_conflicts: Examples
     uid_conflicts: Examples
+    not_performed: Examples  # accession numbers
+    completed_without_images: Examples  # MPPS SOP Instance UIDs
+    images_without_mpps: Examples  # Study Instance UIDs
+    merges: Examples  # "old ID -> surviving ID"
+    now: float  # seconds since the epoch: what "N days after" is counted to
+    report_missing_days: int  # VNA_REPORT_MISSING_DAYS
 
 
 @dataclass(frozen=True)
@@ -158,15 +159,33 @@ class Finding:
     examples: list[str]
 
 
+def _duration(e: Exam) -> float | None:
+    if e.completed_from is None or e.ended is None:
+        return None
+    return e.ended - e.completed_from
+
+
 def findings(facts: QualityFacts) -> list[Finding]:
     """Every rule's findings in the period, in a fixed order."""
-    short = [uid for uid, modality, seconds in facts.exams
-             if modality in SHORT_EXAM_MODALITIES and seconds < SHORT_EXAM_SECONDS]
+    from vna.leadtimes import IMAGES, MPPS
+
+    short, short_mpps, unreported = [], [], []
+    overdue = facts.now - facts.report_missing_days * 86_400
+    for e in facts.exams:
+        seconds = _duration(e)
+        if seconds is not None and seconds < SHORT_EXAM_SECONDS:
+            if e.source == IMAGES and e.modality in SHORT_EXAM_MODALITIES:
+                short.append(e.study_instance_uid)
+            elif e.source == MPPS:
+                short_mpps.append(e.study_instance_uid)
+        if (e.ordered and e.reported is None and e.ended is not None and e.ended < overdue):
+            unreported.append(e.accession_number or e.study_instance_uid)
     invalid = [pid for pid in facts.patient_ids
                if looks_like_personnummer(pid) and not valid_personnummer(pid)]
     return [
         Finding("short_ct_mr_exam", f"CT/MR exam under {SHORT_EXAM_SECONDS} s from "
-                f"performed procedure step start to end", len(short), short[:10]),
+                f"performed procedure step start to end (images; exams without MPPS)",
+                len(short), short[:10]),
         Finding("missing_referrer", "study without ReferringPhysicianName",
                 *facts.missing_referrer),
         Finding("missing_accession_number", "study without AccessionNumber",
@@ -184,4 +203,20 @@ def findings(facts: QualityFacts) -> list[Finding]:
         Finding("uid_conflict", "SOP Instance UID archived with other content or in another "
                 "series or study, or a series archived in another study: refused; examples "
                 "are the studies sent", *facts.uid_conflicts),
+        Finding("order_not_performed", "order still SCHEDULED after its scheduled day; "
+                "examples are accession numbers", *facts.not_performed),
+        Finding("mpps_completed_without_images", f"MPPS COMPLETED more than "
+                f"{MPPS_IMAGES_GRACE_SECONDS // 60} min ago with no instance of its study or "
+                f"performed series archived; examples are MPPS SOP Instance UIDs",
+                *facts.completed_without_images),
+        Finding("images_without_mpps", "study from an AE that sends MPPS (since its first "
+                "one) without any MPPS for it; examples are the studies",
+                *facts.images_without_mpps),
+        Finding("short_mpps_exam", f"exam under {SHORT_EXAM_SECONDS} s from its first "
+                f"COMPLETED MPPS start to its last end", len(short_mpps), short_mpps[:10]),
+        Finding("report_missing", f"ordered exam without a final report "
+                f"{facts.report_missing_days} days (VNA_REPORT_MISSING_DAYS) after it ended; "
+                f"examples are accession numbers", len(unreported), unreported[:10]),
+        Finding("patient_merge", "patients merged into another (HL7 A40); examples are "
+                "'merged ID -> surviving ID'", *facts.merges),
     ]

@@ -396,11 +396,34 @@ class ArrivalsOut(DistributionOut):
     relativeResolution: float = round(RELATIVE_RESOLUTION, 4)
 
 
+class LeadTime(DistributionOut):
+    """One step of an exam's chain: count, p50/p90 seconds, by modality and by department."""
+
+    byDepartment: dict[str, Percentiles]
+
+    @classmethod
+    def of(cls, d: Distribution) -> Self:
+        return cls(n=d.n, **d.percentiles,
+                   byModality={m: Percentiles(n=v.n, **v.percentiles)
+                               for m, v in d.by_modality.items()},
+                   byDepartment={k: Percentiles(n=v.n, **v.percentiles)
+                                 for k, v in d.by_department.items()})
+
+
 class LeadTimes(BaseModel):
-    acquisitionToArchive: ArrivalsOut
-    examDuration: DistributionOut
-    # Needs the scheduled time, which comes with Modality Worklist (on the roadmap).
-    scheduledToPerformed: None = None
+    """The lead times of the period (docs/api.md defines each). `acquisitionToArchive` is
+    kept by modality only: null when a filter names another dimension."""
+
+    acquisitionToArchive: ArrivalsOut | None
+    examDuration: LeadTime
+    referralToScheduled: LeadTime
+    referralToExam: LeadTime
+    scheduledToPerformed: LeadTime
+    examEndToArchive: LeadTime
+    archiveToReport: LeadTime
+    examToReport: LeadTime
+    exams: int  # the period's exams that passed the filters
+    examsWithMpps: int
     freshness: Freshness
 
 

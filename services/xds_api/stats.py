@@ -21,9 +21,9 @@ from services.xds_api.schemas import (
     ArrivalsOut,
     Counted,
     DepartmentCounts,
-    DistributionOut,
     FindingOut,
     Freshness,
+    LeadTime,
     LeadTimes,
     Quality,
     StatsSummary,
@@ -40,8 +40,15 @@ from storage.index.export import Dataset, to_csv, to_parquet
 from storage.index.stats import Totals
 from storage.outbox import lag
 from vna.access import Action, Principal
-from vna.leadtimes import arrival_summary
-from vna.quality import exam_durations, findings
+from vna.leadtimes import (
+    MPPS,
+    arrival_summary,
+    chain,
+    check_exam_filters,
+    filter_arrivals,
+    filter_exams,
+)
+from vna.quality import findings
 from vna.settings import Settings
 from vna.stats import (
     Dimension,
@@ -206,15 +213,26 @@ def export(_: StatsActor, settings: SettingsDep, index: IndexDep,
 
 @router.get("/leadtimes", response_model=LeadTimes)
 def leadtimes(_: StatsActor, settings: SettingsDep, index: IndexDep, stats: StatsDep,
-              first: From = None, last: To = None, view: View = "live") -> LeadTimes:
-    """p50/p90 in seconds: acquisition to archive (per instance, from the delay histogram:
-    exact to the second below two minutes, within 0.55 % above), exam duration (first
-    performed procedure step start to last end, per study); overall and by modality."""
-    period, _filters, _tz = _query(settings, first, last, view, [], [])
-    arrivals, exams = stats.leadtimes(period)
-    return LeadTimes(acquisitionToArchive=ArrivalsOut.of(arrival_summary(arrivals)),
-                     examDuration=DistributionOut.of(exam_durations(exams)),
-                     freshness=_freshness(index))
+              first: From = None, last: To = None, view: View = "live",
+              include: Include = [], exclude: Include = []) -> LeadTimes:  # noqa: B006
+    """p50/p90 in seconds, overall, by modality and by department: acquisition to archive
+    (per instance, from the delay histogram: exact to the second below two minutes, within
+    0.55 % above; by modality only) and the chain of each exam from referral to report
+    (orders, MPPS, the images' procedure step where there is no MPPS, reports)."""
+    period, filters, _tz = _query(settings, first, last, view, include, exclude)
+    try:
+        check_exam_filters(filters)
+    except InvalidStatsQuery as exc:
+        raise HTTPException(422, str(exc)) from None
+    histograms, all_exams = stats.leadtimes(period)
+    arrivals = filter_arrivals(histograms, filters)
+    exams = filter_exams(all_exams, filters)
+    steps = {name: LeadTime.of(d) for name, d in chain(exams).items()}
+    return LeadTimes(
+        acquisitionToArchive=None if arrivals is None else ArrivalsOut.of(
+            arrival_summary(arrivals)),
+        **steps, exams=len(exams), examsWithMpps=sum(e.source == MPPS for e in exams),
+        freshness=_freshness(index))
 
 
 @router.get("/quality", response_model=Quality)
@@ -222,5 +240,6 @@ def quality(_: StatsActor, settings: SettingsDep, index: IndexDep, stats: StatsD
             first: From = None, last: To = None, view: View = "live") -> Quality:
     """Data-quality findings of the period, by rule: how many, and up to ten examples."""
     period, _filters, _tz = _query(settings, first, last, view, [], [])
-    return Quality(rules=[FindingOut.of(f) for f in findings(stats.quality(period))],
+    facts = stats.quality(period, settings.report_missing_days)
+    return Quality(rules=[FindingOut.of(f) for f in findings(facts)],
                    freshness=_freshness(index))

@@ -332,7 +332,8 @@ class InstanceFact(Base):
 
 class StudyFact(Base):
     """A study as its instances tell it: the earliest performed procedure step start and the
-    latest end, the patient's ID and name, and whether its instances disagree on that name;
+    latest end, the first and last arrival, the patient's ID and name, and whether its
+    instances disagree on that name;
     merged by the workers instance by instance, so that exam durations and name findings
     read one row per study, not one per instance."""
 
@@ -346,6 +347,12 @@ class StudyFact(Base):
     patient_id: Mapped[str] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(324))
     several_names: Mapped[bool] = mapped_column(Boolean)
+    # for the lead-time chain (orders, MPPS, reports): when its last instance arrived, the
+    # department its series name, the AE that sent it, its accession number (first seen)
+    last_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    department: Mapped[str | None] = mapped_column(String(64))
+    source_aet: Mapped[str | None] = mapped_column(String(16))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
 
 
 # The rollup's key columns: one for each dimension the stats API breaks volumes down by.

@@ -5,31 +5,36 @@ workers add to, and what the stats API and /metrics read from it and from the in
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, not_, or_, select, text
+from sqlalchemy import Float, and_, case, cast, exists, func, not_, or_, select, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from storage.index.db import Index, dialect_insert
 from storage.index.models import (
     LATE_ARRIVAL_SQL,
     STATS_DIMENSIONS,
     Document,
+    ImagingOrder,
     IngestConflict,
     Instance,
     InstanceFact,
+    Patient,
+    PatientAlias,
+    PerformedProcedureStep,
     Series,
     StatsArrivalHourly,
     StatsHourly,
     Study,
     StudyFact,
+    StudyReport,
 )
-from vna.leadtimes import arrival_bin
-from vna.quality import QualityFacts
+from vna.leadtimes import IMAGES, MPPS, Exam, arrival_bin
+from vna.quality import MPPS_IMAGES_GRACE_SECONDS, QualityFacts
 from vna.stats import Dimension, Filters, Period
 
 
@@ -72,7 +77,7 @@ def instance_dimensions(sop_instance_uids: list[str]) -> Any:
                    Instance.size,
                    Instance.source_aet, Series.modality, Series.institutional_department_name,
                    Series.station_name, Series.body_part_examined,
-                   Study.referring_physician_name)
+                   Study.referring_physician_name, Study.accession_number)
             .join(Series, Instance.series_fk == Series.id)
             .join(Study, Series.study_fk == Study.id)
             .where(Instance.sop_instance_uid.in_(sop_instance_uids)))
@@ -129,28 +134,37 @@ def _merged(old: Any, new: Any, *, keep_earlier: bool) -> Any:
     return case((old.is_(None), new), (new.is_(None), old), (better, new), else_=old)
 
 
-def merge_study_facts(conn: Connection, facts: Iterable[dict[str, Any]]) -> None:
-    """Merge instances' facts (`instance_fact` values) into their studies' `study_fact`:
-    first arrival, earliest procedure step start, latest end, the patient's name and
-    whether another one was seen; one upsert per instance, so the merge rule is written once,
-    here. Merging an instance twice changes nothing."""
-    for f in facts:
+def merge_study_facts(conn: Connection, facts: Iterable[tuple[dict[str, Any], Any]]) -> None:
+    """Merge instances' facts (`instance_fact` values, each with its `instance_dimensions`
+    row) into their studies' `study_fact`: first and last arrival, earliest procedure step
+    start, latest end, the patient's name and whether another one was seen, and the first
+    department, source AE and accession number seen; one upsert per instance, so the merge
+    rule is written once, here. Merging an instance twice changes nothing."""
+    for f, row in facts:
         stmt = dialect_insert(conn)(StudyFact).values(
             study_instance_uid=f["study_instance_uid"], modality=f["modality"],
-            first_received_at=f["received_at"], pps_start=f["pps_start"],
-            pps_end=f["pps_end"], patient_id=f["patient_id"],
-            patient_name=f["patient_name"], several_names=False)
+            first_received_at=f["received_at"], last_received_at=f["received_at"],
+            pps_start=f["pps_start"], pps_end=f["pps_end"], patient_id=f["patient_id"],
+            patient_name=f["patient_name"], several_names=False,
+            department=row.institutional_department_name or None,
+            source_aet=row.source_aet or None, accession_number=row.accession_number or None)
         new = stmt.excluded
         conn.execute(stmt.on_conflict_do_update(index_elements=["study_instance_uid"], set_={
             "modality": func.coalesce(StudyFact.modality, new.modality),
             "first_received_at": _merged(StudyFact.first_received_at,
                                          new.first_received_at, keep_earlier=True),
+            "last_received_at": _merged(StudyFact.last_received_at, new.last_received_at,
+                                        keep_earlier=False),
             "pps_start": _merged(StudyFact.pps_start, new.pps_start, keep_earlier=True),
             "pps_end": _merged(StudyFact.pps_end, new.pps_end, keep_earlier=False),
             "patient_name": func.coalesce(StudyFact.patient_name, new.patient_name),
             "several_names": or_(StudyFact.several_names, and_(
                 StudyFact.patient_name.isnot(None), new.patient_name.isnot(None),
-                StudyFact.patient_name != new.patient_name))}))
+                StudyFact.patient_name != new.patient_name)),
+            "department": func.coalesce(StudyFact.department, new.department),
+            "source_aet": func.coalesce(StudyFact.source_aet, new.source_aet),
+            "accession_number": func.coalesce(StudyFact.accession_number,
+                                              new.accession_number)}))
 
 
 def _filtered(stmt: Any, period: Period, filters: Filters, kind: str | None) -> Any:
@@ -254,17 +268,143 @@ def late_arrivals(session: Session, period: Period) -> tuple[int, list[str]]:
     return int(count), list(examples)
 
 
-def exam_durations(session: Session, period: Period) -> list[tuple[str, str | None, float]]:
-    """(Study Instance UID, modality, seconds from the first performed procedure step start
-    to the last end) of the studies first received in the period, where both are known."""
-    rows = session.execute(select(StudyFact.study_instance_uid, StudyFact.modality,
-                                  StudyFact.pps_start, StudyFact.pps_end)
-                           .where(_in_period(StudyFact.first_received_at, period),
-                                  StudyFact.pps_start.isnot(None),
-                                  StudyFact.pps_end.isnot(None))
-                           .order_by(StudyFact.first_received_at))
-    return [(uid, modality, (end - start).total_seconds())
-            for uid, modality, start, end in rows if start is not None and end is not None]
+def _epoch(session: Session, col: Any) -> Any:
+    """A time column as seconds since the epoch (a float): lead times over a year of exams
+    are differences of many times, cheaper read as numbers than as datetimes."""
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(func.extract("epoch", col), Float)
+    return (func.julianday(col) - 2440587.5) * 86400.0  # SQLite keeps them as UTC text
+
+
+_LIVE = PerformedProcedureStep.status != "DISCONTINUED"
+
+
+def exams(session: Session, period: Period) -> list[Exam]:
+    """The period's exams (`vna.leadtimes.Exam`): those with MPPS whose first step (not
+    DISCONTINUED) started in the period, and those without, whose study was first received
+    in it; each with its order, study facts and report."""
+    pps, fact, report = PerformedProcedureStep, StudyFact, StudyReport
+    completed = pps.status == "COMPLETED"
+    started_here = select(pps.study_instance_uid).where(
+        _LIVE, _in_period(pps.started_at, period))
+    steps = (select(pps.study_instance_uid.label("uid"),
+                    func.min(pps.started_at).label("started"),
+                    func.min(case((completed, pps.started_at))).label("completed_from"),
+                    func.max(case((completed, pps.ended_at))).label("ended"),
+                    func.max(pps.order_fk).label("order_fk"),
+                    func.max(pps.modality).label("modality"),
+                    func.max(pps.accession_number).label("accession_number"))
+             .where(_LIVE, pps.study_instance_uid.in_(started_here))
+             .group_by(pps.study_instance_uid)
+             .having(_in_period(func.min(pps.started_at), period))).subquery()
+    by_fk, by_uid = aliased(ImagingOrder), aliased(ImagingOrder)
+
+    def order(column: str) -> Any:
+        return func.coalesce(getattr(by_fk, column), getattr(by_uid, column))
+
+    accession = func.coalesce(order("accession_number"), steps.c.accession_number,
+                              fact.accession_number)
+    with_mpps = (
+        select(steps.c.uid, accession,
+               func.coalesce(steps.c.modality, order("modality"), fact.modality),
+               func.coalesce(func.nullif(order("department"), ""), fact.department),
+               order("id").isnot(None), _epoch(session, order("referral_at")),
+               _epoch(session, order("scheduled_at")), _epoch(session, steps.c.started),
+               _epoch(session, steps.c.completed_from), _epoch(session, steps.c.ended),
+               _epoch(session, fact.last_received_at), _epoch(session, report.reported_at))
+        .select_from(steps)
+        .outerjoin(by_fk, by_fk.id == steps.c.order_fk)
+        .outerjoin(by_uid, and_(steps.c.order_fk.is_(None),
+                                by_uid.study_instance_uid == steps.c.uid))
+        .outerjoin(fact, fact.study_instance_uid == steps.c.uid)
+        .outerjoin(report, report.accession_number == accession))
+    o = aliased(ImagingOrder)
+    accession = func.coalesce(o.accession_number, fact.accession_number)
+    no_mpps = ~exists().where(pps.study_instance_uid == fact.study_instance_uid, _LIVE)
+    images_only = (
+        select(fact.study_instance_uid, accession, func.coalesce(fact.modality, o.modality),
+               func.coalesce(func.nullif(o.department, ""), fact.department),
+               o.id.isnot(None), _epoch(session, o.referral_at),
+               _epoch(session, o.scheduled_at), _epoch(session, fact.pps_start),
+               _epoch(session, fact.pps_start), _epoch(session, fact.pps_end),
+               _epoch(session, fact.last_received_at), _epoch(session, report.reported_at))
+        .select_from(fact)
+        .outerjoin(o, o.study_instance_uid == fact.study_instance_uid)
+        .outerjoin(report, report.accession_number == accession)
+        .where(_in_period(fact.first_received_at, period), no_mpps))
+    out = [Exam(uid, acc, modality or "", dept or "", MPPS, bool(ordered), *times)
+           for uid, acc, modality, dept, ordered, *times in session.execute(with_mpps)]
+    out += [Exam(uid, acc, modality or "", dept or "", IMAGES, bool(ordered), *times)
+            for uid, acc, modality, dept, ordered, *times in session.execute(images_only)]
+    return out
+
+
+def orders_not_performed(session: Session, period: Period, today: str) -> tuple[int, list[str]]:
+    """Orders scheduled on a day of the period before `today` (local YYYYMMDD) that are
+    still SCHEDULED: how many, and the first ten accession numbers."""
+    last = min(period.end.strftime("%Y%m%d"), today)
+    where = and_(ImagingOrder.status == "SCHEDULED",
+                 ImagingOrder.scheduled_date >= period.start.strftime("%Y%m%d"),
+                 ImagingOrder.scheduled_date < last)
+    count = session.scalar(select(func.count()).select_from(ImagingOrder).where(where)) or 0
+    examples = session.scalars(select(ImagingOrder.accession_number).where(where).order_by(
+        ImagingOrder.scheduled_date, ImagingOrder.scheduled_time, ImagingOrder.id).limit(10))
+    return int(count), list(examples)
+
+
+def completed_without_images(session: Session, period: Period,
+                             before: datetime) -> tuple[int, list[str]]:
+    """COMPLETED MPPS started in the period and ended before `before` of whose study and
+    performed series the archive holds nothing: how many, and the first ten."""
+    pps = PerformedProcedureStep
+    no_study = ~exists().where(Study.study_instance_uid == pps.study_instance_uid)
+    candidates = session.execute(
+        select(pps.sop_instance_uid, pps.performed_series)
+        .where(pps.status == "COMPLETED", _in_period(pps.started_at, period),
+               pps.ended_at < before, no_study)
+        .order_by(pps.started_at, pps.sop_instance_uid)).all()
+    wanted = {str(s.get("series_instance_uid")) for _, series in candidates
+              for s in series or [] if s.get("series_instance_uid")}
+    held: set[str] = set()
+    for chunk in _chunks(sorted(wanted), 500):
+        held.update(session.scalars(select(Series.series_instance_uid).where(
+            Series.series_instance_uid.in_(chunk))))
+    found = [uid for uid, series in candidates
+             if not any(s.get("series_instance_uid") in held for s in series or [])]
+    return len(found), found[:10]
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def images_without_mpps(session: Session, period: Period) -> tuple[int, list[str]]:
+    """Studies first received in the period from an AE that had sent an MPPS by then, with
+    no MPPS of their own: how many, and the first ten."""
+    pps, fact = PerformedProcedureStep, StudyFact
+    senders = (select(pps.station_aet.label("aet"), func.min(pps.created_at).label("since"))
+               .where(pps.station_aet.isnot(None)).group_by(pps.station_aet).subquery())
+    where = and_(_in_period(fact.first_received_at, period),
+                 fact.first_received_at >= senders.c.since,
+                 ~exists().where(pps.study_instance_uid == fact.study_instance_uid))
+    base = select(fact.study_instance_uid).join(
+        senders, senders.c.aet == fact.source_aet).where(where)
+    count = session.scalar(select(func.count()).select_from(base.subquery())) or 0
+    examples = session.scalars(base.order_by(fact.first_received_at,
+                                             fact.study_instance_uid).limit(10))
+    return int(count), list(examples)
+
+
+def patient_merges(session: Session, period: Period) -> tuple[int, list[str]]:
+    """Patients merged into another in the period (HL7 A40): how many, and the first ten
+    as "merged ID -> surviving ID"."""
+    where = and_(PatientAlias.reason == "merge", _in_period(PatientAlias.at, period))
+    count = session.scalar(select(func.count()).select_from(PatientAlias).where(where)) or 0
+    rows = session.execute(select(PatientAlias.patient_id, Patient.patient_id)
+                           .join(Patient, Patient.id == PatientAlias.survivor_fk)
+                           .where(where).order_by(PatientAlias.at, PatientAlias.id).limit(10))
+    return int(count), [f"{old} -> {survivor}" for old, survivor in rows]
 
 
 def studies_missing(session: Session, period: Period, column: str) -> tuple[int, list[str]]:
@@ -364,22 +504,29 @@ class StatsReader:
             return (volume_rows(s, period, filters, dimension, kind),
                     bytes_before(s, period, filters, dimension, kind))
 
-    def leadtimes(self, period: Period) -> tuple[dict[str, Counter[int]],
-                                                 list[tuple[str, str | None, float]]]:
-        """Arrival-delay histograms by modality, and the exam durations of the period."""
+    def leadtimes(self, period: Period) -> tuple[dict[str, Counter[int]], list[Exam]]:
+        """Arrival-delay histograms by modality, and the exams of the period."""
         with self.index.read_session() as s:
-            return arrival_histograms(s, period), exam_durations(s, period)
+            return arrival_histograms(s, period), exams(s, period)
 
-    def quality(self, period: Period) -> QualityFacts:
+    def quality(self, period: Period, report_missing_days: int) -> QualityFacts:
+        now = datetime.now(UTC)
         with self.index.read_session() as s:
             return QualityFacts(
-                exams=exam_durations(s, period), late_arrivals=late_arrivals(s, period),
+                exams=exams(s, period), late_arrivals=late_arrivals(s, period),
                 missing_referrer=studies_missing(s, period, "referring_physician_name"),
                 missing_accession=studies_missing(s, period, "accession_number"),
                 patient_ids=patient_ids(s, period),
                 several_names=ids_with_several_names(s, period),
                 patient_conflicts=ingest_conflicts(s, period, "patient_conflict"),
-                uid_conflicts=ingest_conflicts(s, period, "uid_conflict"))
+                uid_conflicts=ingest_conflicts(s, period, "uid_conflict"),
+                not_performed=orders_not_performed(
+                    s, period, now.astimezone(period.tz).strftime("%Y%m%d")),
+                completed_without_images=completed_without_images(
+                    s, period, now - timedelta(seconds=MPPS_IMAGES_GRACE_SECONDS)),
+                images_without_mpps=images_without_mpps(s, period),
+                merges=patient_merges(s, period),
+                now=now.timestamp(), report_missing_days=report_missing_days)
 
     def stored_by_source(self) -> list[tuple[str, str, int, int]]:
         with self.index.read_session() as s:

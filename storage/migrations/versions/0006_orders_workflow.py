@@ -144,10 +144,37 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_performed_procedure_step_study_instance_uid'), ['study_instance_uid'], unique=False)
         batch_op.create_index('ix_pps_started', ['started_at'], unique=False)
 
+    _study_fact_chain_columns()
 
+
+
+
+def _study_fact_chain_columns() -> None:
+    """What the lead-time chain needs of a study beyond 0004's facts: when its last instance
+    arrived, its department, the AE that sent it and its accession number; filled for the
+    studies there are from the index (the workers keep them from now on)."""
+    with op.batch_alter_table('study_fact', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('last_received_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('department', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('source_aet', sa.String(length=16), nullable=True))
+        batch_op.add_column(sa.Column('accession_number', sa.String(length=64), nullable=True))
+    of_study = (" FROM instance i JOIN series se ON i.series_fk = se.id"
+                " JOIN study st ON se.study_fk = st.id"
+                " WHERE st.study_instance_uid = study_fact.study_instance_uid")
+    op.get_bind().execute(sa.text(
+        "UPDATE study_fact SET"
+        " last_received_at = (SELECT max(i.received_at)" + of_study + "),"
+        " department = (SELECT max(NULLIF(se.institutional_department_name, ''))" + of_study + "),"
+        " source_aet = (SELECT min(NULLIF(i.source_aet, ''))" + of_study + "),"
+        " accession_number = (SELECT max(NULLIF(st.accession_number, ''))" + of_study + ")"))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('study_fact', schema=None) as batch_op:
+        batch_op.drop_column('accession_number')
+        batch_op.drop_column('source_aet')
+        batch_op.drop_column('department')
+        batch_op.drop_column('last_received_at')
     with op.batch_alter_table('performed_procedure_step', schema=None) as batch_op:
         batch_op.drop_index('ix_pps_started')
         batch_op.drop_index(batch_op.f('ix_performed_procedure_step_study_instance_uid'))
