@@ -1,4 +1,5 @@
-"""The fact tables for BI tools (Qlik, Power BI): one row per study, instance or document.
+"""The fact tables for BI tools (Qlik, Power BI): one row per study, instance, document or
+order.
 
 Facts are what a controller counts and groups by: times, sizes, modality, department,
 referrer, station, source AE, classes. They carry the archive's own identifiers (UIDs,
@@ -16,10 +17,19 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from storage.index.db import Index
-from storage.index.models import Document, Instance, Series, Study
+from storage.index.models import (
+    Document,
+    ImagingOrder,
+    Instance,
+    PerformedProcedureStep,
+    Series,
+    Study,
+    StudyFact,
+    StudyReport,
+)
 from vna.stats import Period
 
 
@@ -27,10 +37,57 @@ class Dataset(StrEnum):
     STUDIES = "studies"
     INSTANCES = "instances"
     DOCUMENTS = "documents"
+    ORDERS = "orders"
+
+
+_MPPS_RANK = {"COMPLETED": 3, "IN PROGRESS": 2, "DISCONTINUED": 1}
+
+
+def _orders(start: datetime, end: datetime) -> Any:
+    """One row per order scheduled in the period: its times, its MPPS (first start, last
+    end, the furthest status: COMPLETED, else IN PROGRESS, else DISCONTINUED; steps linked
+    by order, else by Study Instance UID), its images' first and last arrival and its final
+    report. The patient is the index's own row number (`patient_key`): orders of one
+    patient can be told apart from others', without a patient's identity in the file."""
+    pps = PerformedProcedureStep
+    rank = func.max(case(*((pps.status == k, v) for k, v in _MPPS_RANK.items()), else_=0))
+
+    def steps(key: Any) -> Any:
+        return (select(key.label("key"), func.min(pps.started_at).label("started"),
+                       func.max(pps.ended_at).label("ended"), rank.label("rank"))
+                .where(key.isnot(None)).group_by(key).subquery())
+
+    by_fk = steps(pps.order_fk)
+    by_uid = (select(pps.study_instance_uid.label("key"),
+                     func.min(pps.started_at).label("started"),
+                     func.max(pps.ended_at).label("ended"), rank.label("rank"))
+              .where(pps.order_fk.is_(None), pps.study_instance_uid.isnot(None))
+              .group_by(pps.study_instance_uid).subquery())
+    o = ImagingOrder
+    best = func.coalesce(by_fk.c.rank, by_uid.c.rank)
+    status = case(*((best == v, k) for k, v in _MPPS_RANK.items()), else_=None)
+    return (select(
+        o.id.label("order_id"), o.patient_fk.label("patient_key"), o.accession_number,
+        o.placer_order_number, o.study_instance_uid, o.modality, o.department, o.status,
+        o.source, o.scheduled_station_aet, o.referral_at, o.placed_at, o.scheduled_at,
+        func.coalesce(by_fk.c.started, by_uid.c.started).label("mpps_started_at"),
+        func.coalesce(by_fk.c.ended, by_uid.c.ended).label("mpps_ended_at"),
+        status.label("mpps_status"),
+        StudyFact.first_received_at.label("first_image_received_at"),
+        StudyFact.last_received_at.label("last_image_received_at"),
+        StudyReport.reported_at)
+        .outerjoin(by_fk, by_fk.c.key == o.id)
+        .outerjoin(by_uid, by_uid.c.key == o.study_instance_uid)
+        .outerjoin(StudyFact, StudyFact.study_instance_uid == o.study_instance_uid)
+        .outerjoin(StudyReport, StudyReport.accession_number == o.accession_number)
+        .where(o.scheduled_at >= start, o.scheduled_at < end)
+        .order_by(o.id))
 
 
 def _query(dataset: Dataset, period: Period) -> Any:
     start, end = period.start.astimezone(UTC), period.end.astimezone(UTC)
+    if dataset is Dataset.ORDERS:
+        return _orders(start, end)
     if dataset is Dataset.INSTANCES:
         return (select(
             Instance.sop_instance_uid, Series.series_instance_uid, Study.study_instance_uid,
