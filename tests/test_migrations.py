@@ -93,3 +93,53 @@ def test_0004_fills_lead_time_facts_from_earlier_facts(db_url: str) -> None:
     assert [tuple(r) for r in studies] == [
         ("1.9.1", t0 + 5 * minute, t0 - 2 * minute, t0 + 9 * minute, "A^B", True),
         ("1.9.2", t0 + 5 * minute, None, None, "A^B", False)]
+
+
+def test_0006_fills_the_chain_facts_of_studies_there_are(db_url: str) -> None:
+    """The last arrival, department, source AE and accession number of each study_fact,
+    from the study's instances in the index."""
+    upgrade(db_url, "0005")
+    t0 = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
+    engine = sa.create_engine(db_url)
+
+    def table(name: str, *columns: str, times: tuple[str, ...] = ()) -> sa.TableClause:
+        return sa.table(name, *(sa.column(c) for c in columns),
+                        *(sa.column(c, UTCDateTime()) for c in times))
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(table("patient", "id", "patient_id",
+                                         "issuer_of_patient_id")),
+                         [{"id": 1, "patient_id": "P1", "issuer_of_patient_id": ""}])
+            conn.execute(sa.insert(table("study", "id", "patient_fk", "study_instance_uid",
+                                         "accession_number", times=("created_at",))),
+                         [{"id": 1, "patient_fk": 1, "study_instance_uid": "1.9.1",
+                           "accession_number": "A1", "created_at": t0}])
+            conn.execute(sa.insert(table("series", "id", "study_fk", "series_instance_uid",
+                                         "institutional_department_name")),
+                         [{"id": 1, "study_fk": 1, "series_instance_uid": "1.9.1.1",
+                           "institutional_department_name": ""},
+                          {"id": 2, "study_fk": 1, "series_instance_uid": "1.9.1.2",
+                           "institutional_department_name": "Radiology"}])
+            conn.execute(sa.insert(table(
+                "instance", "series_fk", "sop_instance_uid", "sop_class_uid",
+                "transfer_syntax_uid", "source_aet", "size", "sha256", "dataset_offset",
+                "storage_key", times=("received_at",))), [
+                {"series_fk": series, "sop_instance_uid": uid, "sop_class_uid": "1.2",
+                 "transfer_syntax_uid": "1.2.840.10008.1.2.1", "source_aet": "CT1",
+                 "size": 1, "sha256": "0" * 64, "dataset_offset": 132,
+                 "storage_key": uid, "received_at": t0 + timedelta(minutes=minutes)}
+                for series, uid, minutes in ((1, "1.9.1.1.1", 0), (2, "1.9.1.2.1", 7))])
+            conn.execute(sa.insert(table("study_fact", "study_instance_uid", "patient_id",
+                                         "several_names", times=("first_received_at",))),
+                         [{"study_instance_uid": "1.9.1", "patient_id": "P1",
+                           "several_names": False, "first_received_at": t0}])
+        upgrade(db_url)
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(
+                sa.column("last_received_at", UTCDateTime()), sa.column("department"),
+                sa.column("source_aet"), sa.column("accession_number"))
+                .select_from(sa.table("study_fact"))).one()
+    finally:
+        engine.dispose()
+    assert tuple(row) == (t0 + timedelta(minutes=7), "Radiology", "CT1", "A1")

@@ -10,12 +10,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from services.runtime import open_archive
 from storage.archive import Archive
 from storage.derive import Deriver
-from storage.index.models import InstanceFact, StudyFact
+from storage.index.models import Instance, InstanceFact, StudyFact
 from storage.migrate import upgrade
 from storage.outbox import pending
 from tests.api_client import RunningAPI, start_api, stop_api
@@ -170,7 +170,8 @@ def test_study_exam_merges_instances_in_any_order(archive: Archive, tmp_path: Pa
     study, t0 = f"{ROOT}.90", datetime(2026, 3, 2, 9, 0, tzinfo=TZ)
     minute = timedelta(minutes=1)
     deriver = Deriver(archive.index, archive.store, TZ)
-    _instance(tmp_path, archive, 1, study=study, acquired=t0, pps=(t0, t0 + 20 * minute))
+    _instance(tmp_path, archive, 1, study=study, acquired=t0, pps=(t0, t0 + 20 * minute),
+              AccessionNumber="A1", InstitutionalDepartmentName="CT-Dept")
     first = pending(archive.index)
     deriver.process(first)
     _instance(tmp_path, archive, 2, study=study, acquired=t0, patient_name="Doe^Johnny",
@@ -181,8 +182,15 @@ def test_study_exam_merges_instances_in_any_order(archive: Archive, tmp_path: Pa
         (start, end, name, several), = s.execute(select(
             StudyFact.pps_start, StudyFact.pps_end, StudyFact.patient_name,
             StudyFact.several_names).where(StudyFact.study_instance_uid == study)).all()
+        fact = s.execute(select(StudyFact).where(
+            StudyFact.study_instance_uid == study)).scalar_one()
+        received = s.execute(select(func.min(Instance.received_at),
+                                    func.max(Instance.received_at))).one()
     assert (start, end) == (t0 - 10 * minute, t0 + 20 * minute)
     assert (name, several) == ("DOE^JOHN", True)
+    # what the lead-time chain reads: first and last arrival, where it came from
+    assert (fact.first_received_at, fact.last_received_at) == tuple(received)
+    assert (fact.source_aet, fact.department, fact.accession_number) == ("Q", "CT-Dept", "A1")
 
 
 def test_leadtimes(planted: tuple[RunningAPI, dict[str, Any]]) -> None:
