@@ -9,6 +9,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -303,3 +304,38 @@ def test_stats_refused_without_the_role(chain_api: RunningAPI) -> None:
         for path in ("leadtimes", "quality", "export?dataset=orders"):
             assert client.get(f"/api/v1/stats/{path}").status_code == 403, (role, path)
     assert chain_api.client(None).get("/api/v1/stats/leadtimes").status_code == 401
+
+
+def test_dashboard_draws_the_chain(chain_api: RunningAPI, tmp_path: Path) -> None:
+    """Headless Chromium draws the chain as one chart: median and p90 of each step."""
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    from tests.api_client import ADMIN_TOKEN
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("Chromium is not installed (apt-get install chromium)")
+    rendered = {}
+    for fragment in ("", "&include=modality:MR", "&include=station:X"):
+        url = (f"{chain_api.url}/dashboard#token={ADMIN_TOKEN}&from=2026-03-01"
+               f"&to=2026-03-31{fragment}")
+        out = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000",
+             "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        m = re.search(r'data-rendered="([^"]+)"', out.stdout)
+        assert m, ("dashboard did not render", out.stderr[-2000:])
+        rendered[fragment] = json.loads(m.group(1).replace("&quot;", '"'))
+    assert rendered[""]["chain"] == [
+        ["referral → scheduled", 5, 104_400, 259_200],
+        ["scheduled → exam start", 5, 300, 600], ["exam start → end", 6, 600, 3000],
+        ["exam end → archived", 4, 600, 900], ["archived → report", 3, 64_500, 84_000]]
+    assert rendered["&include=modality:MR"]["chain"][2] == ["exam start → end", 2, 1200, 3000]
+    # a filter lead times do not take leaves the chain empty, the other charts drawn
+    assert [n for _, n, _, _ in rendered["&include=station:X"]["chain"]] == [0] * 5
+    assert rendered["&include=station:X"]["charts"] == 5
