@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from vna.quality import Distribution, percentiles
+import numpy as np
+from numpy.typing import NDArray
+
+from vna.quality import Distribution
 from vna.stats import Dimension, Filters, InvalidStatsQuery
 
 LINEAR_SECONDS = 128  # below this, one bin per second
@@ -79,36 +83,25 @@ def arrival_summary(by_modality: Mapping[str, Counter[int]]) -> Distribution:
 # modality's performed procedure steps (MPPS), the archive (its last instance) and the RIS's
 # final report (study_report). Where a study has no MPPS, the Performed Procedure Step start
 # and end the images carry stand in for the exam's start and end.
+#
+# A region's year is some 100,000 exams: they are held as columns (numpy arrays), not as an
+# object each, so that the percentiles of every step, by modality and by department, take
+# milliseconds.
 
 MPPS = "mpps"
 IMAGES = "images"
 
-
-@dataclass(frozen=True, slots=True)
-class Exam:
-    """One exam's chain, times in seconds since the epoch (UTC), None where unknown.
-
-    `started`: the first MPPS start (steps not DISCONTINUED), else the images' earliest
-    PPS start; `completed_from` / `ended`: the first start and the last end of its COMPLETED
-    steps, else the images' PPS start and end; `archived`: when its last instance arrived;
-    `reported`: the final report of its accession number."""
-
-    study_instance_uid: str
-    accession_number: str | None
-    modality: str  # '' = unknown
-    department: str  # the order's, else what its series say; '' = unknown
-    source: str  # MPPS or IMAGES: where `started` and `ended` come from
-    ordered: bool  # linked to an order (imaging_order)
-    referral: float | None
-    scheduled: float | None
-    started: float | None
-    completed_from: float | None
-    ended: float | None
-    archived: float | None
-    reported: float | None
-
-
-# The lead times, in the order of the chain: name, from, to (Exam attribute names).
+# An exam's times, in seconds since the epoch (UTC), NaN where unknown:
+TIMES = (
+    "referral",  # the order's referral (HL7 ORC-9 / worklist API)
+    "scheduled",  # the order's scheduled procedure step start
+    "started",  # the first MPPS start (steps not DISCONTINUED), else the images' PPS start
+    "completed_from",  # the first start of its COMPLETED steps, else the images' PPS start
+    "ended",  # the last end of its COMPLETED steps, else the images' PPS end
+    "archived",  # when its last instance arrived
+    "reported",  # the final report of its accession number
+)
+# The lead times, in the order of the chain: name, from, to (names in TIMES).
 CHAIN: tuple[tuple[str, str, str], ...] = (
     ("referralToScheduled", "referral", "scheduled"),
     ("referralToExam", "referral", "started"),
@@ -119,6 +112,62 @@ CHAIN: tuple[tuple[str, str, str], ...] = (
     ("examToReport", "ended", "reported"),
 )
 EXAM_DIMENSIONS = (Dimension.MODALITY, Dimension.DEPARTMENT)
+
+# A row of exams as `storage.index.stats` reads it: Study Instance UID, accession number,
+# modality, department, linked to an order, then the TIMES.
+ExamRow = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Exams:
+    """The period's exams, as columns. `by_mpps`: its start and end come from MPPS (else
+    from the images); `ordered`: it is linked to an order (imaging_order)."""
+
+    study_instance_uid: list[str]
+    accession_number: list[str | None]
+    modality: NDArray[np.object_]  # '' = unknown
+    department: NDArray[np.object_]  # the order's, else what its series say; '' = unknown
+    by_mpps: NDArray[np.bool_]
+    ordered: NDArray[np.bool_]
+    times: dict[str, NDArray[np.float64]]
+
+    @classmethod
+    def of(cls, with_mpps: list[ExamRow], images_only: list[ExamRow]) -> Exams:
+        rows = with_mpps + images_only
+        if not rows:
+            return cls([], [], np.array([], object), np.array([], object),
+                       np.array([], bool), np.array([], bool),
+                       {t: np.array([], float) for t in TIMES})
+        uid, accession, modality, department, ordered, *times = zip(*rows, strict=True)
+        return cls(list(uid), list(accession),
+                   np.array([m or "" for m in modality], dtype=object),
+                   np.array([d or "" for d in department], dtype=object),
+                   np.arange(len(rows)) < len(with_mpps), np.array(ordered, dtype=bool),
+                   {t: np.array(v, dtype=float) for t, v in zip(TIMES, times, strict=True)})
+
+    def __len__(self) -> int:
+        return len(self.study_instance_uid)
+
+    def seconds(self, start: str, end: str) -> NDArray[np.float64]:
+        """`end` - `start` of each exam (NaN where either is unknown), to the millisecond."""
+        return np.round(self.times[end] - self.times[start], 3)
+
+    def where(self, mask: NDArray[np.bool_]) -> Exams:
+        keep = np.flatnonzero(mask)
+        return Exams([self.study_instance_uid[i] for i in keep],
+                     [self.accession_number[i] for i in keep], self.modality[keep],
+                     self.department[keep], self.by_mpps[keep], self.ordered[keep],
+                     {t: v[keep] for t, v in self.times.items()})
+
+    def first(self, mask: NDArray[np.bool_], limit: int = 10,
+              accession: bool = False) -> list[str]:
+        """Up to `limit` of the exams in `mask`, earliest start first: their Study Instance
+        UIDs, or accession numbers (the UID where there is none)."""
+        picked = np.flatnonzero(mask)
+        order = picked[np.argsort(self.times["started"][picked], kind="stable")][:limit]
+        if accession:
+            return [self.accession_number[i] or self.study_instance_uid[i] for i in order]
+        return [self.study_instance_uid[i] for i in order]
 
 
 def check_exam_filters(filters: Filters) -> None:
@@ -137,12 +186,17 @@ def _passes(filters: Filters, values: Mapping[Dimension, str]) -> bool:
     return all(values.get(dim, "") not in refused for dim, refused in filters.exclude.items())
 
 
-def filter_exams(exams: Iterable[Exam], filters: Filters) -> list[Exam]:
+def filter_exams(exams: Exams, filters: Filters) -> Exams:
     """The exams whose modality and department pass `include` / `exclude`."""
     if not filters.include and not filters.exclude:
-        return list(exams)
-    return [e for e in exams if _passes(filters, {Dimension.MODALITY: e.modality,
-                                                  Dimension.DEPARTMENT: e.department})]
+        return exams
+    columns = {Dimension.MODALITY: exams.modality, Dimension.DEPARTMENT: exams.department}
+    keep = np.ones(len(exams), dtype=bool)
+    for dim, allowed in filters.include.items():
+        keep &= np.isin(columns[dim], sorted(allowed))
+    for dim, refused in filters.exclude.items():
+        keep &= ~np.isin(columns[dim], sorted(refused))
+    return exams.where(keep)
 
 
 def filter_arrivals(by_modality: Mapping[str, Counter[int]],
@@ -155,25 +209,37 @@ def filter_arrivals(by_modality: Mapping[str, Counter[int]],
             if _passes(filters, {Dimension.MODALITY: m})}
 
 
-def chain(exams: Iterable[Exam]) -> dict[str, Distribution]:
+def sorted_percentiles(ordered: NDArray[np.float64],
+                       points: tuple[int, ...] = (50, 90)) -> dict[str, float]:
+    """`vna.quality.percentiles` (nearest rank, to a tenth) of values sorted already."""
+    n = len(ordered)
+    if n == 0:
+        return {}
+    return {f"p{p}": round(float(ordered[max(1, -(-p * n // 100)) - 1]), 1) for p in points}
+
+
+def _distribution(seconds: NDArray[np.float64], mask: NDArray[np.bool_]) -> Distribution:
+    values = np.sort(seconds[mask])
+    return Distribution(len(values), sorted_percentiles(values))
+
+
+def chain(exams: Exams) -> dict[str, Distribution]:
     """Every lead time of CHAIN over the exams where both of its ends are known: count and
     nearest-rank p50/p90 in seconds, overall, by modality and by department."""
-    values: dict[str, list[tuple[str, str, float]]] = {name: [] for name, _, _ in CHAIN}
-    for e in exams:
-        for name, start, end in CHAIN:
-            a, b = getattr(e, start), getattr(e, end)
-            if a is not None and b is not None:
-                values[name].append((e.modality, e.department, round(b - a, 3)))
-    return {name: _distribution(rows) for name, rows in values.items()}
+    modalities, modality_of = np.unique(exams.modality.astype(str), return_inverse=True)
+    departments, department_of = np.unique(exams.department.astype(str),
+                                           return_inverse=True)
+    out = {}
+    for name, start, end in CHAIN:
+        seconds = exams.seconds(start, end)
+        known = ~np.isnan(seconds)
 
-
-def _distribution(rows: list[tuple[str, str, float]]) -> Distribution:
-    by_modality: dict[str, list[float]] = {}
-    by_department: dict[str, list[float]] = {}
-    for modality, department, seconds in rows:
-        by_modality.setdefault(modality, []).append(seconds)
-        by_department.setdefault(department, []).append(seconds)
-    return Distribution(
-        len(rows), percentiles([r[2] for r in rows]),
-        {m: Distribution(len(v), percentiles(v)) for m, v in sorted(by_modality.items())},
-        {d: Distribution(len(v), percentiles(v)) for d, v in sorted(by_department.items())})
+        overall = _distribution(seconds, known)
+        by_modality = {str(m): _distribution(seconds, known & (modality_of == i))
+                       for i, m in enumerate(modalities)}
+        by_department = {str(d): _distribution(seconds, known & (department_of == i))
+                         for i, d in enumerate(departments)}
+        out[name] = Distribution(overall.n, overall.percentiles,
+                                 {k: v for k, v in by_modality.items() if v.n},
+                                 {k: v for k, v in by_department.items() if v.n})
+    return out

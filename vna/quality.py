@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
-    from vna.leadtimes import Exam
+    from vna.leadtimes import Exams
 
 SHORT_EXAM_SECONDS = 60  # a CT or MR exam "under a minute" is a start/stop misuse
 LATE_ARRIVAL = timedelta(hours=24)
@@ -133,7 +133,7 @@ Examples = tuple[int, list[str]]  # how many, and the first ten
 class QualityFacts:
     """What the quality rules read for a period (`storage.index.stats` gathers them)."""
 
-    exams: list[Exam]  # the period's exams (vna.leadtimes)
+    exams: Exams  # the period's exams (vna.leadtimes)
     late_arrivals: Examples
     missing_referrer: Examples
     missing_accession: Examples
@@ -159,33 +159,30 @@ class Finding:
     examples: list[str]
 
 
-def _duration(e: Exam) -> float | None:
-    if e.completed_from is None or e.ended is None:
-        return None
-    return e.ended - e.completed_from
-
-
 def findings(facts: QualityFacts) -> list[Finding]:
     """Every rule's findings in the period, in a fixed order."""
-    from vna.leadtimes import IMAGES, MPPS
+    import numpy as np
 
-    short, short_mpps, unreported = [], [], []
+    exams = facts.exams
+    seconds = exams.seconds("completed_from", "ended")
+    short = seconds < SHORT_EXAM_SECONDS  # False where unknown (NaN)
+    short_images = short & ~exams.by_mpps & np.isin(exams.modality,
+                                                    sorted(SHORT_EXAM_MODALITIES))
     overdue = facts.now - facts.report_missing_days * 86_400
-    for e in facts.exams:
-        seconds = _duration(e)
-        if seconds is not None and seconds < SHORT_EXAM_SECONDS:
-            if e.source == IMAGES and e.modality in SHORT_EXAM_MODALITIES:
-                short.append(e.study_instance_uid)
-            elif e.source == MPPS:
-                short_mpps.append(e.study_instance_uid)
-        if (e.ordered and e.reported is None and e.ended is not None and e.ended < overdue):
-            unreported.append(e.accession_number or e.study_instance_uid)
+    with np.errstate(invalid="ignore"):
+        unreported = (exams.ordered & np.isnan(exams.times["reported"])
+                      & (exams.times["ended"] < overdue))
+    short_mpps = short & exams.by_mpps
+
+    def found(mask: Any, accession: bool = False) -> tuple[int, list[str]]:
+        return int(mask.sum()), exams.first(mask, accession=accession)
+
     invalid = [pid for pid in facts.patient_ids
                if looks_like_personnummer(pid) and not valid_personnummer(pid)]
     return [
         Finding("short_ct_mr_exam", f"CT/MR exam under {SHORT_EXAM_SECONDS} s from "
                 f"performed procedure step start to end (images; exams without MPPS)",
-                len(short), short[:10]),
+                *found(short_images)),
         Finding("missing_referrer", "study without ReferringPhysicianName",
                 *facts.missing_referrer),
         Finding("missing_accession_number", "study without AccessionNumber",
@@ -213,10 +210,10 @@ def findings(facts: QualityFacts) -> list[Finding]:
                 "one) without any MPPS for it; examples are the studies",
                 *facts.images_without_mpps),
         Finding("short_mpps_exam", f"exam under {SHORT_EXAM_SECONDS} s from its first "
-                f"COMPLETED MPPS start to its last end", len(short_mpps), short_mpps[:10]),
+                f"COMPLETED MPPS start to its last end", *found(short_mpps)),
         Finding("report_missing", f"ordered exam without a final report "
                 f"{facts.report_missing_days} days (VNA_REPORT_MISSING_DAYS) after it ended; "
-                f"examples are accession numbers", len(unreported), unreported[:10]),
+                f"examples are accession numbers", *found(unreported, accession=True)),
         Finding("patient_merge", "patients merged into another (HL7 A40); examples are "
                 "'merged ID -> surviving ID'", *facts.merges),
     ]

@@ -41,7 +41,6 @@ from storage.index.stats import Totals
 from storage.outbox import lag
 from vna.access import Action, Principal
 from vna.leadtimes import (
-    MPPS,
     arrival_summary,
     chain,
     check_exam_filters,
@@ -231,7 +230,7 @@ def leadtimes(_: StatsActor, settings: SettingsDep, index: IndexDep, stats: Stat
     return LeadTimes(
         acquisitionToArchive=None if arrivals is None else ArrivalsOut.of(
             arrival_summary(arrivals)),
-        **steps, exams=len(exams), examsWithMpps=sum(e.source == MPPS for e in exams),
+        **steps, exams=len(exams), examsWithMpps=int(exams.by_mpps.sum()),
         freshness=_freshness(index))
 
 

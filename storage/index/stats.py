@@ -33,7 +33,7 @@ from storage.index.models import (
     StudyFact,
     StudyReport,
 )
-from vna.leadtimes import IMAGES, MPPS, Exam, arrival_bin
+from vna.leadtimes import Exams, arrival_bin
 from vna.quality import MPPS_IMAGES_GRACE_SECONDS, QualityFacts
 from vna.stats import Dimension, Filters, Period
 
@@ -279,64 +279,66 @@ def _epoch(session: Session, col: Any) -> Any:
 _LIVE = PerformedProcedureStep.status != "DISCONTINUED"
 
 
-def exams(session: Session, period: Period) -> list[Exam]:
-    """The period's exams (`vna.leadtimes.Exam`): those with MPPS whose first step (not
+def exams(session: Session, period: Period) -> Exams:
+    """The period's exams (`vna.leadtimes.Exams`): those with MPPS whose first step (not
     DISCONTINUED) started in the period, and those without, whose study was first received
     in it; each with its order, study facts and report."""
-    pps, fact, report = PerformedProcedureStep, StudyFact, StudyReport
+    pps, fact, report, order = PerformedProcedureStep, StudyFact, StudyReport, ImagingOrder
     completed = pps.status == "COMPLETED"
+    # studies with a step started in the period and none before it (a condition the planner
+    # can count: with a HAVING on min(started_at) it expected a few rows, not a year's)
+    earlier = aliased(PerformedProcedureStep)
     started_here = select(pps.study_instance_uid).where(
-        _LIVE, _in_period(pps.started_at, period))
+        _LIVE, _in_period(pps.started_at, period), ~exists().where(
+            earlier.study_instance_uid == pps.study_instance_uid,
+            earlier.status != "DISCONTINUED",
+            earlier.started_at < period.start.astimezone(UTC)))
+    # the order: the one the steps name, else the one of the study (looked up only then)
+    by_study = (select(order.id).where(order.study_instance_uid == pps.study_instance_uid)
+                .scalar_subquery())
     steps = (select(pps.study_instance_uid.label("uid"),
                     func.min(pps.started_at).label("started"),
                     func.min(case((completed, pps.started_at))).label("completed_from"),
                     func.max(case((completed, pps.ended_at))).label("ended"),
-                    func.max(pps.order_fk).label("order_fk"),
+                    func.coalesce(func.max(pps.order_fk), by_study).label("order_fk"),
                     func.max(pps.modality).label("modality"),
                     func.max(pps.accession_number).label("accession_number"))
              .where(_LIVE, pps.study_instance_uid.in_(started_here))
-             .group_by(pps.study_instance_uid)
-             .having(_in_period(func.min(pps.started_at), period))).subquery()
-    by_fk, by_uid = aliased(ImagingOrder), aliased(ImagingOrder)
-
-    def order(column: str) -> Any:
-        return func.coalesce(getattr(by_fk, column), getattr(by_uid, column))
-
-    accession = func.coalesce(order("accession_number"), steps.c.accession_number,
+             .group_by(pps.study_instance_uid)).subquery()
+    accession = func.coalesce(order.accession_number, steps.c.accession_number,
                               fact.accession_number)
     with_mpps = (
         select(steps.c.uid, accession,
-               func.coalesce(steps.c.modality, order("modality"), fact.modality),
-               func.coalesce(func.nullif(order("department"), ""), fact.department),
-               order("id").isnot(None), _epoch(session, order("referral_at")),
-               _epoch(session, order("scheduled_at")), _epoch(session, steps.c.started),
-               _epoch(session, steps.c.completed_from), _epoch(session, steps.c.ended),
-               _epoch(session, fact.last_received_at), _epoch(session, report.reported_at))
+               func.coalesce(steps.c.modality, order.modality, fact.modality),
+               func.coalesce(func.nullif(order.department, ""), fact.department),
+               order.id.isnot(None),
+               *(_epoch(session, c) for c in (
+                   order.referral_at, order.scheduled_at, steps.c.started,
+                   steps.c.completed_from, steps.c.ended, fact.last_received_at,
+                   report.reported_at)))
         .select_from(steps)
-        .outerjoin(by_fk, by_fk.id == steps.c.order_fk)
-        .outerjoin(by_uid, and_(steps.c.order_fk.is_(None),
-                                by_uid.study_instance_uid == steps.c.uid))
+        .outerjoin(order, order.id == steps.c.order_fk)
         .outerjoin(fact, fact.study_instance_uid == steps.c.uid)
         .outerjoin(report, report.accession_number == accession))
-    o = aliased(ImagingOrder)
-    accession = func.coalesce(o.accession_number, fact.accession_number)
+    accession = func.coalesce(order.accession_number, fact.accession_number)
     no_mpps = ~exists().where(pps.study_instance_uid == fact.study_instance_uid, _LIVE)
     images_only = (
-        select(fact.study_instance_uid, accession, func.coalesce(fact.modality, o.modality),
-               func.coalesce(func.nullif(o.department, ""), fact.department),
-               o.id.isnot(None), _epoch(session, o.referral_at),
-               _epoch(session, o.scheduled_at), _epoch(session, fact.pps_start),
-               _epoch(session, fact.pps_start), _epoch(session, fact.pps_end),
-               _epoch(session, fact.last_received_at), _epoch(session, report.reported_at))
+        select(fact.study_instance_uid, accession, func.coalesce(fact.modality, order.modality),
+               func.coalesce(func.nullif(order.department, ""), fact.department),
+               order.id.isnot(None),
+               *(_epoch(session, c) for c in (
+                   order.referral_at, order.scheduled_at, fact.pps_start, fact.pps_start,
+                   fact.pps_end, fact.last_received_at, report.reported_at)))
         .select_from(fact)
-        .outerjoin(o, o.study_instance_uid == fact.study_instance_uid)
+        .outerjoin(order, order.study_instance_uid == fact.study_instance_uid)
         .outerjoin(report, report.accession_number == accession)
         .where(_in_period(fact.first_received_at, period), no_mpps))
-    out = [Exam(uid, acc, modality or "", dept or "", MPPS, bool(ordered), *times)
-           for uid, acc, modality, dept, ordered, *times in session.execute(with_mpps)]
-    out += [Exam(uid, acc, modality or "", dept or "", IMAGES, bool(ordered), *times)
-            for uid, acc, modality, dept, ordered, *times in session.execute(images_only)]
-    return out
+    if session.get_bind().dialect.name == "postgresql":
+        # a year of exams is grouped and joined in memory, not in temporary files
+        session.execute(text("SET LOCAL work_mem = '64MB'"))
+    conn = session.connection()  # rows as tuples: no ORM on a year of them
+    return Exams.of([tuple(r) for r in conn.execute(with_mpps)],
+                    [tuple(r) for r in conn.execute(images_only)])
 
 
 def orders_not_performed(session: Session, period: Period, today: str) -> tuple[int, list[str]]:
@@ -504,7 +506,7 @@ class StatsReader:
             return (volume_rows(s, period, filters, dimension, kind),
                     bytes_before(s, period, filters, dimension, kind))
 
-    def leadtimes(self, period: Period) -> tuple[dict[str, Counter[int]], list[Exam]]:
+    def leadtimes(self, period: Period) -> tuple[dict[str, Counter[int]], Exams]:
         """Arrival-delay histograms by modality, and the exams of the period."""
         with self.index.read_session() as s:
             return arrival_histograms(s, period), exams(s, period)
