@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,8 +132,8 @@ class Exams:
     times: dict[str, NDArray[np.float64]]
 
     @classmethod
-    def of(cls, with_mpps: list[ExamRow], images_only: list[ExamRow]) -> Exams:
-        rows = with_mpps + images_only
+    def of(cls, with_mpps: Sequence[ExamRow], images_only: Sequence[ExamRow]) -> Exams:
+        rows = [*with_mpps, *images_only]
         if not rows:
             return cls([], [], np.array([], object), np.array([], object),
                        np.array([], bool), np.array([], bool),
