@@ -389,17 +389,19 @@ def images_without_mpps(session: Session, period: Period) -> tuple[int, list[str
     """Studies first received in the period from an AE that had sent an MPPS by then, with
     no MPPS of their own: how many, and the first ten."""
     pps, fact = PerformedProcedureStep, StudyFact
-    senders = (select(pps.station_aet.label("aet"), func.min(pps.created_at).label("since"))
-               .where(pps.station_aet.isnot(None)).group_by(pps.station_aet).subquery())
-    where = and_(_in_period(fact.first_received_at, period),
-                 fact.first_received_at >= senders.c.since,
-                 ~exists().where(pps.study_instance_uid == fact.study_instance_uid))
-    base = select(fact.study_instance_uid).join(
-        senders, senders.c.aet == fact.source_aet).where(where)
-    count = session.scalar(select(func.count()).select_from(base.subquery())) or 0
-    examples = session.scalars(base.order_by(fact.first_received_at,
-                                             fact.study_instance_uid).limit(10))
-    return int(count), list(examples)
+    senders = session.execute(select(pps.station_aet, func.min(pps.created_at))
+                              .where(pps.station_aet.isnot(None))
+                              .group_by(pps.station_aet)).all()
+    if not senders:
+        return 0, []
+    found = list(session.scalars(
+        select(fact.study_instance_uid)
+        .where(_in_period(fact.first_received_at, period),
+               or_(*(and_(fact.source_aet == aet, fact.first_received_at >= since)
+                     for aet, since in senders)),
+               ~exists().where(pps.study_instance_uid == fact.study_instance_uid))
+        .order_by(fact.first_received_at, fact.study_instance_uid)))
+    return len(found), found[:10]
 
 
 def patient_merges(session: Session, period: Period) -> tuple[int, list[str]]:
