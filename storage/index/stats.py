@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, exists, func, not_, or_, select, text
+from sqlalchemy import Float, and_, case, cast, exists, func, not_, null, or_, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, aliased
 
@@ -279,10 +279,12 @@ def _epoch(session: Session, col: Any) -> Any:
 _LIVE = PerformedProcedureStep.status != "DISCONTINUED"
 
 
-def exams(session: Session, period: Period) -> Exams:
+def exams(session: Session, period: Period, *, identified: bool = True) -> Exams:
     """The period's exams (`vna.leadtimes.Exams`): those with MPPS whose first step (not
     DISCONTINUED) started in the period, and those without, whose study was first received
-    in it; each with its order, study facts and report."""
+    in it; each with its order, study facts and report. Not `identified`: without their
+    UIDs and accession numbers (NULL), which percentiles do not need and a year of which
+    takes a while to read."""
     pps, fact, report, order = PerformedProcedureStep, StudyFact, StudyReport, ImagingOrder
     completed = pps.status == "COMPLETED"
     # studies with a step started in the period and none before it (a condition the planner
@@ -307,8 +309,12 @@ def exams(session: Session, period: Period) -> Exams:
              .group_by(pps.study_instance_uid)).subquery()
     accession = func.coalesce(order.accession_number, steps.c.accession_number,
                               fact.accession_number)
+
+    def ids(uid: Any, accession: Any) -> tuple[Any, Any]:
+        return (uid, accession) if identified else (null(), null())
+
     with_mpps = (
-        select(steps.c.uid, accession,
+        select(*ids(steps.c.uid, accession),
                func.coalesce(steps.c.modality, order.modality, fact.modality),
                func.coalesce(func.nullif(order.department, ""), fact.department),
                order.id.isnot(None),
@@ -323,7 +329,8 @@ def exams(session: Session, period: Period) -> Exams:
     accession = func.coalesce(order.accession_number, fact.accession_number)
     no_mpps = ~exists().where(pps.study_instance_uid == fact.study_instance_uid, _LIVE)
     images_only = (
-        select(fact.study_instance_uid, accession, func.coalesce(fact.modality, order.modality),
+        select(*ids(fact.study_instance_uid, accession),
+               func.coalesce(fact.modality, order.modality),
                func.coalesce(func.nullif(order.department, ""), fact.department),
                order.id.isnot(None),
                *(_epoch(session, c) for c in (
@@ -515,7 +522,7 @@ class StatsReader:
     def leadtimes(self, period: Period) -> tuple[dict[str, Counter[int]], Exams]:
         """Arrival-delay histograms by modality, and the exams of the period."""
         with self.index.read_session() as s:
-            return arrival_histograms(s, period), exams(s, period)
+            return arrival_histograms(s, period), exams(s, period, identified=False)
 
     def quality(self, period: Period, report_missing_days: int) -> QualityFacts:
         now = datetime.now(UTC)
