@@ -198,8 +198,8 @@ def storage(_: StatsActor, settings: SettingsDep, stats: StatsDep,
 def export(_: StatsActor, settings: SettingsDep, index: IndexDep,
            dataset: Dataset = Dataset.INSTANCES, format: Literal["csv", "parquet"] = "csv",
            first: From = None, last: To = None, view: View = "live") -> Response:
-    """The fact table of studies, instances or documents in the period, one row per fact,
-    as CSV (streamed) or Parquet; no patient identity in it."""
+    """The fact table of studies, instances, documents or orders in the period, one row per
+    fact, as CSV (streamed) or Parquet; no patient identity in it."""
     period, _filters, _tz = _query(settings, first, last, view, [], [])
     name = f"vna-{dataset}-{period.start.date()}-{(period.end.date())}"
     if format == "parquet":
