@@ -21,13 +21,21 @@ from tests.api_client import RunningAPI, start_api, stop_api
 from tests.conftest import Backend
 from tests.workflow_factory import workflow
 from vna.leadtimes import (
+    CHAIN,
     LINEAR_SECONDS,
     RELATIVE_RESOLUTION,
+    TIMES,
+    Exams,
     arrival_bin,
     bin_value,
+    chain,
+    check_exam_filters,
+    filter_arrivals,
+    filter_exams,
     histogram_percentiles,
 )
 from vna.quality import percentiles
+from vna.stats import Filters, InvalidStatsQuery
 
 
 @pytest.mark.parametrize("seconds", [0, 0.4, 1, 59.9, 127.99, 128, 129, 3600, 86_400,
@@ -62,6 +70,41 @@ def test_histogram_percentiles_match_the_exact_ones() -> None:
 def test_no_delays_no_percentiles() -> None:
     assert histogram_percentiles({}) == {}
     assert histogram_percentiles({3: 0}) == {}
+
+
+def test_chain_percentiles_are_the_nearest_rank_ones() -> None:
+    """The columnar chain gives, for every step and group, `percentiles` of the exams where
+    both ends are known; filters keep what they name."""
+    rng = random.Random(5)
+    rows = []
+    for i in range(2000):
+        t = [rng.uniform(0, 1e6) if rng.random() < 0.8 else None for _ in TIMES]
+        rows.append((f"1.2.{i}", None, rng.choice(["CT", "MR", None]),
+                     rng.choice(["A", "B", ""]), rng.random() < 0.5, *t))
+    exams = Exams.of(rows[:1500], rows[1500:])
+    assert len(exams) == 2000 and int(exams.by_mpps.sum()) == 1500
+    got = chain(exams)
+    for name, start, end in CHAIN:
+        a, b = TIMES.index(start) + 5, TIMES.index(end) + 5
+        values = [(r[2] or "", r[3], round(r[b] - r[a], 3)) for r in rows
+                  if r[a] is not None and r[b] is not None]
+        assert got[name].n == len(values)
+        assert got[name].percentiles == percentiles([v for _, _, v in values])
+        for m in ("CT", "MR", ""):
+            mine = [v for modality, _, v in values if modality == m]
+            assert got[name].by_modality[m].percentiles == percentiles(mine), (name, m)
+        assert got[name].by_department["B"].n == sum(d == "B" for _, d, _ in values)
+    kept = filter_exams(exams, Filters.parse(["modality:CT", "modality:"],
+                                             ["department:A"]))
+    assert len(kept) == sum(r[2] != "MR" and r[3] != "A" for r in rows)
+    arrivals = {"CT": Counter({1: 2}), "MR": Counter({3: 1})}
+    assert filter_arrivals(arrivals, Filters.parse(["modality:MR"], [])) == {
+        "MR": Counter({3: 1})}
+    assert filter_arrivals(arrivals, Filters.parse([], ["department:A"])) is None
+    with pytest.raises(InvalidStatsQuery):
+        check_exam_filters(Filters.parse(["source_ae:CT1"], []))
+    empty = chain(Exams.of([], []))
+    assert all(d.n == 0 and d.percentiles == {} for d in empty.values())
 
 
 # -- the chain from referral to report, over HTTP on a running `vna api` -------------------
