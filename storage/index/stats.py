@@ -34,6 +34,7 @@ from storage.index.models import (
     StudyReport,
 )
 from vna.leadtimes import Exams, arrival_bin
+from vna.orders import OrderStatus
 from vna.quality import MPPS_IMAGES_GRACE_SECONDS, QualityFacts
 from vna.stats import Dimension, Filters, Period
 
@@ -276,6 +277,8 @@ def _epoch(session: Session, col: Any) -> Any:
     return (func.julianday(col) - 2440587.5) * 86400.0  # SQLite keeps them as UTC text
 
 
+# MPPS statuses are DICOM's defined terms (PerformedProcedureStepStatus): IN PROGRESS,
+# COMPLETED, DISCONTINUED; a DISCONTINUED step did not perform its exam.
 _LIVE = PerformedProcedureStep.status != "DISCONTINUED"
 
 
@@ -356,7 +359,7 @@ def orders_not_performed(session: Session, period: Period, today: str) -> tuple[
     """Orders scheduled on a day of the period before `today` (local YYYYMMDD) that are
     still SCHEDULED: how many, and the first ten accession numbers."""
     last = min(period.end.strftime("%Y%m%d"), today)
-    where = and_(ImagingOrder.status == "SCHEDULED",
+    where = and_(ImagingOrder.status == OrderStatus.SCHEDULED.value,
                  ImagingOrder.scheduled_date >= period.start.strftime("%Y%m%d"),
                  ImagingOrder.scheduled_date < last)
     count = session.scalar(select(func.count()).select_from(ImagingOrder).where(where)) or 0
