@@ -1,17 +1,38 @@
 """Modality Worklist Information Model - FIND (PS3.4 K): the C-FIND a modality sends to pick
-today's patient, answered from the orders in the index."""
+today's patient, answered from the orders in the index. Thin: the keys and their matching
+are `vna.worklist`'s, the query `storage.index.worklist`'s."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from storage.archive import Archive
+from storage.errors import FailureLog
+from storage.index import worklist
+from vna.dicom.dimse import (
+    QUERY_FAILED,
+    STATUS_CANCEL,
+    STATUS_IDENTIFIER_MISMATCH,
+    STATUS_PENDING,
+    STATUS_UNABLE_TO_PROCESS,
+    error_comment,
+)
+from vna.dicom.matching import InvalidQuery
 from vna.settings import Settings
+from vna.worklist import IdentifierMismatch, WorklistQuery
 
-STATUS_UNABLE_TO_PROCESS = 0xC000
+log = logging.getLogger("vna.scp")
+
+
+def _status(code: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = error_comment(comment)
+    return ds
 
 
 class WorklistService:
@@ -20,6 +41,25 @@ class WorklistService:
     def __init__(self, settings: Settings, archive: Archive) -> None:
         self.settings = settings
         self.archive = archive
+        self.failures = FailureLog(log)
 
     def find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-        yield STATUS_UNABLE_TO_PROCESS, None  # not there yet
+        try:
+            q = WorklistQuery.from_identifier(event.identifier)
+            with self.archive.index.read_session() as s:
+                entries = worklist.find(s, q)
+        except IdentifierMismatch as exc:
+            yield _status(STATUS_IDENTIFIER_MISMATCH, str(exc)), None
+            return
+        except InvalidQuery as exc:
+            yield _status(STATUS_UNABLE_TO_PROCESS, str(exc)), None
+            return
+        except Exception as exc:
+            self.failures.failed("MWL C-FIND", exc)
+            yield _status(STATUS_UNABLE_TO_PROCESS, QUERY_FAILED), None
+            return
+        for entry in entries:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            yield STATUS_PENDING, q.response(entry)

@@ -15,10 +15,19 @@ from sqlalchemy.exc import DBAPIError
 
 import vna
 from services.runtime import Runtime, open_runtime
-from services.xds_api import admin, dashboard, dicomweb, documents, operations, stats, viewer
+from services.xds_api import (
+    admin,
+    dashboard,
+    dicomweb,
+    documents,
+    hl7,
+    operations,
+    stats,
+    viewer,
+    worklist,
+)
 from services.xds_api.audit import AuditMiddleware
 from services.xds_api.deps import ApiContext
-from services.xds_api.hl7 import router as hl7_router
 from services.xds_api.metrics import Metrics
 from services.xds_api.security import ensure_admin_token
 from storage.errors import FailureLog, is_storage_full
@@ -61,7 +70,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for router in dicomweb.ROUTERS:
         app.include_router(router)
     app.include_router(viewer.router)
-    app.include_router(hl7_router)
+    app.include_router(hl7.router)
+    app.include_router(worklist.router)
     failures = FailureLog(log)
     app.add_middleware(AuditMiddleware, trail=context.audit, metrics=context.metrics,
                        failures=failures)

@@ -21,6 +21,7 @@ from vna.documents.entry import AvailabilityStatus, Source
 from vna.leadtimes import RELATIVE_RESOLUTION
 from vna.quality import Distribution, Finding
 from vna.stats import Forecast, Interval, Rates, StorageGrowth, Throughput
+from vna.worklist import WorklistEntry
 
 IsoTime = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str,
                                               when_used="json")]
@@ -476,3 +477,75 @@ class Hl7MessagePage(BaseModel):
     offset: int
     messages: list[Hl7MessageOut]
 
+
+# -- the worklist ---------------------------------------------------------------------------
+
+class WorklistItem(BaseModel):
+    """A scheduled procedure step (a worklist item) as the API returns it: the fields of
+    `POST /api/v1/worklist`, with the archive's id, status and the defaults it filled in
+    (Study Instance UID, requested procedure and step IDs)."""
+
+    id: int
+    status: str  # vna.orders.OrderStatus
+    source: str  # hl7 | api
+    patientId: str
+    issuerOfPatientId: str
+    patientName: str | None
+    patientBirthDate: date | None
+    patientSex: str | None
+    accessionNumber: str
+    modality: str
+    scheduledStartDateTime: datetime
+    scheduledProcedureStepStartDate: str  # as the Modality Worklist answers it (VNA_TIMEZONE)
+    scheduledProcedureStepStartTime: str
+    requestedProcedureId: str
+    requestedProcedureDescription: str | None
+    scheduledProcedureStepId: str
+    scheduledProcedureStepDescription: str | None
+    scheduledStationAETitle: str | None
+    scheduledStationName: str | None
+    scheduledPerformingPhysicianName: str | None
+    referringPhysicianName: str | None
+    requestingPhysicianName: str | None
+    department: str | None
+    priority: str | None
+    placerOrderNumber: str | None
+    fillerOrderNumber: str | None
+    studyInstanceUID: str
+    referralAt: datetime | None
+    placedAt: datetime | None
+    createdAt: datetime
+    updatedAt: datetime
+
+    @classmethod
+    def of(cls, e: WorklistEntry) -> WorklistItem:
+        birth = e.patient_birth_date
+        return cls(
+            id=e.id, status=e.status, source=e.source, patientId=e.patient_id,
+            issuerOfPatientId=e.issuer_of_patient_id, patientName=e.patient_name,
+            patientBirthDate=date(int(birth[:4]), int(birth[4:6]), int(birth[6:8]))
+            if birth and len(birth) == 8 and birth.isdigit() else None,
+            patientSex=e.patient_sex, accessionNumber=e.accession_number,
+            modality=e.modality, scheduledStartDateTime=e.scheduled_at,
+            scheduledProcedureStepStartDate=e.scheduled_date,
+            scheduledProcedureStepStartTime=e.scheduled_time.split(".")[0],
+            requestedProcedureId=e.requested_procedure_id,
+            requestedProcedureDescription=e.requested_procedure_description,
+            scheduledProcedureStepId=e.scheduled_procedure_step_id,
+            scheduledProcedureStepDescription=e.scheduled_procedure_step_description,
+            scheduledStationAETitle=e.scheduled_station_aet,
+            scheduledStationName=e.scheduled_station_name,
+            scheduledPerformingPhysicianName=e.scheduled_performing_physician_name,
+            referringPhysicianName=e.referring_physician_name,
+            requestingPhysicianName=e.requesting_physician_name,
+            department=e.department, priority=e.priority,
+            placerOrderNumber=e.placer_order_number, fillerOrderNumber=e.filler_order_number,
+            studyInstanceUID=e.study_instance_uid, referralAt=e.referral_at,
+            placedAt=e.placed_at, createdAt=e.created_at, updatedAt=e.updated_at)
+
+
+class WorklistPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[WorklistItem]

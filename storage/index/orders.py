@@ -89,3 +89,13 @@ def set_status(conn: Connection, order_id: int, status: OrderStatus, *,
         raise InvalidOrder("status", f"the order is {current.value} already")
     conn.execute(update(_order).where(_order.c.id == order_id)
                  .values(status=status.value, updated_at=now))
+
+
+def cancel(conn: Connection, order_id: int, *, now: datetime) -> OrderStatus | None:
+    """Cancel a SCHEDULED order (`DELETE /api/v1/worklist/{id}`); the row is kept for the
+    lead times. Returns the status it had (None: no such order); only a SCHEDULED one
+    changes, in one conditional UPDATE, so an exam that starts meanwhile is not cancelled."""
+    changed = conn.execute(update(_order).where(
+        _order.c.id == order_id, _order.c.status == OrderStatus.SCHEDULED.value)
+        .values(status=OrderStatus.CANCELLED.value, updated_at=now)).rowcount
+    return OrderStatus.SCHEDULED if changed else status_of(conn, order_id)

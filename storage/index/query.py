@@ -102,13 +102,14 @@ def _predicate(attr: IndexedAttribute, m: Matcher) -> ColumnElement[bool]:
     model = MODELS[attr.level]
     if attr.case_insensitive and hasattr(model, attr.column + "_upper"):
         col = getattr(model, attr.column + "_upper")
-        m = _upper(m)
+        m = upper_matcher(m)
     else:
         col = getattr(model, attr.column)
-    return _apply(col, m)
+    return apply_matcher(col, m)
 
 
-def _apply(col: Any, m: Matcher) -> ColumnElement[bool]:
+def apply_matcher(col: Any, m: Matcher) -> ColumnElement[bool]:
+    """`m` on one column, as bound parameters (the worklist's queries use it too)."""
     if isinstance(col.type, Integer):  # US / IS columns: values were checked to be numbers
         if isinstance(m, Single):
             return col == int(m.value)
@@ -133,7 +134,8 @@ def _apply(col: Any, m: Matcher) -> ColumnElement[bool]:
     raise InvalidQuery(f"unsupported matcher {m!r}")
 
 
-def _upper(m: Matcher) -> Matcher:
+def upper_matcher(m: Matcher) -> Matcher:
+    """`m` for a column kept upper-cased (case-insensitive person names)."""
     if isinstance(m, Single):
         return Single(m.value.upper())
     if isinstance(m, Wildcard):
