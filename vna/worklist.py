@@ -83,6 +83,19 @@ SPS_KEYS: dict[str, IndexedAttribute] = {a.keyword: a for a in (
 ALL_SPS_KEYS = tuple(SPS_KEYS)
 
 
+START_DATE, START_TIME = "ScheduledProcedureStepStartDate", "ScheduledProcedureStepStartTime"
+START_DATE_TIME = "ScheduledProcedureStepStartDateTime"  # the combined range, a pseudo-key
+_DAY_START, _DAY_END = "000000.000000", "235959.999999"
+
+
+@dataclass(frozen=True)
+class DateTimeRange:
+    """A combined date-time range: (date, normalised time) bounds, inclusive; None: open."""
+
+    low: tuple[str, str] | None
+    high: tuple[str, str] | None
+
+
 class IdentifierMismatch(InvalidQuery):
     """An identifier the Modality Worklist model cannot take (C-FIND 0xA900)."""
 
@@ -143,11 +156,12 @@ class WorklistQuery:
     returned empty as asked). `departments`, when not empty, limits the items to those of
     these departments (a department-limited token)."""
 
-    matchers: dict[str, Matcher] = field(default_factory=dict)
+    matchers: dict[str, Matcher | DateTimeRange] = field(default_factory=dict)
     statuses: frozenset[OrderStatus] | None = frozenset({OrderStatus.SCHEDULED})
     item_keys: list[tuple[str, str]] = field(default_factory=list)
     sps_keys: list[tuple[str, str]] | None = None  # None: the sequence was not asked for
     departments: frozenset[str] = frozenset()
+    _ranges: set[str] = field(default_factory=set, repr=False)  # DA/TM keys sent as A-B
 
     @classmethod
     def from_identifier(cls, ident: Dataset) -> WorklistQuery:
@@ -167,7 +181,18 @@ class WorklistQuery:
             attr = ITEM_KEYS.get(kw)
             if attr is not None and elem.VR != "SQ":
                 q._match(attr, elem.value)
+        q._combine_date_time()
         return q
+
+    def _combine_date_time(self) -> None:
+        date, time = self.matchers.get(START_DATE), self.matchers.get(START_TIME)
+        if not (isinstance(date, Range) and isinstance(time, Range)
+                and {START_DATE, START_TIME} <= self._ranges):
+            return  # a single time (`07`: the hour) is a range too, but not a range key
+        del self.matchers[START_DATE], self.matchers[START_TIME]
+        self.matchers[START_DATE_TIME] = DateTimeRange(
+            (date.low, time.low or _DAY_START) if date.low else None,
+            (date.high, time.high or _DAY_END) if date.high else None)
 
     def _sps(self, items: Any) -> None:
         if len(items) > 1:
@@ -192,6 +217,8 @@ class WorklistQuery:
         m = parse_matcher(attr, raw)
         if not isinstance(m, Universal):
             self.matchers[attr.keyword] = m
+            if attr.vr in ("DA", "TM") and "-" in str(raw):
+                self._ranges.add(attr.keyword)
 
     @classmethod
     def for_listing(cls, *, modality: str | None = None, station_aet: str | None = None,

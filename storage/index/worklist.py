@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, false, func, or_, select
+from sqlalchemy import ColumnElement, Table, and_, false, func, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from storage.index.models import ImagingOrder, Patient
 from storage.index.query import apply_matcher, upper_matcher
 from vna.dicom.matching import Matcher
-from vna.worklist import ITEM_KEYS, SPS_KEYS, WorklistEntry, WorklistQuery
+from vna.worklist import ITEM_KEYS, SPS_KEYS, DateTimeRange, WorklistEntry, WorklistQuery
 
 _order = cast(Table, ImagingOrder.__table__)
 _patient = cast(Table, Patient.__table__)
@@ -28,7 +28,9 @@ _ORDER = (_order.c.scheduled_date, _order.c.scheduled_time, _order.c.id)
 Reader = Connection | Session
 
 
-def _predicate(keyword: str, m: Matcher) -> ColumnElement[bool]:
+def _predicate(keyword: str, m: Matcher | DateTimeRange) -> ColumnElement[bool]:
+    if isinstance(m, DateTimeRange):
+        return _date_time(m)
     attr = ITEM_KEYS.get(keyword) or SPS_KEYS[keyword]
     if attr.column == "patient_name":  # kept upper-cased too, as the Q/R matches it
         return apply_matcher(_patient.c.patient_name_upper, upper_matcher(m))
@@ -38,6 +40,16 @@ def _predicate(keyword: str, m: Matcher) -> ColumnElement[bool]:
     if attr.case_insensitive:  # physicians' names: as sent, or upper-cased by the database
         return or_(apply_matcher(col, m), apply_matcher(func.upper(col), upper_matcher(m)))
     return apply_matcher(col, m)
+
+
+def _date_time(m: DateTimeRange) -> ColumnElement[bool]:
+    date, time = _order.c.scheduled_date, _order.c.scheduled_time
+    parts = []
+    if m.low is not None:
+        parts.append(or_(date > m.low[0], and_(date == m.low[0], time >= m.low[1])))
+    if m.high is not None:
+        parts.append(or_(date < m.high[0], and_(date == m.high[0], time <= m.high[1])))
+    return and_(*parts)
 
 
 def _select(q: WorklistQuery, *columns: Any) -> Any:
