@@ -21,6 +21,8 @@ DOCUMENTED_PATCHES = {
     "pynetdicom._config.STORE_RECV_CHUNKED_DATASET",
     "pynetdicom._config.STORE_SEND_CHUNKED_DATASET",
     "pynetdicom._config.LOG_HANDLER_LEVEL",
+    "pynetdicom._config.LOG_REQUEST_IDENTIFIERS",
+    "pynetdicom._config.LOG_RESPONSE_IDENTIFIERS",
     "pynetdicom.dimse_messages.NamedTemporaryFile",
     "pynetdicom.dimse_messages.create_file_meta",
     "pynetdicom.dimse_messages.write_file_meta_info",

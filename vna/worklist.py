@@ -20,8 +20,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any
 
+from pydicom import config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -254,13 +258,23 @@ class WorklistQuery:
 
 def _fill(ds: Dataset, keys: list[tuple[str, str]], known: dict[str, IndexedAttribute],
           entry: WorklistEntry) -> None:
-    for kw, vr in keys:
+    for kw, sent_vr in keys:
+        tag, vr = _tag(kw, sent_vr)
         attr = known.get(kw)
-        if vr == "SQ":
-            setattr(ds, kw, [])  # a sequence the archive does not keep: empty, as asked
+        if vr == "SQ":  # a sequence the archive does not keep: empty, as asked
+            ds[tag] = DataElement(tag, vr, [])
             continue
         value = entry.value(attr) if attr is not None else None
-        setattr(ds, kw, value if value is not None or vr in _NUMERIC else "")
+        # the values are the index's, checked when they were placed: not validated again
+        ds[tag] = DataElement(tag, vr, value if value is not None or vr in _NUMERIC else "",
+                              validation_mode=config.IGNORE)
+
+
+@cache
+def _tag(keyword: str, vr: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword  # keys come from the identifier or the tables above
+    return tag, vr or dictionary_VR(tag)
 
 
 _NUMERIC = frozenset({"US", "UL", "SS", "SL", "FL", "FD"})

@@ -27,6 +27,12 @@ together with other contexts.
   pynetdicom's standard log handlers are off. Why: memory and per-message CPU. These are
   pynetdicom's documented settings; they are here so that one call configures pynetdicom.
   Remove: never (settings).
+- `pynetdicom._config.LOG_REQUEST_IDENTIFIERS` = False,
+  `pynetdicom._config.LOG_RESPONSE_IDENTIFIERS` = False. What: pynetdicom no longer
+  formats every C-FIND request and response identifier for its debug log. Why: it formats
+  them whatever the log level (`pretty_dataset`, 0.08 ms a response, and patient data in
+  a debug log). Gain: ~10 % of the server's time per worklist or Q/R match. Remove: never
+  (settings).
 - `pynetdicom.dimse_messages.NamedTemporaryFile` -> `ReceiveFile`. What: the receive file
   is made in the process's receive folder (given to `install`), named by a counter; a file
   that cannot be made or written (a full disk) only remembers why (`receive_failed`), reads
@@ -632,6 +638,8 @@ PATCHES: tuple[Patch, ...] = (
     Patch(_config, "STORE_RECV_CHUNKED_DATASET", True, _of_type(bool)),
     Patch(_config, "STORE_SEND_CHUNKED_DATASET", True, _of_type(bool)),
     Patch(_config, "LOG_HANDLER_LEVEL", "none", _of_type(str)),
+    Patch(_config, "LOG_REQUEST_IDENTIFIERS", False, _of_type(bool)),
+    Patch(_config, "LOG_RESPONSE_IDENTIFIERS", False, _of_type(bool)),
     Patch(_dimse_messages, "NamedTemporaryFile", ReceiveFile,
           _is(tempfile.NamedTemporaryFile, then=_decodes_into_receive_file)),
     Patch(_dimse_messages, "create_file_meta", _create_file_meta,

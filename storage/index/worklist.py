@@ -52,13 +52,27 @@ def _date_time(m: DateTimeRange) -> ColumnElement[bool]:
     return and_(*parts)
 
 
+def _is_patients(keyword: str) -> bool:
+    attr = ITEM_KEYS.get(keyword)
+    return attr is not None and attr.column in _PATIENT_COLUMNS
+
+
 def _select(q: WorklistQuery, *columns: Any) -> Any:
     stmt = select(*columns).select_from(
         _order.join(_patient, _patient.c.id == _order.c.patient_fk))
+    by_patient = [_predicate(k, m) for k, m in q.matchers.items() if _is_patients(k)]
+    status: Any = _order.c.status
+    if by_patient:
+        # The patient's orders by its index: SQLite (without ANALYZE's statistics) would
+        # rather walk every scheduled order by the status index, 4x slower at 10,000 items;
+        # `status || ''` is not indexable, which leaves it the patient_fk index.
+        stmt = stmt.where(_order.c.patient_fk.in_(select(_patient.c.id).where(*by_patient)))
+        status = status.concat("")
     for keyword, m in q.matchers.items():
-        stmt = stmt.where(_predicate(keyword, m))
+        if not _is_patients(keyword):
+            stmt = stmt.where(_predicate(keyword, m))
     if q.statuses is not None:
-        stmt = stmt.where(_order.c.status.in_(sorted(s.value for s in q.statuses))
+        stmt = stmt.where(status.in_(sorted(s.value for s in q.statuses))
                           if q.statuses else false())
     if q.departments:
         stmt = stmt.where(_order.c.department.in_(sorted(q.departments)))
