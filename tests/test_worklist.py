@@ -646,3 +646,44 @@ def test_findscu_query_file(servers: Servers, scheduled: tuple[str, list[Any]],
     assert sorted(str(d.AccessionNumber) for d in ours) == [f"A{t}2", f"A{t}4", f"A{t}6"]
     assert sorted(map(flat, ours), key=lambda d: d["AccessionNumber"]) == \
         sorted(map(flat, theirs), key=lambda d: d["AccessionNumber"])
+
+
+# -- the domain, without a server ------------------------------------------------------------
+
+def _ident(sps: dict[str, Any] | None = None, **keys: Any) -> Dataset:
+    ds = Dataset()
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    if sps is not None:
+        step = Dataset()
+        for k, v in sps.items():
+            setattr(step, k, v)
+        ds.ScheduledProcedureStepSequence = [step]
+    return ds
+
+
+def test_query_parsing() -> None:
+    from vna.dicom.matching import Range, Single, Wildcard
+    from vna.orders import OrderStatus
+    from vna.worklist import START_DATE_TIME, DateTimeRange, WorklistQuery
+
+    q = WorklistQuery.from_identifier(_ident(
+        {"ScheduledStationAETitle": "CT1", "ScheduledProcedureStepStartDate": "20261120",
+         "ScheduledProcedureStepStartTime": "0800-1200", "Modality": ""},
+        PatientName="doe*", PatientID=""))
+    assert q.matchers == {"ScheduledStationAETitle": Single("CT1"),
+                          "ScheduledProcedureStepStartDate": Single("20261120"),
+                          "ScheduledProcedureStepStartTime":
+                              Range("080000.000000", "120000.000000"),
+                          "PatientName": Wildcard("doe%")}
+    assert q.statuses == {OrderStatus.SCHEDULED}
+    assert [k for k, _ in q.item_keys] == ["PatientName", "PatientID"]
+    q = WorklistQuery.from_identifier(_ident(
+        {"ScheduledProcedureStepStartDate": "20261120-",
+         "ScheduledProcedureStepStartTime": "-0800",
+         "ScheduledProcedureStepStatus": "S*"}))
+    assert q.matchers == {START_DATE_TIME: DateTimeRange(("20261120", "000000.000000"), None)}
+    assert q.statuses == {OrderStatus.SCHEDULED, OrderStatus.IN_PROGRESS}  # SCHEDULED, STARTED
+    q = WorklistQuery.from_identifier(_ident(
+        {"ScheduledProcedureStepStatus": "SCHEDULED\\CANCELED"}))
+    assert q.statuses == {OrderStatus.SCHEDULED, OrderStatus.CANCELLED}
