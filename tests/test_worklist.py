@@ -298,6 +298,33 @@ def test_existing_accession_or_study_is_409_and_changes_nothing(servers: Servers
         assert index_counts(servers.backend) == before  # the new patient is not kept either
 
 
+def test_racing_posts(servers: Servers) -> None:
+    """The same order posted at once: one 201, the others 409; orders of one new patient
+    posted at once: all placed, under one patient row."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    api, t = servers.api, tag()
+    c = api.client()
+    with ThreadPoolExecutor(6) as pool:
+        same = list(pool.map(lambda _: c.post("/api/v1/worklist", json=item(t, 1)).status_code,
+                             range(6)))
+        others = list(pool.map(lambda n: c.post("/api/v1/worklist", json=item(
+            t, n, patientId=f"R{t}", accessionNumber=f"R{t}{n}")).status_code, range(6)))
+    assert sorted(same) == [201] + [409] * 5
+    assert others == [201] * 6
+    assert c.get("/api/v1/worklist", params={"patientId": f"R{t}"}).json()["total"] == 6
+    from storage.index.db import Index
+
+    settings: Any = servers.backend.settings()
+    index = Index(settings.resolved_database_url)
+    try:
+        with index.read_session() as s:
+            assert s.execute(sa.text("SELECT count(*) FROM patient WHERE patient_id = :p"),
+                             {"p": f"R{t}"}).scalar_one() == 1
+    finally:
+        index.dispose()
+
+
 def test_unknown_and_performed_items(servers: Servers) -> None:
     api, t = servers.api, tag()
     c = api.client()

@@ -10,17 +10,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
 from starlette.responses import JSONResponse
 
 from services.xds_api.deps import IndexDep, SettingsDep
 from services.xds_api.schemas import WorklistItem, WorklistPage
 from services.xds_api.security import audit_context, authorize, require_department
 from storage.index import orders, worklist
+from storage.index.db import Index
 from vna.access import Action, Principal
 from vna.dicom.identity import PatientIdentity
 from vna.documents.entry import CODE_PATTERN, PATIENT_ID_PATTERN
 from vna.orders import InvalidOrder, OrderStatus, PatientRecord, ScheduledStep, utc_now
-from vna.worklist import WorklistQuery
+from vna.worklist import WorklistEntry, WorklistQuery
 
 router = APIRouter(prefix="/api/v1", tags=["worklist"])
 
@@ -124,18 +126,32 @@ def place_item(request: Request, body: WorklistItemRequest, index: IndexDep,
     require_department(principal, body.department)
     try:
         step = body.step()
-        with index.begin() as conn:
-            order_id = orders.place(conn, step, source="api", zone=settings.timezone,
-                                    now=utc_now())
-            entry = worklist.get(conn, order_id)
+        entry = _place(index, step, settings.timezone)
     except orders.OrderExists as exc:
         raise HTTPException(409, _refusal(exc)) from None
     except InvalidOrder as exc:
         raise HTTPException(422, _refusal(exc)) from None
-    assert entry is not None
+    order_id = entry.id
     ctx.resource = str(order_id)
     return JSONResponse(WorklistItem.of(entry).model_dump(mode="json"), status_code=201,
                         headers={"Location": f"/api/v1/worklist/{order_id}"})
+
+
+def _place(index: Index, step: ScheduledStep, zone: str) -> WorklistEntry:
+    """Place `step` in one transaction. A concurrent request that placed the same order or
+    created the same patient meanwhile (a unique key on PostgreSQL) is seen on a second
+    try: then the order exists (409), or the patient does (placed under it)."""
+    for attempt in (1, 2):
+        try:
+            with index.begin() as conn:
+                entry = worklist.get(conn, orders.place(conn, step, source="api", zone=zone,
+                                                        now=utc_now()))
+                assert entry is not None
+                return entry
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _yyyymmdd(d: date | None) -> str | None:
