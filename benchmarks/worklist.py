@@ -294,8 +294,8 @@ def main() -> int:
                         times.setdefault((client, kind, name), []).append(took)
                         counts[name] = found
                     if counts["vna"] != counts["wlmscpfs"]:
-                        raise BenchError(f"{kind} {keys or sps}: vna found {counts['vna']}, "
-                                         f"wlmscpfs {counts['wlmscpfs']}")
+                        raise BenchError(f"{client} {kind} {keys or sps}: vna found "
+                                         f"{counts['vna']}, wlmscpfs {counts['wlmscpfs']}")
                     matches.setdefault(kind, []).append(counts["vna"])
             for k in kept.values():
                 k.close()
