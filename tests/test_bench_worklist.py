@@ -22,8 +22,8 @@ def test_worklist_benchmark_runs_and_checks_its_answers(
     out = tmp_path / "worklist.json"
     p = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "worklist.py"), "--items", "400",
-         "--stations", "4", "--queries", "8", "--repeat", "3", "--repeat-queries", "1", "--workdir", str(tmp_path / "work"),
-         "--json", str(out)],
+         "--stations", "4", "--queries", "8", "--repeat", "3", "--repeat-queries", "1",
+         "--workdir", str(tmp_path / "work"), "--json", str(out)],
         env=vna_env({}), capture_output=True, text=True, timeout=500)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     result = json.loads(out.read_text())
