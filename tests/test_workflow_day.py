@@ -171,6 +171,17 @@ def mpps_in_progress(item: Dataset, started: datetime) -> Dataset:
     return ds
 
 
+def references(sops: list[str]) -> list[Dataset]:
+    """Referenced SOP Class and Instance UID items of CT images."""
+    refs = []
+    for sop in sops:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = CTImageStorage
+        ref.ReferencedSOPInstanceUID = sop
+        refs.append(ref)
+    return refs
+
+
 def mpps_completed(ended: datetime, series_uid: str, sops: list[str]) -> Dataset:
     ds = Dataset()
     ds.PerformedProcedureStepStatus = "COMPLETED"
@@ -179,13 +190,7 @@ def mpps_completed(ended: datetime, series_uid: str, sops: list[str]) -> Dataset
     series.SeriesInstanceUID = series_uid
     series.SeriesDescription = "Thorax"
     series.RetrieveAETitle = "VNA"
-    refs = []
-    for sop in sops:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = CTImageStorage
-        ref.ReferencedSOPInstanceUID = sop
-        refs.append(ref)
-    series.ReferencedImageSequence = refs
+    series.ReferencedImageSequence = references(sops)
     ds.PerformedSeriesSequence = [series]
     return ds
 
@@ -278,13 +283,7 @@ def test_an_exams_day_from_order_to_report(day: Day) -> None:
     # 6. storage commitment: asked on the modality's association, told on a new one
     request = Dataset()
     request.TransactionUID = f"2.25.{uuid.uuid4().int}"
-    refs = []
-    for sop in sops:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = CTImageStorage
-        ref.ReferencedSOPInstanceUID = sop
-        refs.append(ref)
-    request.ReferencedSOPSequence = refs
+    request.ReferencedSOPSequence = references(sops)
     status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
                                     PUSH_MODEL_INSTANCE)
     assert status.Status == 0x0000

@@ -29,7 +29,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from vna.dicom.attributes import IndexedAttribute, Level
+from vna.dicom.attributes import IndexedAttribute, Level, from_index_value
 from vna.dicom.matching import InvalidQuery, Matcher, Range, Single, Universal, parse_matcher
 from vna.orders import OrderStatus
 
@@ -147,10 +147,7 @@ class WorklistEntry:
             return None
         if attr.column == "status":
             return SPS_STATUS.get(OrderStatus(raw), raw)
-        if attr.vr == "TM":
-            main, _, frac = str(raw).partition(".")
-            return main if not frac.strip("0") else f"{main}.{frac.rstrip('0')}"
-        return raw
+        return from_index_value(attr, raw)
 
 
 @dataclass

@@ -27,19 +27,12 @@ from vna.dicom.dimse import (
     ARCHIVE_UNAVAILABLE,
     STATUS_PROCESSING_FAILURE,
     STATUS_SUCCESS,
-    error_comment,
+    status_dataset,
 )
 from vna.orders import utc_now
 from vna.settings import Settings
 
 log = logging.getLogger("vna.scp.commitment")
-
-
-def _status(code: int, comment: str) -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    ds.ErrorComment = error_comment(comment)
-    return ds
 
 
 class WorkerWakeup:
@@ -94,11 +87,12 @@ class CommitmentService:
                 event.action_type, event.action_information)
         except commitment.CommitmentRefused as exc:
             log.warning("Storage Commitment from %s refused: %s", calling, exc.comment)
-            return _status(exc.status, exc.comment), None
+            return status_dataset(exc.status, exc.comment), None
         if calling not in self.settings.peers:
             log.warning("Storage Commitment %s from %s refused: not in VNA_DICOM_PEERS",
                         transaction, calling)
-            return _status(STATUS_PROCESSING_FAILURE, f"Unknown Calling AET: {calling}"), None
+            return status_dataset(STATUS_PROCESSING_FAILURE,
+                                  f"Unknown Calling AET: {calling}"), None
         try:
             with self.archive.index.begin() as conn:
                 stored = workflow.stored_classes(conn, (r.sop_instance_uid for r in references))
@@ -108,7 +102,7 @@ class CommitmentService:
                                            result=result, now=utc_now())
         except Exception as exc:
             self.failures.failed(f"Storage Commitment from {calling}", exc)
-            return _status(STATUS_PROCESSING_FAILURE, ARCHIVE_UNAVAILABLE), None
+            return status_dataset(STATUS_PROCESSING_FAILURE, ARCHIVE_UNAVAILABLE), None
         log.info("Storage Commitment %s from %s: %d committed, %d failed", transaction,
                  calling, len(result.committed), len(result.failed))
         self.wake_workers()

@@ -39,6 +39,7 @@ from vna.dicom.dimse import (
     STATUS_UNABLE_TO_PROCESS,
     error_comment,
     refusal_status,
+    status_dataset,
 )
 from vna.dicom.matching import InvalidQuery, Universal
 from vna.dicom.part10 import ReceivedFile
@@ -51,15 +52,6 @@ PATIENT_ROOT = {
     str(PatientRootQueryRetrieveInformationModelGet),
     str(PatientRootQueryRetrieveInformationModelMove),
 }
-
-
-def _status(code: int, comment: str | None = None) -> Dataset:
-    """A status with its comment, as pynetdicom's handlers return one."""
-    ds = Dataset()
-    ds.Status = code
-    if comment:
-        ds.ErrorComment = error_comment(comment)
-    return ds
 
 
 def _level(event: Any) -> tuple[Level | None, Dataset]:
@@ -145,10 +137,10 @@ class DicomService:
             log.error("C-STORE from %s: could not write the received file: %s", calling_aet,
                       error)
             self.metrics.stored("failed", 0.0)
-            return _status(STATUS_OUT_OF_RESOURCES, ARCHIVE_UNAVAILABLE)
+            return status_dataset(STATUS_OUT_OF_RESOURCES, ARCHIVE_UNAVAILABLE)
         status, comment = self.store(event.dataset_path, calling_aet,
                                      str(event.request.AffectedSOPInstanceUID))
-        return _status(status, comment) if comment else status
+        return status_dataset(status, comment) if comment else status
 
     def store(self, received: Path | ReceivedFile, calling_aet: str,
               sop_instance_uid: str) -> tuple[int, str | None]:
@@ -178,18 +170,18 @@ class DicomService:
             return
         level, ident = _level(event)
         if level is None:
-            yield _status(STATUS_IDENTIFIER_MISMATCH, INVALID_QUERY_LEVEL), None
+            yield status_dataset(STATUS_IDENTIFIER_MISMATCH, INVALID_QUERY_LEVEL), None
             return
         try:
             q = FindQuery.from_identifier(level, _items(ident))
             with self.archive.index.read_session() as s:
                 matches = find(s, q)
         except InvalidQuery as exc:
-            yield _status(STATUS_UNABLE_TO_PROCESS, str(exc)), None
+            yield status_dataset(STATUS_UNABLE_TO_PROCESS, str(exc)), None
             return
         except Exception as exc:
             self.failures.failed("C-FIND", exc)
-            yield _status(STATUS_UNABLE_TO_PROCESS, QUERY_FAILED), None
+            yield status_dataset(STATUS_UNABLE_TO_PROCESS, QUERY_FAILED), None
             return
         for match in matches:
             if event.is_cancelled:
@@ -233,11 +225,11 @@ class DicomService:
     def _retrieve(self, event: Any) -> tuple[list[ArchivedInstance] | None, Dataset | None]:
         level, ident = _level(event)
         if level is None:
-            return None, _status(STATUS_IDENTIFIER_MISMATCH, INVALID_QUERY_LEVEL)
+            return None, status_dataset(STATUS_IDENTIFIER_MISMATCH, INVALID_QUERY_LEVEL)
         try:
             return self._instances(level, ident), None
         except InvalidQuery as exc:
-            return None, _status(STATUS_IDENTIFIER_MISMATCH, str(exc))
+            return None, status_dataset(STATUS_IDENTIFIER_MISMATCH, str(exc))
 
     def on_get(self, event: Any) -> Iterator[Any]:
         instances, error = self._retrieve(event)

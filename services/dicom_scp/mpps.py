@@ -20,7 +20,7 @@ from vna.dicom.dimse import (
     ARCHIVE_UNAVAILABLE,
     STATUS_PROCESSING_FAILURE,
     STATUS_SUCCESS,
-    error_comment,
+    status_dataset,
 )
 from vna.orders import new_uid, utc_now
 from vna.settings import Settings
@@ -28,20 +28,18 @@ from vna.settings import Settings
 log = logging.getLogger("vna.scp.mpps")
 
 
-def _refusal(exc: mpps.MppsRefused) -> Dataset:
-    ds = Dataset()
-    ds.Status = exc.status
-    ds.ErrorComment = error_comment(exc.comment)
+def _refused(request: str, uid: str, calling: str, exc: mpps.MppsRefused,
+             ) -> tuple[Dataset, None]:
+    """Log a refusal (no patient data) and answer its status, Error Comment and ID."""
+    log.warning("MPPS %s %s from %s refused: %s", request, uid, calling, exc.comment)
+    ds = status_dataset(exc.status, exc.comment)
     if exc.error_id is not None:
         ds.ErrorID = exc.error_id
-    return ds
+    return ds, None
 
 
-def _failure() -> Dataset:
-    ds = Dataset()
-    ds.Status = STATUS_PROCESSING_FAILURE
-    ds.ErrorComment = ARCHIVE_UNAVAILABLE
-    return ds
+def _failure() -> tuple[Dataset, None]:
+    return status_dataset(STATUS_PROCESSING_FAILURE, ARCHIVE_UNAVAILABLE), None
 
 
 class MppsService:
@@ -62,15 +60,12 @@ class MppsService:
             with self.archive.index.begin() as conn:
                 order = workflow.create_step(conn, step, station_aet=calling, now=utc_now())
         except IntegrityError:  # the same UID created by another association meanwhile
-            exc = mpps.duplicate(uid)
-            log.warning("MPPS N-CREATE %s from %s refused: %s", uid, calling, exc.comment)
-            return _refusal(exc), None
+            return _refused("N-CREATE", uid, calling, mpps.duplicate(uid))
         except mpps.MppsRefused as exc:
-            log.warning("MPPS N-CREATE %s from %s refused: %s", uid, calling, exc.comment)
-            return _refusal(exc), None
+            return _refused("N-CREATE", uid, calling, exc)
         except Exception as exc:
             self.failures.failed(f"MPPS N-CREATE from {calling}", exc)
-            return _failure(), None
+            return _failure()
         log.info("MPPS %s IN PROGRESS from %s (order %s)", uid, calling, order)
         reply = Dataset()
         if not given:
@@ -90,10 +85,9 @@ class MppsService:
                                     self.settings.timezone)
                 order = workflow.update_step(conn, step, now=utc_now())
         except mpps.MppsRefused as exc:
-            log.warning("MPPS N-SET %s from %s refused: %s", uid, calling, exc.comment)
-            return _refusal(exc), None
+            return _refused("N-SET", uid, calling, exc)
         except Exception as exc:
             self.failures.failed(f"MPPS N-SET from {calling}", exc)
-            return _failure(), None
+            return _failure()
         log.info("MPPS %s %s from %s (order %s)", uid, step.status.value, calling, order)
         return STATUS_SUCCESS, None

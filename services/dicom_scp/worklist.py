@@ -19,20 +19,13 @@ from vna.dicom.dimse import (
     STATUS_IDENTIFIER_MISMATCH,
     STATUS_PENDING,
     STATUS_UNABLE_TO_PROCESS,
-    error_comment,
+    status_dataset,
 )
 from vna.dicom.matching import InvalidQuery
 from vna.settings import Settings
 from vna.worklist import IdentifierMismatch, WorklistQuery
 
 log = logging.getLogger("vna.scp")
-
-
-def _status(code: int, comment: str) -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    ds.ErrorComment = error_comment(comment)
-    return ds
 
 
 class WorklistService:
@@ -49,14 +42,14 @@ class WorklistService:
             with self.archive.index.read_session() as s:
                 entries = worklist.find(s, q)
         except IdentifierMismatch as exc:
-            yield _status(STATUS_IDENTIFIER_MISMATCH, str(exc)), None
+            yield status_dataset(STATUS_IDENTIFIER_MISMATCH, str(exc)), None
             return
         except InvalidQuery as exc:
-            yield _status(STATUS_UNABLE_TO_PROCESS, str(exc)), None
+            yield status_dataset(STATUS_UNABLE_TO_PROCESS, str(exc)), None
             return
         except Exception as exc:
             self.failures.failed("MWL C-FIND", exc)
-            yield _status(STATUS_UNABLE_TO_PROCESS, QUERY_FAILED), None
+            yield status_dataset(STATUS_UNABLE_TO_PROCESS, QUERY_FAILED), None
             return
         for entry in entries:
             if event.is_cancelled:

@@ -15,6 +15,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pydicom.dataset import Dataset
+
 from vna.dicom.part10 import pad
 
 # -- the upper layer (PS3.8 9.3) ---------------------------------------------------------------
@@ -180,6 +182,15 @@ def error_comment(text: str) -> str:
     """What fits an ErrorComment: the default character repertoire (a command set has no
     other), at most ERROR_COMMENT_MAX characters."""
     return text.encode("ascii", "replace").decode("ascii")[:ERROR_COMMENT_MAX]
+
+
+def status_dataset(code: int, comment: str | None = None) -> Dataset:
+    """A status with its Error Comment, as pynetdicom's event handlers return one."""
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = error_comment(comment)
+    return ds
 
 
 # -- N-services: MPPS (PS3.4 F.7.2) and Storage Commitment (PS3.4 J.3); PS3.7 C.4 --------------
