@@ -232,12 +232,25 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_by: Mapped[str | None] = mapped_column(String(32))
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # None: never
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    replaced_by: Mapped[str | None] = mapped_column(String(32))  # the token it was rotated to
+
+
+# The audit records not yet sent to the ATNA collector (VNA_AUDIT_SYSLOG) are few: an index
+# of their own, as for late arrivals.
+AUDIT_UNEXPORTED_SQL = "exported_at IS NULL"
 
 
 class AuditEvent(Base):
-    """One read or write of patient data over HTTP: who (token, role), what, when, outcome."""
+    """One access to patient data, over HTTP or DICOM: who (token and role, or calling AE
+    title and TLS identity), what, when, outcome; and whether it went to the ATNA
+    collector yet."""
 
     __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_unexported", "id",
+                            sqlite_where=text(AUDIT_UNEXPORTED_SQL),
+                            postgresql_where=text(AUDIT_UNEXPORTED_SQL)),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                     primary_key=True)
@@ -252,6 +265,12 @@ class AuditEvent(Base):
     status: Mapped[int] = mapped_column(SmallInteger)
     outcome: Mapped[str] = mapped_column(String(16))
     client: Mapped[str | None] = mapped_column(String(64))
+    protocol: Mapped[str] = mapped_column(String(8), server_default="http")  # http | dicom
+    calling_aet: Mapped[str | None] = mapped_column(String(16))
+    tls_identity: Mapped[str | None] = mapped_column(String(256))  # a client cert's subject
+    studies: Mapped[list[str] | None] = mapped_column(JSON)  # Study Instance UIDs touched
+    instances: Mapped[int | None] = mapped_column(Integer)  # how many (C-STORE, retrieve)
+    exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # sent to ATNA
 
 
 class OutboxEvent(Base):
