@@ -388,11 +388,14 @@ def up() -> None:
                                preexec_fn=child_of_this_process())
         for name, args in services
     }
-    ok_dicom = _wait_port(settings.dicom_host, settings.dicom_port, 60)
+    dicom_ports = [p for p in (settings.dicom_port, settings.dicom_tls_port) if p]
+    ok_dicom = all(_wait_port(settings.dicom_host, p, 60) for p in dicom_ports)
     ok_http = _wait_port(settings.http_host, settings.http_port, 60)
     ok_hl7 = not settings.hl7_port or _wait_port(settings.hl7_host, settings.hl7_port, 60)
     console.print(f"[bold]vna is up[/bold] (data in {settings.data_dir.resolve()})")
-    console.print(f"  DICOM  {settings.dicom_aet}@{settings.dicom_host}:{settings.dicom_port}"
+    ports = ", ".join([*([str(settings.dicom_port)] if settings.dicom_port else []),
+                       *([f"{settings.dicom_tls_port} (TLS)"] if settings.dicom_tls_port else [])])
+    console.print(f"  DICOM  {settings.dicom_aet}@{settings.dicom_host}:{ports}"
                   f"{'' if ok_dicom else '  [red](not answering)[/red]'}")
     console.print(f"  HTTP   http://{settings.http_host}:{settings.http_port}/health"
                   f"{'' if ok_http else '  [red](not answering)[/red]'}")

@@ -35,6 +35,7 @@ DOCUMENTED_PATCHES = {
     "pynetdicom.association.Association._serve_request",
     "pynetdicom.association.Association.send_c_store",
     "pynetdicom.transport.AssociationSocket._create_socket",
+    "pynetdicom.transport.AssociationSocket.ready",
 }
 DOCUMENTED_PRIVATE_READS = {
     "pynetdicom.dimse_messages.DIMSEMessage._data_set_file",

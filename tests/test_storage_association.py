@@ -278,11 +278,10 @@ def test_fragments_both_ways(embedded: Backend, tmp_path: Path) -> None:
 
 def test_association_limit(embedded: Backend, tmp_path: Path) -> None:
     """Storage associations count against the AE's limit like pynetdicom's own."""
-    from services.dicom_scp import server
-
     f = write(make_instance(), tmp_path / "a.dcm")
-    limit = server.MAX_ASSOCIATIONS
-    with running_scp(embedded, VNA_DICOM_PROCESSES="1") as scp:
+    limit = 8
+    with running_scp(embedded, VNA_DICOM_PROCESSES="1", VNA_DICOM_MAX_ASSOCIATIONS="8",
+                     VNA_DICOM_MAX_ASSOCIATIONS_PER_AET="8") as scp:
         peers: list[RawPeer] = []
         try:
             with pytest.raises(AssertionError, match="not accepted"):

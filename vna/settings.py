@@ -14,31 +14,52 @@ from vna.dicom.identity import ConflictPolicy
 
 
 class DicomPeer:
-    """A remote AE we may connect to (a C-MOVE destination)."""
+    """A remote AE we may connect to (a C-MOVE destination); `tls`: over DICOM TLS."""
 
-    __slots__ = ("ae_title", "host", "port")
+    __slots__ = ("ae_title", "host", "port", "tls")
 
-    def __init__(self, ae_title: str, host: str, port: int) -> None:
+    def __init__(self, ae_title: str, host: str, port: int, tls: bool = False) -> None:
         self.ae_title = ae_title
         self.host = host
         self.port = port
+        self.tls = tls
 
     def __repr__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}{'/tls' if self.tls else ''}"
 
 
 def parse_peers(value: str) -> dict[str, DicomPeer]:
-    """Parse `AET@host:port,AET2@host2:port2` into a map keyed by AE title."""
+    """Parse `AET@host:port,AET2@host2:port2/tls` into a map keyed by AE title; `/tls`
+    marks a peer reached over DICOM TLS."""
     peers: dict[str, DicomPeer] = {}
     for item in (p.strip() for p in value.split(",")):
         if not item:
             continue
+        tls = item.lower().endswith("/tls")
+        if tls:
+            item = item[:-4].rstrip()
         aet, sep, address = item.partition("@")
         host, colon, port = address.rpartition(":")
         if not sep or not colon or not aet or not host or not port.isdigit():
-            raise ValueError(f"VNA_DICOM_PEERS entry {item!r} is not of the form AET@host:port")
-        peers[aet.strip()] = DicomPeer(aet.strip(), host.strip(), int(port))
+            raise ValueError(f"VNA_DICOM_PEERS entry {item!r} is not of the form "
+                             "AET@host:port or AET@host:port/tls")
+        peers[aet.strip()] = DicomPeer(aet.strip(), host.strip(), int(port), tls)
     return peers
+
+
+def parse_aet_subjects(value: str) -> dict[str, str]:
+    """Parse `AET=commonName,AET2=commonName2`: the certificate subject (CN) each calling
+    AE title must present over TLS."""
+    bound: dict[str, str] = {}
+    for item in (p.strip() for p in value.split(",")):
+        if not item:
+            continue
+        aet, sep, cn = item.partition("=")
+        if not sep or not aet.strip() or not cn.strip():
+            raise ValueError(f"VNA_DICOM_TLS_AET_SUBJECTS entry {item!r} is not of the form "
+                             "AET=commonName")
+        bound[aet.strip()] = cn.strip()
+    return bound
 
 
 # What a region's departments and patients upload: reports, recordings, video, photos.
@@ -82,6 +103,31 @@ class Settings(BaseSettings):
     dicom_metrics_port: int = Field(default=0, ge=0, le=65535, description=(
         "where `vna scp` serves its Prometheus /metrics (on VNA_DICOM_HOST); 0 = not served"))
     dicom_max_pdu: int = Field(default=1 << 20, ge=0, description="max PDU we receive, bytes")
+    # -- DICOM transport security and limits (issue 15) --
+    dicom_tls_port: int = Field(default=0, ge=0, le=65535, description=(
+        "DICOM over TLS (2762 by convention), next to or instead of VNA_DICOM_PORT; 0 = off"))
+    dicom_tls_cert: Path | None = Field(default=None, description=(
+        "our TLS certificate (PEM, with its chain), for the TLS port and TLS peers"))
+    dicom_tls_key: Path | None = Field(default=None, description="its private key (PEM)")
+    dicom_tls_ca: Path | None = Field(default=None, description=(
+        "CA certificates (PEM): when set, TLS clients must present a certificate it "
+        "issued (mutual TLS), and TLS peers' certificates are checked against it"))
+    dicom_tls_aet_subjects: str = Field(default="", description=(
+        "calling AE titles bound to certificate subjects, `AET=commonName,...`: a listed "
+        "AE title is accepted over TLS only with a client certificate of that CN"))
+    dicom_max_associations: int = Field(default=64, ge=1, description=(
+        "concurrent associations each SCP process accepts (VNA_DICOM_PROCESSES of them); "
+        "beyond, A-ASSOCIATE-RJ transient, local limit exceeded"))
+    dicom_max_associations_per_aet: int = Field(default=16, ge=1, description=(
+        "concurrent associations one calling AE title may hold in each SCP process"))
+    dicom_artim_timeout: float = Field(default=10.0, gt=0, description=(
+        "seconds a new connection has to finish its TLS handshake and send its "
+        "A-ASSOCIATE-RQ (ARTIM) before it is closed"))
+    dicom_idle_timeout: float = Field(default=60.0, gt=0, description=(
+        "seconds an association may stay silent (no PDU) before it is aborted"))
+    dicom_dimse_timeout: float = Field(default=60.0, gt=0, description=(
+        "seconds we wait for a DIMSE message from a peer (a C-STORE sub-operation's "
+        "response, a C-CANCEL) before giving up"))
     patient_conflict: ConflictPolicy = Field(default=ConflictPolicy.REJECT, description=(
         "an instance of a known study or SOP Instance under another patient: reject, or "
         "accept (filed under the patient it names, never another)"))
@@ -131,6 +177,16 @@ class Settings(BaseSettings):
     def _peers_valid(cls, v: str) -> str:
         parse_peers(v)
         return v
+
+    @field_validator("dicom_tls_aet_subjects")
+    @classmethod
+    def _aet_subjects_valid(cls, v: str) -> str:
+        parse_aet_subjects(v)
+        return v
+
+    @property
+    def aet_subjects(self) -> dict[str, str]:
+        return parse_aet_subjects(self.dicom_tls_aet_subjects)
 
     @property
     def resolved_database_url(self) -> str:

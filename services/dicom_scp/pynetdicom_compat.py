@@ -107,6 +107,17 @@ together with other contexts.
   small PDUs: ~40 ms per DIMSE message. Also installed by `install_requestor`. Accepted
   sockets get it in server.py. Remove when pynetdicom sets TCP_NODELAY.
 
+- `pynetdicom.transport.AssociationSocket.ready` -> `_ready`. What: a socket with bytes
+  buffered above the kernel (`pending()`) is ready, as pynetdicom already has it for an
+  `ssl.SSLSocket`: over TLS, admission.py reads the A-ASSOCIATE-RQ itself and hands
+  pynetdicom a `ReplaySocket` that gives those bytes again. Remove when pynetdicom
+  accepts a request already read (or asks any socket for `pending()`).
+
+**TLS identity** (for the audit trail): `tls_identity(assoc)` is the subject of the
+verified client certificate of a pynetdicom association (RFC 4514, e.g.
+`CN=ct1.example,O=Radiology`), None over plain TCP or without VNA_DICOM_TLS_CA; it reads
+`assoc.dul.socket.socket`. vna's storage loop has it as `StorageAssociation.tls_identity`.
+
 **Private attributes read** (`PRIVATE_READS`, checked by `install`)
 
 - `pynetdicom.dimse_messages.DIMSEMessage._data_set_file` through
@@ -137,6 +148,7 @@ import os
 import re
 import select
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -157,6 +169,7 @@ from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from services.dicom_scp.retrieve import ArchivedInstance
+from services.dicom_scp.tls import socket_identity
 from vna.dicom import dimse
 from vna.dicom.part10 import FileMeta, encode_file_meta
 
@@ -396,6 +409,9 @@ def _dul_sleep(seconds: float) -> None:
     if isinstance(dul, _dul.DULServiceProvider) and seconds <= DUL_LOOP_DELAY:
         sock = getattr(dul.socket, "socket", None)
         wake = getattr(dul, "_vna_wake", None)
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending():  # TLS: decrypted bytes wait above the kernel
+            return
         if sock is not None and wake is not None:
             try:
                 ready, _, _ = select.select([sock, wake[0]], [], [], _DUL_WAIT)
@@ -476,6 +492,23 @@ def _send_c_store(self: _association.Association, dataset: Any, *args: Any,
         return SEND_C_STORE.original(self, dataset, *args, **kwargs)
     with dataset.for_sending(self.accepted_contexts) as sendable:
         return SEND_C_STORE.original(self, sendable, *args, **kwargs)
+
+
+def _ready(self: _transport.AssociationSocket) -> bool:
+    """pynetdicom's `ready`, and a socket with bytes buffered in it (`pending()`) is ready."""
+    sock = self.socket
+    if sock is not None and self._is_connected and not isinstance(sock, ssl.SSLSocket):
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending():
+            return True
+    return bool(READY.original.fget(self))
+
+
+def tls_identity(assoc: Any) -> str | None:
+    """The verified client certificate's subject on a pynetdicom association (RFC 4514
+    string), or None: plain TCP, or TLS without VNA_DICOM_TLS_CA. For the audit trail."""
+    transport = getattr(getattr(assoc, "dul", None), "socket", None)
+    return socket_identity(getattr(transport, "socket", None))
 
 
 def _create_socket(self: _transport.AssociationSocket, address: Any) -> socket.socket:
@@ -626,6 +659,13 @@ SERVE_REQUEST = Patch(
     requestor=True)
 CREATE_SOCKET = Patch(_transport.AssociationSocket, "_create_socket", _create_socket,
                       _function("self", "address"), requestor=True)
+def _ready_property(value: Any) -> str | None:
+    if not isinstance(value, property) or value.fget is None:
+        return f"is {value!r}, not a property"
+    return _contains(value.fget, ("self.socket.pending()", "self._is_connected"))
+
+
+READY = Patch(_transport.AssociationSocket, "ready", property(_ready), _ready_property)
 DUL_RUN_REACTOR = Patch(_DUL, "run_reactor", _run_reactor, _function("self"))
 DUL_SEND_PDU = Patch(_DUL, "send_pdu", _send_pdu, _function("self", "primitive"))
 
@@ -666,6 +706,7 @@ PATCHES: tuple[Patch, ...] = (
     SERVE_REQUEST,
     SEND_C_STORE,
     CREATE_SOCKET,
+    READY,
 )
 
 

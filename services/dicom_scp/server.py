@@ -16,6 +16,7 @@ it runs and removed when it stops, and `serve` removes those of dead processes.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -23,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -52,7 +54,19 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services import incoming as receive_folders
-from services.dicom_scp import metrics, pynetdicom_compat
+from services.dicom_scp import metrics, pynetdicom_compat, tls
+from services.dicom_scp.admission import (
+    REJECT_CALLING_AET,
+    REJECT_LOCAL_LIMIT,
+    Admission,
+    Refused,
+    ReplaySocket,
+    calling_aet,
+    peek_associate_rq,
+    read_associate_rq_tls,
+    reject_pdu,
+    tls_handshake,
+)
 from services.dicom_scp.handlers import DicomService
 from services.dicom_scp.storage_association import StorageAcceptor
 from services.runtime import open_archive
@@ -84,8 +98,6 @@ def _preference(ts: UID) -> int:
 
 TRANSFER_SYNTAXES = sorted(ACCEPTED_TRANSFER_SYNTAXES, key=lambda ts: _preference(UID(ts)))
 
-MAX_ASSOCIATIONS = 64  # per SCP process
-
 QR_MODELS = [
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -104,15 +116,56 @@ WORKFLOW_SOP_CLASSES = [
 
 
 class ReusePortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, sharing its port with sibling processes; storage
-    associations are served by `storage_association` when `storage` is set."""
+    """pynetdicom's threaded server, sharing its port with sibling processes. Each
+    connection is admitted first (`admission`: TLS handshake, ARTIM, limits, AE-to-
+    certificate binding), in its own thread; then storage associations are served by
+    `storage_association` when `storage` is set, the rest by pynetdicom."""
 
     storage: StorageAcceptor | None = None
+    admission: Admission | None = None
+    tls_context: ssl.SSLContext | None = None  # set: this is the TLS port
+    artim: float = 10.0
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.storage is not None and self.storage.serve(request):
+        sock = cast(socket.socket, request)
+        deadline = time.monotonic() + self.artim
+        pdu: bytes | None
+        cert: dict[str, Any] | None = None
+        try:
+            if self.tls_context is not None:
+                sock = self.tls_context.wrap_socket(sock, server_side=True,
+                                                    do_handshake_on_connect=False)
+                tls_handshake(cast(ssl.SSLSocket, sock), deadline)
+                pdu = read_associate_rq_tls(cast(ssl.SSLSocket, sock), deadline)
+                cert = cast(ssl.SSLSocket, sock).getpeercert()
+                sock.setblocking(True)
+            else:
+                pdu = peek_associate_rq(sock, self.artim)
+        except Refused as exc:
+            log.info("connection from %s closed: %s", client_address[0], exc)
+            _close(sock)
             return
-        super().finish_request(request, client_address)
+        if pdu is None:  # not an A-ASSOCIATE-RQ: pynetdicom answers (and logs) it
+            super().finish_request(sock, client_address)
+            return
+        consumed = self.tls_context is not None
+        aet = calling_aet(pdu)
+        assert self.admission is not None
+        if not self.admission.check_identity(aet, cert):
+            log.warning("association from %s (%s) rejected: its AE title is bound to another "
+                        "certificate subject (VNA_DICOM_TLS_AET_SUBJECTS)",
+                        aet, client_address[0])
+            _reject(sock, REJECT_CALLING_AET)
+            return
+        with self.admission.hold(aet) as admitted:
+            if not admitted:
+                _reject(sock, REJECT_LOCAL_LIMIT)
+                return
+            if self.storage is not None and self.storage.serve(sock, pdu, consumed=consumed):
+                return
+            if consumed:  # pynetdicom reads the request again
+                sock = cast(socket.socket, ReplaySocket(cast(ssl.SSLSocket, sock), pdu))
+            super().finish_request(sock, client_address)
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -121,18 +174,34 @@ class ReusePortServer(ThreadedAssociationServer):
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        sock, addr = super().get_request()
+        # accept only: the TLS handshake is done in the connection's thread
+        assert self.socket is not None
+        sock, addr = self.socket.accept()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, addr
+
+
+def _reject(sock: socket.socket, reason: tuple[int, int, int]) -> None:
+    with contextlib.suppress(OSError):
+        sock.sendall(reject_pdu(*reason))
+    _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
 def build_ae(settings: Settings) -> AE:
     """The AE with everything the Conformance Statement lists."""
     ae = AE(ae_title=settings.dicom_aet)
     ae.maximum_pdu_size = settings.dicom_max_pdu
-    ae.maximum_associations = MAX_ASSOCIATIONS
-    ae.network_timeout = 120
-    ae.dimse_timeout = 120
+    # admission.py counts every association of the process against the limits first;
+    # pynetdicom's own count (its associations only) is a backstop
+    ae.maximum_associations = settings.dicom_max_associations
+    ae.acse_timeout = settings.dicom_artim_timeout
+    ae.network_timeout = settings.dicom_idle_timeout
+    ae.dimse_timeout = settings.dicom_dimse_timeout
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
         # scp_role: a C-GET requestor may act as Storage SCP on this association.
@@ -147,6 +216,36 @@ def build_ae(settings: Settings) -> AE:
         ae.require_calling_aet = sorted(allowed)
     # Peers we connect to as SCU (C-MOVE destinations) are proposed per request.
     return ae
+
+
+def listening_ports(settings: Settings) -> list[tuple[int, ssl.SSLContext | None]]:
+    """The ports an SCP process serves: plain (VNA_DICOM_PORT) and TLS
+    (VNA_DICOM_TLS_PORT), each unless 0."""
+    ports: list[tuple[int, ssl.SSLContext | None]] = []
+    if settings.dicom_port:
+        ports.append((settings.dicom_port, None))
+    if settings.dicom_tls_port:
+        ports.append((settings.dicom_tls_port, tls.server_context(settings)))
+    return ports
+
+
+def tls_to_peers(ae: AE, settings: Settings) -> None:
+    """Associations this AE opens to a peer marked `/tls` in VNA_DICOM_PEERS (C-MOVE
+    destinations) go over TLS: the peer is found by its address, which is all pynetdicom's
+    C-MOVE service passes to `associate`."""
+    by_address = {(p.host, p.port): p for p in settings.peers.values() if p.tls}
+    if not by_address:
+        return
+    context = tls.client_context(settings)
+    associate = ae.associate
+
+    def associate_tls(addr: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        peer = by_address.get((addr, port))
+        if peer is not None and kwargs.get("tls_args") is None:
+            kwargs["tls_args"] = tls.peer_tls_args(settings, peer, context)
+        return associate(addr, port, *args, **kwargs)
+
+    ae.associate = associate_tls  # type: ignore[method-assign,assignment]
 
 
 def configure_process(settings: Settings) -> Path:
@@ -171,13 +270,22 @@ def run_server_process(settings: Settings, ready: Any = None,
     archive = open_archive(settings)
     service = DicomService(settings, archive, incoming)
     ae = build_ae(settings)
-    server = cast(ReusePortServer, ae.make_server(
-        (settings.dicom_host, settings.dicom_port),
-        evt_handlers=service.handlers(),  # type: ignore[arg-type]
-        server_class=ReusePortServer))
-    pynetdicom_compat.register_server(ae, server)  # so that server.shutdown() finds itself
-    pynetdicom_compat.share_contexts(server)
-    server.storage = StorageAcceptor(ae, server.contexts, service, incoming)
+    tls_to_peers(ae, settings)
+    admission = Admission(ae, settings.dicom_max_associations,
+                          settings.dicom_max_associations_per_aet, settings.aet_subjects)
+    servers: list[ReusePortServer] = []
+    for port, context in listening_ports(settings):
+        server = cast(ReusePortServer, ae.make_server(
+            (settings.dicom_host, port),
+            evt_handlers=service.handlers(),  # type: ignore[arg-type]
+            server_class=ReusePortServer))
+        pynetdicom_compat.register_server(ae, server)  # so that server.shutdown() finds it
+        pynetdicom_compat.share_contexts(server)
+        server.storage = StorageAcceptor(ae, server.contexts, service, incoming)
+        server.admission = admission
+        server.tls_context = context
+        server.artim = settings.dicom_artim_timeout
+        servers.append(server)
 
     stopping = threading.Event()
 
@@ -185,7 +293,8 @@ def run_server_process(settings: Settings, ready: Any = None,
         # shutdown() waits for serve_forever: run it off the signal frame, and only once.
         if not stopping.is_set():
             stopping.set()
-            threading.Thread(target=server.shutdown, daemon=True).start()
+            for server in servers:
+                threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
@@ -198,8 +307,11 @@ def run_server_process(settings: Settings, ready: Any = None,
     gc.freeze()
     if ready is not None:
         ready.set()
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                         name="vna-scp-tls", daemon=True).start()
     try:
-        server.serve_forever(poll_interval=0.2)
+        servers[0].serve_forever(poll_interval=0.2)
     finally:
         archive.index.dispose()
         # nothing in it was acknowledged; a restart need not find it
@@ -233,11 +345,20 @@ def serve(settings: Settings) -> int:
     """Supervise VNA_DICOM_PROCESSES SCP processes; restart any that dies; stop on a signal.
     Refuses to start (1) while another process listens on the port: with SO_REUSEPORT it
     would otherwise answer next to it."""
-    if not wait_for_free_port(settings.dicom_host, settings.dicom_port, "DICOM",
-                              settings.port_wait_seconds):
-        log.error("DICOM port %s:%d is in use by another process; not starting",
-                  settings.dicom_host, settings.dicom_port)
+    try:
+        ports = listening_ports(settings)  # a TLS port without certificate fails here
+    except (tls.TLSNotConfigured, OSError, ssl.SSLError) as exc:
+        log.error("DICOM TLS is not usable: %s; not starting", exc)
         return 1
+    if not ports:
+        log.error("VNA_DICOM_PORT and VNA_DICOM_TLS_PORT are both 0; not starting")
+        return 1
+    for port, _ in ports:
+        if not wait_for_free_port(settings.dicom_host, port, "DICOM",
+                                  settings.port_wait_seconds):
+            log.error("DICOM port %s:%d is in use by another process; not starting",
+                      settings.dicom_host, port)
+            return 1
     _clean_incoming(settings)
     metrics_path = metrics.prepare(settings)
     if not settings.allowed_aets:
@@ -269,8 +390,9 @@ def serve(settings: Settings) -> int:
                 log.error("an SCP process did not start")
                 break
     if not stopping:
-        log.info("DICOM service %s listening on %s:%d (%d processes)", settings.dicom_aet,
-                 settings.dicom_host, settings.dicom_port, n)
+        log.info("DICOM service %s listening on %s, ports %s (%d processes)",
+                 settings.dicom_aet, settings.dicom_host,
+                 ", ".join(f"{p}{' (TLS)' if c else ''}" for p, c in ports), n)
         metrics.serve(settings, metrics_path)
     while not stopping:
         time.sleep(0.2)

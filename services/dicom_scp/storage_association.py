@@ -31,8 +31,8 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 import struct
-import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,11 +47,12 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from pynetdicom.sop_class import Verification
 
+from services.dicom_scp.admission import timeval
 from services.dicom_scp.pynetdicom_compat import received_file_meta
+from services.dicom_scp.tls import socket_identity
 from vna.dicom.attributes import is_valid_uid
 from vna.dicom.dimse import (
     A_ABORT_PDU,
-    A_ASSOCIATE_RQ_PDU,
     A_RELEASE_RP_PDU,
     A_RELEASE_RQ_PDU,
     ARCHIVE_UNAVAILABLE,
@@ -83,40 +84,12 @@ log = logging.getLogger("vna.scp")
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = str(Verification)
 
-LARGEST_ASSOCIATE_RQ = 64 << 10  # a larger request (hundreds of contexts) goes to pynetdicom
+LARGEST_FAST_RQ = 64 << 10  # a larger request (hundreds of contexts) goes to pynetdicom
 LARGEST_PDU = 64 << 20  # a peer that sends more than this in one PDU is aborted
 
 
 class PeerGone(Exception):
     """The connection closed while a PDU was expected."""
-
-
-def peek_associate_rq(sock: socket.socket, timeout: float) -> bytes | None:
-    """The A-ASSOCIATE-RQ PDU waiting on `sock`, left unread for pynetdicom, or None.
-
-    Blocking reads with MSG_WAITALL wait for the whole PDU however the requestor wrote it
-    (a socket with a Python timeout is non-blocking, where MSG_WAITALL does not wait);
-    SO_RCVTIMEO bounds the wait.
-    """
-    sock.settimeout(None)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
-    try:
-        head = sock.recv(6, socket.MSG_PEEK | socket.MSG_WAITALL)
-        if len(head) < 6 or head[0] != A_ASSOCIATE_RQ_PDU:
-            return None
-        length = int.from_bytes(head[2:6], "big")
-        if length > LARGEST_ASSOCIATE_RQ:
-            return None
-        pdu = sock.recv(6 + length, socket.MSG_PEEK | socket.MSG_WAITALL)
-        return pdu if len(pdu) == 6 + length else None
-    except OSError:
-        return None
-    finally:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(0))
-
-
-def _timeval(seconds: float) -> bytes:
-    return struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
 
 
 def decode_associate_rq(pdu: bytes) -> A_ASSOCIATE | None:
@@ -264,6 +237,7 @@ class StorageAssociation:
         self.incoming = incoming
         self.max_pdu = max_pdu
         self.calling_aet = str(rq.calling_ae_title).strip()
+        self.tls_identity = socket_identity(sock)  # the client certificate's subject, if any
         self.timeout = timeout
         self.peer_max_pdu = next((int(i.maximum_length_received or 0) for i in rq.user_information
                                   if isinstance(i, MaximumLengthNotification)), 0)
@@ -325,14 +299,15 @@ class StorageAssociation:
         # poll() before every recv and send.
         self.sock.settimeout(None)
         for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
-            self.sock.setsockopt(socket.SOL_SOCKET, option, _timeval(self.timeout))
+            self.sock.setsockopt(socket.SOL_SOCKET, option, timeval(self.timeout))
         try:
             self.accept()
             self._serve()
         except ProtocolError as exc:
             log.warning("association from %s aborted: %s", self.calling_aet, exc)
             self._abort(exc.reason)
-        except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO/SO_SNDTIMEO expired
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            # SO_RCVTIMEO/SO_SNDTIMEO expired (under TLS, OpenSSL reports it as "want")
             log.warning("association from %s aborted: no PDU for %.0f s", self.calling_aet,
                         self.timeout)
             self._abort(REASON_NOT_SPECIFIED)
@@ -449,9 +424,8 @@ def _uid_or_none(uid: str) -> str | None:
 
 
 class StorageAcceptor:
-    """Takes the connections whose association this module serves (`serve`). Beyond the
-    AE's association limit, counting these and pynetdicom's (which counts only its own),
-    a request is rejected (transient, local limit exceeded)."""
+    """Takes the connections whose association this module serves (`serve`); admission
+    (limits, ARTIM, TLS) happened before (`admission.py`)."""
 
     def __init__(self, ae: AE, contexts: list[PresentationContext], service: StorageService,
                  incoming: Path) -> None:
@@ -462,39 +436,23 @@ class StorageAcceptor:
         self.storage_syntaxes = frozenset(
             str(cx.abstract_syntax) for cx in AllStoragePresentationContexts) & frozenset(
             str(cx.abstract_syntax) for cx in contexts)
-        self._lock = threading.Lock()
-        self.active = 0
 
-    def serve(self, sock: socket.socket) -> bool:
-        """Serve the association on `sock` to its end, or return False at once (nothing
-        read) for pynetdicom to serve it."""
-        pdu = peek_associate_rq(sock, float(self.ae.acse_timeout or 30))
-        rq = decode_associate_rq(pdu) if pdu else None
+    def serve(self, sock: socket.socket, pdu: bytes, *, consumed: bool) -> bool:
+        """Serve the association requested by `pdu` on `sock` to its end, or return False
+        at once for pynetdicom to serve it. `consumed`: the request was read already (TLS)
+        rather than peeked at (plain TCP)."""
+        rq = decode_associate_rq(pdu) if len(pdu) <= LARGEST_FAST_RQ else None
         if rq is None or not accepts(rq, self.storage_syntaxes, self.ae):
             log.debug("association request left to pynetdicom")
             return False
-        sock.recv(len(pdu or b""), socket.MSG_WAITALL)  # now ours
-        with self._lock:
-            self.active += 1
-            too_many = self.active + len(self.ae.active_associations) > \
-                self.ae.maximum_associations
-        try:
-            if too_many:
-                log.warning("association from %s rejected: too many associations",
-                            str(rq.calling_ae_title).strip())
-                with contextlib.suppress(OSError):
-                    sock.sendall(StorageAssociation.reject_pdu(rq, 0x02, 0x03, 0x02))
-                    sock.close()
-                return True
-            assoc = StorageAssociation(
-                sock, rq, contexts=self.contexts, service=self.service,
-                incoming=self.incoming, max_pdu=int(self.ae.maximum_pdu_size),
-                implementation_uid=str(self.ae.implementation_class_uid),
-                implementation_version=str(self.ae.implementation_version_name or ""),
-                timeout=float(self.ae.network_timeout or 120))
-            self.service.association_accepted()
-            assoc.run()
-            return True
-        finally:
-            with self._lock:
-                self.active -= 1
+        if not consumed:
+            sock.recv(len(pdu), socket.MSG_WAITALL)  # now ours
+        assoc = StorageAssociation(
+            sock, rq, contexts=self.contexts, service=self.service,
+            incoming=self.incoming, max_pdu=int(self.ae.maximum_pdu_size),
+            implementation_uid=str(self.ae.implementation_class_uid),
+            implementation_version=str(self.ae.implementation_version_name or ""),
+            timeout=float(self.ae.network_timeout or 120))
+        self.service.association_accepted()
+        assoc.run()
+        return True
