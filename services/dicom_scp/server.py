@@ -141,8 +141,9 @@ class ReusePortServer(ThreadedAssociationServer):
                 sock.setblocking(True)
             else:
                 pdu = peek_associate_rq(sock, self.artim)
-        except Refused as exc:
-            log.info("connection from %s closed: %s", client_address[0], exc)
+        except Refused as exc:  # a failed handshake is worth a warning; a probe is not
+            (log.warning if self.tls_context is not None else log.info)(
+                "connection from %s closed: %s", client_address[0], exc)
             _close(sock)
             return
         if pdu is None:  # not an A-ASSOCIATE-RQ: pynetdicom answers (and logs) it
