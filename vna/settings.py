@@ -123,9 +123,9 @@ class Settings(BaseSettings):
     dicom_artim_timeout: float = Field(default=10.0, gt=0, description=(
         "seconds a new connection has to finish its TLS handshake and send its "
         "A-ASSOCIATE-RQ (ARTIM) before it is closed"))
-    dicom_idle_timeout: float = Field(default=60.0, gt=0, description=(
+    dicom_idle_timeout: float = Field(default=120.0, gt=0, description=(
         "seconds an association may stay silent (no PDU) before it is aborted"))
-    dicom_dimse_timeout: float = Field(default=60.0, gt=0, description=(
+    dicom_dimse_timeout: float = Field(default=120.0, gt=0, description=(
         "seconds we wait for a DIMSE message from a peer (a C-STORE sub-operation's "
         "response, a C-CANCEL) before giving up"))
     patient_conflict: ConflictPolicy = Field(default=ConflictPolicy.REJECT, description=(
