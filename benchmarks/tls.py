@@ -5,7 +5,8 @@ storescu (1 or N parallel associations), plain or `+tls` with a client certifica
 (mutual TLS: vna with VNA_DICOM_TLS_CA, storescp with `+cf` and its default
 `--require-peer-cert`), BCP 195 non-downgrading profile on both sides; then checks that
 the target holds every instance. Runs are interleaved (A B C D, A B C D...) and the table
-reports medians and the TLS/plain ratio (target: >= 0.8).
+reports medians and the TLS/plain ratio (target: >= 0.8), and the CPU time the target's
+own processes spent per instance (robust when the machine is shared: wall rates are not).
 
     .venv/bin/python benchmarks/tls.py --corpus tiny --count 2000 --rounds 3
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -122,23 +124,46 @@ def send(files: Sequence[Path], endpoint: Endpoint, associations: int, tls: list
     return time.perf_counter() - t0
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of `pid`, its live children, and the children they
+    reaped (storescp --fork's per-association processes): the target alone, not whatever
+    else runs on the machine."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += sum(int(f) for f in fields[11:15]) / ticks
+    return total
+
+
 def measure(name: str, files: Sequence[Path], associations: int, workdir: Path, pki: PKI,
-            timeout: float) -> float:
+            timeout: float) -> tuple[float, float]:
+    """(inst/s, the target's CPU ms per instance) of one run."""
     target = make(name, workdir, pki)
     client = pki.clients[next(iter(pki.clients))]
     tls = ["+tls", str(client.key), str(client.cert), "+cf", str(pki.ca)] \
         if name.endswith("-tls") else []
     with target as endpoint:
         tmp = make_tempdir(workdir, "send-")
+        pid = target.proc.pid  # type: ignore[attr-defined]
         try:
             sync_disk()
+            cpu0 = tree_cpu(pid)
             seconds = send(files, endpoint, associations, tls, tmp=tmp, timeout=timeout)
+            cpu = tree_cpu(pid) - cpu0
         finally:
             remove_tempdir(tmp)
         held = target.count()
         if held is not None and held != len(files):
             raise BenchError(f"{name} holds {held} of {len(files)} instances")
-    return len(files) / seconds
+    return len(files) / seconds, cpu * 1000 / len(files)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,26 +187,33 @@ def run(args: argparse.Namespace) -> int:
     warm(corpus)
     pki_dir = make_tempdir(args.workdir, "pki-")
     rates: dict[str, list[float]] = {t: [] for t in targets}
+    cpu: dict[str, list[float]] = {t: [] for t in targets}
     try:
         pki = make_pki(pki_dir)
         for r in range(args.rounds):
             for t in targets:
-                rate = measure(t, corpus.files, args.associations, args.workdir, pki,
-                               args.timeout)
+                rate, ms = measure(t, corpus.files, args.associations, args.workdir, pki,
+                                   args.timeout)
                 rates[t].append(rate)
-                print(f"round {r + 1} {t:13s} {rate:8.1f} inst/s", flush=True)
+                cpu[t].append(ms)
+                print(f"round {r + 1} {t:13s} {rate:8.1f} inst/s {ms:6.2f} CPU ms/inst",
+                      flush=True)
     finally:
         remove_tempdir(pki_dir)
     med = {t: statistics.median(v) for t, v in rates.items()}
+    med_cpu = {t: statistics.median(v) for t, v in cpu.items()}
     print(f"\n{corpus.name}, {args.associations} association(s), median of {args.rounds}")
-    print(f"{'target':13s} {'inst/s':>8s}  TLS/plain")
+    print(f"{'target':13s} {'inst/s':>8s}  TLS/plain  {'CPU ms/inst':>11s}  TLS/plain")
     for t in targets:
         base = t.removesuffix("-tls")
-        ratio = f"{med[t] / med[base]:.2f}" if t != base and base in med else ""
-        print(f"{t:13s} {med[t]:8.1f}  {ratio}")
+        tls_pair = t != base and base in med
+        ratio = f"{med[t] / med[base]:.2f}" if tls_pair else ""
+        cpu_ratio = f"{med_cpu[t] / med_cpu[base]:.2f}" if tls_pair and med_cpu[base] else ""
+        print(f"{t:13s} {med[t]:8.1f}  {ratio:9s}  {med_cpu[t]:11.2f}  {cpu_ratio}")
     if args.json:
         args.json.write_text(json.dumps({"corpus": corpus.name, "associations":
-                                         args.associations, "rates": rates, "median": med}))
+                                         args.associations, "rates": rates, "median": med,
+                                         "cpu_ms": cpu, "median_cpu_ms": med_cpu}))
     return 0
 
 
