@@ -389,7 +389,8 @@ def up() -> None:
         for name, args in services
     }
     dicom_ports = [p for p in (settings.dicom_port, settings.dicom_tls_port) if p]
-    ok_dicom = all(_wait_port(settings.dicom_host, p, 60) for p in dicom_ports)
+    ok_dicom = bool(dicom_ports) and all(_wait_port(settings.dicom_host, p, 60)
+                                         for p in dicom_ports)
     ok_http = _wait_port(settings.http_host, settings.http_port, 60)
     ok_hl7 = not settings.hl7_port or _wait_port(settings.hl7_host, settings.hl7_port, 60)
     console.print(f"[bold]vna is up[/bold] (data in {settings.data_dir.resolve()})")

@@ -342,3 +342,34 @@ def test_tls_port_without_certificate_does_not_start(embedded: Backend) -> None:
                        timeout=60, cwd=embedded.data_dir.parent)
     assert r.returncode == 1
     assert "VNA_DICOM_TLS_CERT" in r.stdout + r.stderr
+
+
+def test_vna_up_with_the_tls_port_only(embedded: Backend, pki: PKI, tmp_path: Path) -> None:
+    """`vna up` with VNA_DICOM_PORT=0: it waits for the TLS port, says so, and C-ECHO over
+    TLS works."""
+    import signal
+
+    tls_port, hport = free_port(), free_port()
+    env = vna_env({**embedded.env, "VNA_DICOM_PORT": "0", "VNA_HTTP_PORT": str(hport),
+                   "VNA_DICOM_HOST": "127.0.0.1", "VNA_DICOM_PROCESSES": "1",
+                   **tls_env(pki, tls_port)})
+    embedded.data_dir.mkdir(parents=True)
+    log = tmp_path / "up.log"
+    proc = subprocess.Popen([*VNA, "up"], env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 90
+        while "Ctrl-C" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = log.read_text()
+        assert f"VNA@127.0.0.1:{tls_port} (TLS)" in text and "not answering" not in text, text
+        assoc = tls_associate(tls_port, [_cx(Verification)],
+                              client_context(pki, pki.clients[CLIENT_CN]))
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
