@@ -5,6 +5,11 @@ VNA_DICOM_PROCESSES processes that each bind the port with SO_REUSEPORT; the ker
 spreads incoming associations over them. Every accepted socket gets TCP_NODELAY
 (pynetdicom sets none, which costs ~40 ms per message with Nagle's algorithm).
 
+Each process serves the plain port (VNA_DICOM_PORT) and the TLS port (VNA_DICOM_TLS_PORT),
+either of them off when 0, with the same AE, handlers and association limits. Every
+connection is admitted first, in its own thread (`admission`: TLS handshake, ARTIM,
+association limits, AE title bound to a certificate), then served.
+
 Each process has its own receive folder, `VNA_DATA_DIR/incoming/<host>-<pid>/`, on the
 archive's disk: a storage association is served by vna's own loop
 (`storage_association`), which writes each dataset there as it arrives; any other
