@@ -4,7 +4,7 @@ Every run starts the target fresh on empty storage and sends the whole corpus wi
 storescu (1 or N parallel associations), plain or `+tls` with a client certificate
 (mutual TLS: vna with VNA_DICOM_TLS_CA, storescp with `+cf` and its default
 `--require-peer-cert`), BCP 195 non-downgrading profile on both sides; then checks that
-the target holds every instance. Runs are interleaved (A B C D, A B C D...) and the table
+the target holds every instance. Runs are interleaved (A B C D, D C B A...) and the table
 reports medians and the TLS/plain ratio (target: >= 0.8), and the CPU time the target's
 own processes spent per instance (robust when the machine is shared: wall rates are not).
 
@@ -191,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         pki = make_pki(pki_dir)
         for r in range(args.rounds):
-            for t in targets:
+            # the order alternates, so that no target always follows another's teardown
+            for t in targets if r % 2 == 0 else targets[::-1]:
                 rate, ms = measure(t, corpus.files, args.associations, args.workdir, pki,
                                    args.timeout)
                 rates[t].append(rate)
