@@ -333,6 +333,15 @@ def test_peers_marker_parsed() -> None:
         parse_peers("B@h2/tls")
 
 
+def test_aet_subjects_parsed() -> None:
+    from vna.settings import Settings, parse_aet_subjects
+
+    assert parse_aet_subjects(" CT1=ct1.example , MR1=mr1.example") == {
+        "CT1": "ct1.example", "MR1": "mr1.example"}
+    with pytest.raises(ValueError, match="AET=commonName"):
+        Settings(dicom_tls_aet_subjects="CT1")
+
+
 def test_tls_port_without_certificate_does_not_start(embedded: Backend) -> None:
     port = free_port()
     env = {**embedded.env, "VNA_DICOM_PORT": "0", "VNA_DICOM_TLS_PORT": str(port),
