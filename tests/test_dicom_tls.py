@@ -324,6 +324,66 @@ def test_c_move_to_a_tls_peer(embedded: Backend, pki: PKI, tmp_path: Path) -> No
     assert seen_identities == ["CN=localhost,O=vna tests"] * 3
 
 
+def test_commitment_report_to_a_tls_peer(embedded: Backend, pki: PKI, tmp_path: Path) -> None:
+    """A Storage Commitment requester marked `/tls` in VNA_DICOM_PEERS gets its
+    N-EVENT-REPORT over TLS, the worker presenting the archive's certificate."""
+    from pynetdicom.sop_class import StorageCommitmentPushModel
+
+    from tests.test_commitment import running_worker
+    from vna.commitment import PUSH_MODEL_INSTANCE
+
+    files = [write(make_instance(patient_id="TLS6", instance_number=i, size=64),
+                   tmp_path / f"{i}.dcm") for i in range(2)]
+    peer_port = free_port()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(pki.clients[OTHER_CN].cert, pki.clients[OTHER_CN].key)
+    server_ctx.load_verify_locations(cafile=str(pki.ca))
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    reports: list[tuple[int, Dataset, str | None]] = []
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.append((event.event_type, event.event_information, tls_identity(event.assoc)))
+        return 0x0000, None
+
+    modality = AE(ae_title="TLSMOD")
+    modality.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    server = modality.start_server(("127.0.0.1", peer_port), block=False,
+                                   ssl_context=server_ctx,
+                                   evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    env = {"VNA_DICOM_PEERS": f"TLSMOD@127.0.0.1:{peer_port}/tls",
+           "VNA_COMMITMENT_RETRY_SECONDS": "1"}
+    try:
+        with tls_scp(embedded, pki, plain=True, **env) as (scp, port), \
+                running_worker(embedded, {**tls_env(pki, port), **env}):
+            assert dc.store(scp.port, files) == [0, 0]
+            request = Dataset()
+            request.TransactionUID = "2.25.6061"
+            refs = []
+            for f in files:
+                uids = dc.read_uids(f)
+                ref = Dataset()
+                ref.ReferencedSOPClassUID = uids.SOPClassUID
+                ref.ReferencedSOPInstanceUID = uids.SOPInstanceUID
+                refs.append(ref)
+            request.ReferencedSOPSequence = refs
+            assoc = tls_associate(port, [_cx(StorageCommitmentPushModel)],
+                                  client_context(pki, pki.clients[OTHER_CN]), calling="TLSMOD")
+            assert assoc.is_established
+            status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
+                                            PUSH_MODEL_INSTANCE)
+            assoc.release()
+            assert status.Status == 0
+            deadline = time.monotonic() + 60
+            while not reports and time.monotonic() < deadline:
+                time.sleep(0.2)
+    finally:
+        server.shutdown()
+    assert len(reports) == 1
+    event_type, info, identity = reports[0]
+    assert event_type == 1 and info.TransactionUID == "2.25.6061"
+    assert identity == "CN=localhost,O=vna tests"  # the archive's own certificate
+
+
 def test_peers_marker_parsed() -> None:
     from vna.settings import parse_peers
 

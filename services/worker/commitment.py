@@ -31,6 +31,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
+from services.dicom_scp import tls
 from services.dicom_scp.pynetdicom_compat import install_requestor
 from storage.index import workflow
 from storage.index.db import Index
@@ -64,7 +65,8 @@ def send_report(settings: Settings, peer: DicomPeer, due: workflow.DueReport) ->
     ae.add_requested_context(StorageCommitmentPushModel,
                              [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     role = build_role(StorageCommitmentPushModel, scu_role=False, scp_role=True)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role])
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role],
+                         tls_args=tls.peer_tls_args(settings, peer))  # `/tls` peers
     if not assoc.is_established:
         raise ReportFailed(f"association with {peer!r} "
                            f"{'rejected' if assoc.is_rejected else 'not established'}")
