@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -59,14 +60,31 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] 
     console.print(f"index at revision {current(settings.resolved_database_url)}")
 
 
+def _expiry(text: str | None) -> datetime | None:
+    from vna.access import InvalidToken, parse_expiry
+
+    if text is None:
+        return None
+    try:
+        return parse_expiry(text, datetime.now(UTC))
+    except InvalidToken as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+_EXPIRES_HELP = ("when the token stops working: a lifetime (90d, 12h, 30m, 2w) or an ISO "
+                 "8601 time with its zone; default never")
+
+
 @token_app.command("create")
 def token_create(
-    role: Annotated[str, typer.Option(help="admin, uploader, viewer or reviewer")],
+    role: Annotated[str, typer.Option(help="admin, uploader, viewer, reviewer or scheduler")],
     department: Annotated[list[str] | None, typer.Option(
         help="limit to this department (practiceSettingCode); repeatable")] = None,
     source: Annotated[str, typer.Option(
         help="department, or patient for a patient portal's uploader")] = "department",
     label: Annotated[str | None, typer.Option(help="what the token is for")] = None,
+    expires: Annotated[str | None, typer.Option(help=_EXPIRES_HELP)] = None,
 ) -> None:
     """Create an API token and print it (once: only its hash is kept)."""
     from pydantic import TypeAdapter, ValidationError
@@ -81,6 +99,7 @@ def token_create(
     except (ValueError, ValidationError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    expires_at = _expiry(expires)
     settings = get_settings()
     _prepare_data_dir(settings)
     from services.runtime import open_runtime
@@ -88,10 +107,65 @@ def token_create(
 
     with open_runtime(settings) as rt:
         secret, row = Tokens(rt.index).create(the_role, departments, source=the_source,
-                                              label=label, created_by="cli")
+                                              label=label, created_by="cli",
+                                              expires_at=expires_at)
     console.print(f"token {row.id}: role {row.role}, departments "
-                  f"{', '.join(row.departments) or 'all'}")
+                  f"{', '.join(row.departments) or 'all'}"
+                  f"{f', expires {expires_at.isoformat()}' if expires_at else ''}")
     print(secret)
+
+
+@token_app.command("rotate")
+def token_rotate(
+    token_id: Annotated[str, typer.Argument(help="the id of the token to replace")],
+    expires: Annotated[str | None, typer.Option(help=(
+        _EXPIRES_HELP.replace("default never", "default: the old token's lifetime again, "
+                              "from now")))] = None,
+) -> None:
+    """Replace a token by a new one for the same role, departments and source; the old one
+    is revoked at once. Prints the new token (once)."""
+    expires_at = _expiry(expires)
+    settings = get_settings()
+    _prepare_data_dir(settings)
+    from services.runtime import open_runtime
+    from storage.index.tokens import TokenNotRotatable, Tokens
+
+    with open_runtime(settings) as rt:
+        try:
+            secret, row = Tokens(rt.index).rotate(token_id, created_by="cli",
+                                                  expires_at=expires_at)
+        except TokenNotRotatable as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    console.print(f"token {token_id} revoked, replaced by {row.id}: role {row.role}, "
+                  f"departments {', '.join(row.departments) or 'all'}"
+                  f"{f', expires {row.expires_at.isoformat()}' if row.expires_at else ''}")
+    print(secret)
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """The tokens, with their expiry, last use (to within a minute) and rotation."""
+    settings = get_settings()
+    _prepare_data_dir(settings)
+    from services.runtime import open_runtime
+    from storage.index.tokens import Tokens
+
+    with open_runtime(settings) as rt:
+        rows = Tokens(rt.index).list()
+    table = Table(title="API tokens")
+    for col in ("id", "role", "departments", "label", "created", "expires", "last used",
+                "revoked", "replaced by"):
+        table.add_column(col)
+
+    def when(at: datetime | None) -> str:
+        return at.strftime("%Y-%m-%d %H:%M") if at else "-"
+
+    for r in rows:
+        table.add_row(r.id, r.role, ", ".join(r.departments or []) or "all", r.label or "",
+                      when(r.created_at), when(r.expires_at), when(r.last_used_at),
+                      when(r.revoked_at), r.replaced_by or "")
+    console.print(table)
 
 
 @retention_app.command("run")
@@ -220,22 +294,22 @@ def api() -> None:
     settings = get_settings()
     _logging(settings)
     _prepare_data_dir(settings)
-    import uvicorn
-
     from services.supervision import wait_for_free_port
     from services.xds_api.app import create_app
+    from services.xds_api.serve import serve
 
     if not wait_for_free_port(settings.http_host, settings.http_port, "HTTP",
                               settings.port_wait_seconds):
         console.print(f"[red]HTTP port {settings.http_host}:{settings.http_port} is in use "
                       "by another process; not starting[/red]")
         raise typer.Exit(1)
-    # The audit middleware writes the access log with route templates: uvicorn's own
-    # access log would put patient IDs from URLs into the logs. A stop waits at most
-    # GRACEFUL_STOP_SECONDS for requests in flight (an upload cut off leaves nothing).
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
-                log_level=settings.log_level.lower(), access_log=False,
-                timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS)
+    if settings.http_tls_cert is not None and settings.http_tls_key is None:
+        console.print("[red]VNA_HTTP_TLS_CERT needs VNA_HTTP_TLS_KEY[/red]")
+        raise typer.Exit(2)
+    # A stop waits at most GRACEFUL_STOP_SECONDS for requests in flight (an upload cut off
+    # leaves nothing); TLS, proxy headers and connection limits: services/xds_api/serve.py.
+    serve(create_app(settings), settings, log_level=settings.log_level.lower(),
+          graceful_stop=GRACEFUL_STOP_SECONDS)
 
 
 @app.command()
@@ -375,6 +449,7 @@ def up() -> None:
     _prepare_data_dir(settings)
     from services.supervision import child_of_this_process
     from services.xds_api.security import ensure_admin_token
+    from services.xds_api.serve import base_url
 
     token, created = ensure_admin_token(settings)
     cmd = [sys.executable, "-m", "services.cli"]
@@ -398,10 +473,10 @@ def up() -> None:
                        *([f"{settings.dicom_tls_port} (TLS)"] if settings.dicom_tls_port else [])])
     console.print(f"  DICOM  {settings.dicom_aet}@{settings.dicom_host}:{ports}"
                   f"{'' if ok_dicom else '  [red](not answering)[/red]'}")
-    console.print(f"  HTTP   http://{settings.http_host}:{settings.http_port}/health"
+    console.print(f"  HTTP   {base_url(settings, '/health')}"
                   f"{'' if ok_http else '  [red](not answering)[/red]'}")
     if settings.viewer_dir:
-        console.print(f"  viewer http://{settings.http_host}:{settings.http_port}/viewer")
+        console.print(f"  viewer {base_url(settings, '/viewer')}")
     if settings.hl7_port:
         console.print(f"  HL7    mllp://{settings.hl7_host}:{settings.hl7_port}"
                       f"{'' if ok_hl7 else '  [red](not answering)[/red]'}")

@@ -6,8 +6,10 @@ free of HTTP so that the matrix in docs/api.md and the tests read from one place
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from vna.documents.entry import AvailabilityStatus, Source
@@ -34,6 +36,7 @@ class Action(StrEnum):
     TOKEN_CREATE = "token.create"
     TOKEN_LIST = "token.list"
     TOKEN_REVOKE = "token.revoke"
+    TOKEN_ROTATE = "token.rotate"  # a new secret for the same grant, the old one revoked
     AUDIT_LIST = "audit.list"
     DICOMWEB_QUERY = "dicomweb.query"  # QIDO-RS
     DICOMWEB_RETRIEVE = "dicomweb.retrieve"  # WADO-RS: instances, metadata, frames, renders
@@ -65,6 +68,7 @@ ALLOWED_ROLES: dict[Action, frozenset[Role]] = {
     Action.TOKEN_CREATE: frozenset({Role.ADMIN}),
     Action.TOKEN_LIST: frozenset({Role.ADMIN}),
     Action.TOKEN_REVOKE: frozenset({Role.ADMIN}),
+    Action.TOKEN_ROTATE: frozenset({Role.ADMIN}),
     Action.AUDIT_LIST: frozenset({Role.ADMIN}),
     Action.WORKLIST_READ: frozenset({Role.ADMIN, Role.SCHEDULER}),
     Action.WORKLIST_WRITE: frozenset({Role.ADMIN, Role.SCHEDULER}),
@@ -97,6 +101,36 @@ def check_token_request(role: Role, departments: Iterable[str], source: Source) 
     if source is Source.PATIENT and role is not Role.UPLOADER:
         raise InvalidToken("only an uploader token can be a patient portal's "
                            "(source=patient)")
+
+
+def check_expiry(expires_at: datetime | None, now: datetime) -> None:
+    """An expiry must name its time zone and lie ahead: a token born expired is a mistake."""
+    if expires_at is None:
+        return
+    if expires_at.tzinfo is None:
+        raise InvalidToken("expiresAt needs a time zone (e.g. 2027-01-01T00:00:00Z)")
+    if expires_at <= now:
+        raise InvalidToken(f"expiresAt {expires_at.isoformat()} is not in the future")
+
+
+_DURATION = re.compile(r"^(\d+)([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_expiry(text: str, now: datetime) -> datetime:
+    """`vna token create --expires`: a lifetime (`90d`, `12h`, `30m`, `2w`) or an ISO 8601
+    time with its zone. Raises `InvalidToken`."""
+    m = _DURATION.match(text.strip())
+    if m:
+        at = now + timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    else:
+        try:
+            at = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise InvalidToken(f"--expires {text!r}: give a lifetime such as 90d, 12h or "
+                               "30m, or an ISO 8601 time with its zone") from None
+    check_expiry(at, now)
+    return at
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,39 @@ class Settings(BaseSettings):
     viewer_dir: Path | None = Field(default=None, description=(
         "a built OHIF viewer (the dist folder of @ohif/app) to serve at /viewer"))
 
+    # -- HTTP security and limits (issue 15): docs/security.md, docs/deployment.md --------
+    http_tls_cert: Path | None = Field(default=None, description=(
+        "PEM certificate chain: `vna api` serves HTTPS itself (TLS 1.2+); empty: plain HTTP "
+        "(e.g. behind a reverse proxy that terminates TLS)"))
+    http_tls_key: Path | None = Field(default=None, description=(
+        "PEM private key of VNA_HTTP_TLS_CERT"))
+    http_forwarded_allow_ips: str = Field(default="127.0.0.1", description=(
+        "addresses of reverse proxies whose X-Forwarded-For/-Proto are believed "
+        "(uvicorn's forwarded_allow_ips; `*` for any): the client address of rate limits "
+        "and the audit trail"))
+    http_auth_failures: int = Field(default=20, ge=1, description=(
+        "failed bearer attempts from one client address within VNA_HTTP_AUTH_WINDOW_SECONDS "
+        "after which its requests get 429 until the window has passed"))
+    http_auth_window_seconds: int = Field(default=60, ge=1, description=(
+        "the window of VNA_HTTP_AUTH_FAILURES"))
+    http_max_uploads: int = Field(default=16, ge=1, description=(
+        "concurrent uploads (documents and STOW-RS) per `vna api` process; more get 503 "
+        "with Retry-After"))
+    http_max_json_bytes: int = Field(default=1 << 20, ge=1024, description=(
+        "largest JSON request body, bytes (413 above)"))
+    http_max_header_bytes: int = Field(default=64 << 10, ge=4096, description=(
+        "largest request head (request line and headers), bytes: a longer one is refused "
+        "(431; 400 from uvicorn's h11 parser when it arrives in pieces)"))
+    http_max_headers: int = Field(default=100, ge=10, description=(
+        "most request header fields (431 above)"))
+    http_keepalive_seconds: int = Field(default=5, ge=1, description=(
+        "an idle keep-alive connection is closed after this"))
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0, description=(
+        "a request head not complete this long after its connection opened, or after the "
+        "previous response, is dropped (slow-loris)"))
+    token_last_used_seconds: int = Field(default=60, ge=1, description=(
+        "a token's lastUsedAt is written at most this often (not a write per request)"))
+
     fsync: bool = True
     admin_token: str | None = None
     max_upload_bytes: int = Field(default=20 << 30, gt=0,

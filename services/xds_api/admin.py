@@ -12,6 +12,7 @@ from services.xds_api.deps import AuditTrailDep, TokensDep
 from services.xds_api.schemas import AuditEventOut, AuditPage
 from services.xds_api.security import audit_context, authorize
 from storage.index.models import ApiToken
+from storage.index.tokens import BOOTSTRAP_TOKEN_ID, TokenNotRotatable
 from vna.access import Action, InvalidToken, Principal, Role
 from vna.documents.entry import CODE_PATTERN, PATIENT_ID_PATTERN, Source
 
@@ -23,6 +24,14 @@ class TokenRequest(BaseModel):
     departments: list[Annotated[str, Field(pattern=CODE_PATTERN)]] = []
     source: Source = Source.DEPARTMENT  # `patient`: a patient portal's uploader
     label: Annotated[str, Field(max_length=128)] | None = None
+    expiresAt: datetime | None = Field(default=None, description=(
+        "when the token stops working (with its time zone); none: never"))
+
+
+class RotateRequest(BaseModel):
+    expiresAt: datetime | None = Field(default=None, description=(
+        "the new token's expiry; none: the old token's lifetime again, from now (or never, "
+        "if it had none)"))
 
 
 class TokenInfo(BaseModel):
@@ -34,13 +43,18 @@ class TokenInfo(BaseModel):
     createdAt: datetime
     createdBy: str | None
     revokedAt: datetime | None
+    expiresAt: datetime | None = None
+    lastUsedAt: datetime | None = None  # to within VNA_TOKEN_LAST_USED_SECONDS
+    replacedBy: str | None = None  # the token this one was rotated to
 
     @classmethod
     def of(cls, row: ApiToken) -> TokenInfo:
         return cls(id=row.id, role=Role(row.role), departments=row.departments or [],
                    source=Source(row.source or Source.DEPARTMENT.value), label=row.label,
                    createdAt=row.created_at,
-                   createdBy=row.created_by, revokedAt=row.revoked_at)
+                   createdBy=row.created_by, revokedAt=row.revoked_at,
+                   expiresAt=row.expires_at, lastUsedAt=row.last_used_at,
+                   replacedBy=row.replaced_by)
 
 
 class CreatedToken(TokenInfo):
@@ -54,7 +68,7 @@ def create_token(request: Request, body: TokenRequest, tokens: TokensDep,
     try:
         secret, row = tokens.create(
             body.role, body.departments, source=body.source, label=body.label,
-            created_by=principal.token_id)
+            created_by=principal.token_id, expires_at=body.expiresAt)
     except InvalidToken as exc:
         raise HTTPException(422, str(exc)) from None
     audit_context(request).resource = row.id
@@ -73,6 +87,27 @@ def revoke_token(request: Request, token_id: str, tokens: TokensDep,
     audit_context(request).resource = token_id
     if not tokens.revoke(token_id):
         raise HTTPException(404, f"no active token {token_id}")
+
+
+@router.post("/tokens/{token_id}/rotate", status_code=201, response_model=CreatedToken,
+             responses={404: {"description": "no active token with this id"},
+                        409: {"description": "the bootstrap admin token (set it in "
+                                              "VNA_ADMIN_TOKEN)"}})
+def rotate_token(request: Request, token_id: str, tokens: TokensDep,
+                 principal: Annotated[Principal, authorize(Action.TOKEN_ROTATE)],
+                 body: RotateRequest | None = None) -> Any:
+    """A new token for the same role, departments and source; the old one is revoked and
+    names the new one (`replacedBy`). The new secret is shown once."""
+    audit_context(request).resource = token_id
+    try:
+        secret, row = tokens.rotate(token_id, created_by=principal.token_id,
+                                    expires_at=body.expiresAt if body else None)
+    except InvalidToken as exc:
+        raise HTTPException(422, str(exc)) from None
+    except TokenNotRotatable as exc:
+        raise HTTPException(409 if token_id == BOOTSTRAP_TOKEN_ID else 404,
+                            str(exc)) from None
+    return CreatedToken(**TokenInfo.of(row).model_dump(), token=secret)
 
 
 @router.get("/audit", response_model=AuditPage)

@@ -28,6 +28,7 @@ from services.xds_api import (
 )
 from services.xds_api.audit import AuditMiddleware
 from services.xds_api.deps import ApiContext
+from services.xds_api.limits import LimitsMiddleware
 from services.xds_api.metrics import Metrics
 from services.xds_api.security import ensure_admin_token
 from storage.errors import FailureLog, is_storage_full
@@ -35,6 +36,7 @@ from storage.index.documents import Documents
 from storage.index.stats import StatsReader
 from storage.index.tokens import AuditTrail, Tokens
 from storage.objectstore import ObjectNotFound
+from vna.ratelimit import FailureWindow
 from vna.settings import Settings
 
 log = logging.getLogger("vna.http")
@@ -56,9 +58,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = FastAPI(title="vna", version=vna.__version__, lifespan=lifespan,
                   description="Enterprise imaging archive: DICOM and XDS-style documents. "
                               "Every endpoint but /health needs `Authorization: Bearer`.")
-    context = ApiContext(runtime=runtime, documents=Documents(index), tokens=Tokens(index),
-                         audit=AuditTrail(index), stats=StatsReader(index),
-                         metrics=Metrics(index, runtime.settings.scp_metrics_dir))
+    cfg = runtime.settings
+    context = ApiContext(
+        runtime=runtime, documents=Documents(index),
+        tokens=Tokens(index, last_used_every=cfg.token_last_used_seconds),
+        audit=AuditTrail(index), stats=StatsReader(index),
+        metrics=Metrics(index, cfg.scp_metrics_dir),
+        auth_failures=FailureWindow(cfg.http_auth_failures, cfg.http_auth_window_seconds))
     app.state.context = context
     _ = runtime.store  # opened now: an S3 server that is not there fails the start
     context.tokens.install_bootstrap(ensure_admin_token(runtime.settings)[0])
@@ -75,6 +81,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     failures = FailureLog(log)
     app.add_middleware(AuditMiddleware, trail=context.audit, metrics=context.metrics,
                        failures=failures)
+    app.add_middleware(LimitsMiddleware, metrics=context.metrics,
+                       max_uploads=cfg.http_max_uploads, max_json_bytes=cfg.http_max_json_bytes,
+                       max_headers=cfg.http_max_headers,
+                       max_header_bytes=cfg.http_max_header_bytes)
     origins = runtime.settings.allowed_cors_origins
     if origins:  # outermost: a preflight is answered before anything asks for a token
         app.add_middleware(

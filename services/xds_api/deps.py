@@ -22,6 +22,7 @@ from storage.index.documents import Documents
 from storage.index.stats import StatsReader
 from storage.index.tokens import AuditTrail, Tokens
 from storage.objectstore import ObjectStore
+from vna.ratelimit import FailureWindow
 from vna.settings import Settings
 
 
@@ -35,6 +36,7 @@ class ApiContext:
     audit: AuditTrail
     stats: StatsReader
     metrics: Metrics
+    auth_failures: FailureWindow  # failed bearer attempts by client address (429 after N)
 
     @property
     def settings(self) -> Settings:

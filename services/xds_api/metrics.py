@@ -33,6 +33,13 @@ class Metrics:
             "vna_http_request_duration_seconds", "HTTP request time", ["method", "route"],
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60))
+        self.auth_failures = Counter(
+            "vna_http_auth_failures", "requests refused 401: no, an unknown or revoked, or an "
+            "expired bearer token", ["reason"], registry=self.registry)
+        self.limited = Counter(
+            "vna_http_limited", "requests refused by a limit of this process: failed "
+            "authentications from the address (429), concurrent uploads (503), a JSON body "
+            "(413) or header count (431) over its limit", ["limit"], registry=self.registry)
         self.registry.register(ArchiveCollector(index))
         if scp_metrics is not None and _shared_dir(scp_metrics):
             MultiProcessCollector(self.registry, path=str(scp_metrics))

@@ -8,16 +8,19 @@ three.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services.xds_api.deps import TokensDep
+from services.xds_api.deps import TokensDep, context
+from storage.index.tokens import TokenExpired
 from vna.access import Action, Principal
 from vna.documents.entry import PATIENT_ID_PATTERN, UNIQUE_ID_PATTERN
 from vna.settings import Settings
@@ -89,11 +92,31 @@ def authorize(action: Action) -> Any:
             credentials.scheme.lower() == "bearer" else None
         if secret is None and request.url.path.startswith(SESSION_COOKIE_PATHS):
             secret = request.cookies.get(SESSION_COOKIE) or None
+        api = context(request)
         if secret is None:
+            api.metrics.auth_failures.labels("missing").inc()
             raise HTTPException(401, "a bearer token is required",
                                 headers={"WWW-Authenticate": "Bearer"})
-        principal = tokens.authenticate(secret)
+        address = request.client.host if request.client else "-"
+        wait = api.auth_failures.retry_after(address, time.monotonic())
+        if wait > 0:
+            # Refused before the lookup, and not audited: a flood costs no index access.
+            request.state.audit = None
+            api.metrics.limited.labels("auth").inc()
+            raise HTTPException(
+                429, f"too many failed authentications from {address}; try again in "
+                     f"{math.ceil(wait)} s", headers={"Retry-After": str(math.ceil(wait))})
+        try:
+            principal = tokens.authenticate(secret)
+        except TokenExpired as exc:
+            api.auth_failures.failed(address, time.monotonic())
+            api.metrics.auth_failures.labels("expired").inc()
+            raise HTTPException(401, f"{exc}; ask an administrator to rotate it",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token", '
+                                         'error_description="the token expired"'}) from None
         if principal is None:
+            api.auth_failures.failed(address, time.monotonic())
+            api.metrics.auth_failures.labels("unknown").inc()
             raise HTTPException(401, "the token is unknown or revoked",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         ctx.principal = principal

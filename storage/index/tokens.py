@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import cast
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, or_, select, update
 
 from storage.groupcommit import GroupCommit
 from storage.index.db import CompiledStatement, Index
 from storage.index.models import ApiToken, AuditEvent
-from vna.access import Principal, Role, check_token_request
+from vna.access import Principal, Role, check_expiry, check_token_request
 from vna.documents.entry import Source
 
 BOOTSTRAP_TOKEN_ID = "admin"
@@ -30,22 +32,79 @@ def new_token_secret() -> str:
     return "vna_" + secrets.token_urlsafe(32)
 
 
+class TokenExpired(Exception):
+    """A known, unrevoked token past its `expires_at` (HTTP 401 saying so)."""
+
+    def __init__(self, token_id: str, expired_at: datetime) -> None:
+        super().__init__(f"the token {token_id} expired at {expired_at.isoformat()}")
+        self.token_id = token_id
+        self.expired_at = expired_at
+
+
+class TokenNotRotatable(Exception):
+    """A token that cannot be rotated: unknown, revoked, or the bootstrap admin token."""
+
+
 class Tokens:
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, *, last_used_every: float = 60.0) -> None:
         self.index = index
+        # lastUsedAt is written at most once per `last_used_every` seconds per token and
+        # process: the monotonic time of this process's last write, by token id.
+        self.last_used_every = last_used_every
+        self._last_used_written: dict[str, float] = {}
+        self._last_used_lock = threading.Lock()
 
     def create(self, role: Role, departments: Iterable[str] = (), *,
                source: Source = Source.DEPARTMENT, label: str | None = None,
-               created_by: str | None = None) -> tuple[str, ApiToken]:
+               created_by: str | None = None,
+               expires_at: datetime | None = None) -> tuple[str, ApiToken]:
         """A new token: the secret (shown once) and its stored row. Raises `InvalidToken`."""
         departments = sorted(set(departments))
         check_token_request(role, departments, source)
-        secret = new_token_secret()
-        row = dict(id="t" + secrets.token_hex(6), token_sha256=hash_token(secret),
-                   role=role.value, departments=departments, source=source.value,
-                   label=label, created_at=datetime.now(UTC), created_by=created_by)
+        check_expiry(expires_at, datetime.now(UTC))
+        secret, row = self._new_row(role.value, departments, source.value, label,
+                                    created_by, expires_at)
         with self.index.begin() as conn:
             conn.execute(insert(ApiToken).values(**row))
+        return secret, ApiToken(**row)
+
+    @staticmethod
+    def _new_row(role: str, departments: list[str], source: str, label: str | None,
+                 created_by: str | None, expires_at: datetime | None,
+                 ) -> tuple[str, dict[str, Any]]:
+        secret = new_token_secret()
+        return secret, dict(
+            id="t" + secrets.token_hex(6), token_sha256=hash_token(secret), role=role,
+            departments=departments, source=source, label=label,
+            created_at=datetime.now(UTC), created_by=created_by, expires_at=expires_at)
+
+    def rotate(self, token_id: str, *, created_by: str | None = None,
+               expires_at: datetime | None = None) -> tuple[str, ApiToken]:
+        """A new secret for the same role, departments, source and label; the old token is
+        revoked and names its successor (`replaced_by`), in one transaction. Without
+        `expires_at`, an expiring token's successor gets the same lifetime from now.
+        Raises `TokenNotRotatable`, `InvalidToken`."""
+        if token_id == BOOTSTRAP_TOKEN_ID:
+            raise TokenNotRotatable("the bootstrap admin token is set by VNA_ADMIN_TOKEN "
+                                    "(or the admin-token file): change it there")
+        now = datetime.now(UTC)
+        check_expiry(expires_at, now)
+        with self.index.begin() as conn:
+            old = conn.execute(select(ApiToken.__table__).where(
+                ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+                .with_for_update()).first()
+            if old is None:
+                raise TokenNotRotatable(f"no active token {token_id}")
+            if expires_at is None and old.expires_at is not None:
+                expires_at = now + (old.expires_at - old.created_at)
+            secret, row = self._new_row(old.role, list(old.departments or []), old.source,
+                                        old.label, created_by, expires_at)
+            conn.execute(insert(ApiToken).values(**row))
+            done = conn.execute(update(ApiToken).where(
+                ApiToken.id == token_id, ApiToken.revoked_at.is_(None)).values(
+                revoked_at=now, replaced_by=row["id"]))
+            if done.rowcount != 1:  # revoked or rotated meanwhile: keep neither change
+                raise TokenNotRotatable(f"no active token {token_id}")
         return secret, ApiToken(**row)
 
     def install_bootstrap(self, secret: str) -> None:
@@ -66,17 +125,37 @@ class Tokens:
 
     def authenticate(self, secret: str) -> Principal | None:
         """The principal of a valid, unrevoked token (every request asks: a Core select of
-        four columns, not an ORM object)."""
+        a few columns, not an ORM object); None for an unknown or revoked one. Raises
+        `TokenExpired`. Notes the use (`last_used_at`) at most once a `last_used_every`."""
         with self.index.read_engine.connect() as conn:
             row = conn.execute(self._authenticate, {"sha": hash_token(secret)}).first()
         if row is None:
             return None
+        if row.expires_at is not None and row.expires_at <= datetime.now(UTC):
+            raise TokenExpired(row.id, row.expires_at)
+        self._note_use(row.id)
         return Principal(row.id, Role(row.role), frozenset(row.departments or ()),
                          Source(row.source))
 
     _authenticate = select(ApiToken.id, ApiToken.role, ApiToken.departments,
-                           ApiToken.source).where(
+                           ApiToken.source, ApiToken.expires_at).where(
         ApiToken.token_sha256 == bindparam("sha"), ApiToken.revoked_at.is_(None))
+
+    def _note_use(self, token_id: str) -> None:
+        now = time.monotonic()
+        with self._last_used_lock:
+            last = self._last_used_written.get(token_id)
+            if last is not None and now - last < self.last_used_every:
+                return
+            self._last_used_written[token_id] = now
+        at = datetime.now(UTC)
+        # Other processes write it too: only move it forward, and only when it is stale.
+        with self.index.begin() as conn:
+            conn.execute(update(ApiToken).where(
+                ApiToken.id == token_id,
+                or_(ApiToken.last_used_at.is_(None),
+                    ApiToken.last_used_at < at - timedelta(seconds=self.last_used_every)))
+                .values(last_used_at=at))
 
     def list(self) -> list[ApiToken]:
         with self.index.read_session() as s:

@@ -1,0 +1,127 @@
+"""Limits of one `vna api` process against a client that would take it down.
+
+A pure ASGI middleware, in front of the audit middleware (a refused request costs no index
+write): too many header fields or header bytes (431), a JSON or form body over
+VNA_HTTP_MAX_JSON_BYTES (413, read no further), more concurrent uploads (documents and
+STOW-RS) than VNA_HTTP_MAX_UPLOADS (503 with Retry-After, before a byte of the body is
+read). Upload bodies have their own limit (VNA_MAX_UPLOAD_BYTES, in the receivers). A head
+arriving in pieces and slow heads are uvicorn's side (`services/xds_api/serve.py`).
+Each refusal is counted in
+/metrics (`vna_http_limited_total{limit}`).
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.xds_api.metrics import Metrics
+
+UPLOAD_RETRY_AFTER = 2  # seconds: uploads are long, but a slot frees as soon as one ends
+
+
+def is_upload(method: str, path: str) -> bool:
+    """The routes that stream a body to storage: their bodies are not JSON-limited but
+    count against the concurrent upload slots."""
+    if method != "POST":
+        return False
+    return (path == "/api/v1/documents"
+            or (path.startswith("/api/v1/documents/") and path.endswith("/replace"))
+            or path == "/dicomweb/studies" or path.startswith("/dicomweb/studies/"))
+
+
+class LimitsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_uploads: int, max_json_bytes: int,
+                 max_headers: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_uploads = max_uploads
+        self.max_json_bytes = max_json_bytes
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+        self.uploads = 0  # on the event loop only: no lock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        if len(headers) > self.max_headers:
+            await self._refuse(send, "headers", 431,
+                               f"more than {self.max_headers} request header fields")
+            return
+        if sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
+            # h11 bounds a head that arrives in pieces; one that came whole is counted here
+            await self._refuse(send, "headers", 431,
+                               f"the request headers are over {self.max_header_bytes} bytes")
+            return
+        method, path = scope["method"], scope["path"]
+        if is_upload(method, path):
+            if self.uploads >= self.max_uploads:
+                await self._refuse(send, "uploads", 503,
+                                   f"{self.max_uploads} uploads are in progress on this "
+                                   "server; try again shortly",
+                                   {"retry-after": str(UPLOAD_RETRY_AFTER)})
+                return
+            self.uploads += 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.uploads -= 1
+            return
+        if method in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        body = await self._small_body(scope, receive)
+        if body is None:
+            await self._refuse(send, "json_body", 413,
+                               f"the request body is over {self.max_json_bytes} bytes")
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # http.disconnect, when the client goes
+
+        await self.app(scope, replay, send)
+
+    async def _small_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The whole body, or None once it is over the limit (by Content-Length or as
+        read); the rest is not read."""
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    if int(value) > self.max_json_bytes:
+                        return None
+                except ValueError:
+                    pass  # h11 refuses a malformed Content-Length before we see it
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_json_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _refuse(self, send: Send, limit: str, status: int, detail: str,
+                      headers: dict[str, str] | None = None) -> None:
+        self.metrics.limited.labels(limit).inc()
+        body = json.dumps({"detail": detail}).encode()
+        raw = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+        raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        if status in (413, 431):  # the rest of the request is not read: do not reuse
+            raw.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
