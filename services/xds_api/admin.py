@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from services.xds_api.deps import AuditTrailDep, TokensDep
+from services.xds_api.deps import AuditTrailDep, PageOffset, TokensDep
 from services.xds_api.schemas import AuditEventOut, AuditPage
 from services.xds_api.security import audit_context, authorize
 from storage.index.models import ApiToken
@@ -121,7 +121,7 @@ def list_audit(
     since: Annotated[datetime | None, Query(alias="from")] = None,
     until: Annotated[datetime | None, Query(alias="to")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: PageOffset = 0,
 ) -> AuditPage:
     """Who read or wrote which patient's data, when, and how it ended; newest first."""
     audit_context(request).patient_id = patientId

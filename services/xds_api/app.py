@@ -113,6 +113,16 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                                        "changed, try again"}, status_code=503,
                             headers={"Retry-After": "5"})
 
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not a failure under the archive: JSON like every other error (the
+        # traceback is logged by the server); the property tests keep this from happening.
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method,
+                  getattr(request.scope.get("route"), "path", "(unrouted)"))
+        return JSONResponse({"detail": "an internal error of the archive; its operators "
+                                       "have been told"},
+                            status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # One readable sentence, like every other error of this API, not a list of dicts.

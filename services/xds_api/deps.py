@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from services.runtime import Runtime
 from services.xds_api.metrics import Metrics
@@ -93,3 +93,7 @@ TokensDep = Annotated[Tokens, Depends(_tokens)]
 AuditTrailDep = Annotated[AuditTrail, Depends(_audit_trail)]
 StatsDep = Annotated[StatsReader, Depends(_stats)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
+
+# A page's offset: non-negative and within a 64-bit integer (a larger one overflowed the
+# database driver: a 500 found by the property tests, now a 422).
+PageOffset = Annotated[int, Query(ge=0, le=2**63 - 1)]

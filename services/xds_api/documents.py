@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
 from services.xds_api.content import content_response
-from services.xds_api.deps import DocumentsDep, SettingsDep, StoreDep
+from services.xds_api.deps import DocumentsDep, PageOffset, SettingsDep, StoreDep
 from services.xds_api.schemas import DocumentEntry, FindDocumentsResponse, Timeline, to_entry
 from services.xds_api.security import audit_context, authorize, require_department
 from services.xds_api.upload import UploadError, UploadReceiver
@@ -195,7 +195,7 @@ def find_documents(
     availabilityStatus: Annotated[list[AvailabilityStatus], Query()] = [  # noqa: B006
         AvailabilityStatus.APPROVED],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: PageOffset = 0,
 ) -> FindDocumentsResponse:
     """Entries matching all given filters (a list filter matches any of its values), newest
     first. `patientId` is required unless the token is an admin's; Deprecated entries are

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
-from services.xds_api.deps import IndexDep
+from services.xds_api.deps import IndexDep, PageOffset
 from services.xds_api.schemas import Hl7MessageOut, Hl7MessagePage
 from services.xds_api.security import audit_context, authorize
 from storage.index.hl7 import list_messages
@@ -32,7 +32,7 @@ def list_hl7_messages(
     since: Annotated[datetime | None, Query(alias="from")] = None,
     until: Annotated[datetime | None, Query(alias="to")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: PageOffset = 0,
 ) -> Hl7MessagePage:
     """The HL7 messages received over MLLP, newest first, with their ACK codes."""
     audit_context(request).patient_id = patientId

@@ -8,12 +8,12 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from starlette.responses import JSONResponse
 
-from services.xds_api.deps import IndexDep, SettingsDep
+from services.xds_api.deps import IndexDep, PageOffset, SettingsDep
 from services.xds_api.schemas import WorklistItem, WorklistPage
 from services.xds_api.security import audit_context, authorize, require_department
 from storage.index import orders, worklist
@@ -173,7 +173,7 @@ def list_items(
     accessionNumber: Annotated[str | None, Query(max_length=16)] = None,
     status: Annotated[list[OrderStatus], Query()] = [],  # noqa: B006 - FastAPI query lists
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: PageOffset = 0,
 ) -> WorklistPage:
     """Items matching every filter given (exact values; `date` is the scheduled day in
     VNA_TIMEZONE, `from`/`to` a range of days; `status` repeatable, default every status),
@@ -206,9 +206,13 @@ def _item(request: Request, index: IndexDep, principal: Principal, item_id: int,
     return WorklistItem.of(entry)
 
 
+# A row id: a 64-bit integer (a larger one is a 422, not an overflow in the database).
+ItemId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
 @router.get("/worklist/{item_id}", response_model=WorklistItem,
             summary="One worklist item")
-def get_item(request: Request, item_id: int, index: IndexDep,
+def get_item(request: Request, item_id: ItemId, index: IndexDep,
              principal: Annotated[Principal, authorize(Action.WORKLIST_READ)],
              ) -> WorklistItem:
     return _item(request, index, principal, item_id)
@@ -216,7 +220,7 @@ def get_item(request: Request, item_id: int, index: IndexDep,
 
 @router.delete("/worklist/{item_id}", response_model=WorklistItem,
                summary="Cancel a worklist item")
-def cancel_item(request: Request, item_id: int, index: IndexDep,
+def cancel_item(request: Request, item_id: ItemId, index: IndexDep,
                 principal: Annotated[Principal, authorize(Action.WORKLIST_WRITE)],
                 ) -> WorklistItem:
     """The item leaves the worklist (status CANCELLED) but is kept, for the lead times and

@@ -77,9 +77,13 @@ def keyword_of(name: str) -> str:
     return name
 
 
+MAX_INT64 = 2**63 - 1
+
+
 def _non_negative(name: str, text: str) -> int:
-    if not text.isdigit():
-        raise InvalidQidoQuery(f"{name} must be a non-negative integer, not {text!r}")
+    if not text.isdigit() or int(text) > MAX_INT64:  # a row count the database can take
+        raise InvalidQidoQuery(f"{name} must be a non-negative integer up to {MAX_INT64}, "
+                               f"not {text[:40]!r}")
     return int(text)
 
 
