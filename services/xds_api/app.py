@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_middleware(AuditMiddleware, trail=context.audit, metrics=context.metrics,
                        failures=failures)
     app.add_middleware(LimitsMiddleware, metrics=context.metrics,
+                       auth_failures=context.auth_failures,
                        max_uploads=cfg.http_max_uploads, max_json_bytes=cfg.http_max_json_bytes,
                        max_headers=cfg.http_max_headers,
                        max_header_bytes=cfg.http_max_header_bytes)

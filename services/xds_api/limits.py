@@ -1,24 +1,37 @@
 """Limits of one `vna api` process against a client that would take it down.
 
 A pure ASGI middleware, in front of the audit middleware (a refused request costs no index
-write): too many header fields or header bytes (431), a JSON or form body over
-VNA_HTTP_MAX_JSON_BYTES (413, read no further), more concurrent uploads (documents and
-STOW-RS) than VNA_HTTP_MAX_UPLOADS (503 with Retry-After, before a byte of the body is
-read). Upload bodies have their own limit (VNA_MAX_UPLOAD_BYTES, in the receivers). A head
-arriving in pieces and slow heads are uvicorn's side (`services/xds_api/serve.py`).
-Each refusal is counted in
-/metrics (`vna_http_limited_total{limit}`).
+write): a token from an address with too many failed authentications (429 with
+Retry-After; the failures are counted where tokens are checked, `security.authorize`), too
+many header fields or header bytes (431), a JSON or form body over VNA_HTTP_MAX_JSON_BYTES
+(413, read no further), more concurrent uploads (documents and STOW-RS) than
+VNA_HTTP_MAX_UPLOADS (503 with Retry-After, before a byte of the body is read). Upload
+bodies have their own limit (VNA_MAX_UPLOAD_BYTES, in the receivers). A head arriving in
+pieces and slow heads are uvicorn's side (`services/xds_api/serve.py`). Each refusal is
+counted in /metrics (`vna_http_limited_total{limit}`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.xds_api.metrics import Metrics
+from services.xds_api.security import SESSION_COOKIE
+from vna.ratelimit import FailureWindow
 
 UPLOAD_RETRY_AFTER = 2  # seconds: uploads are long, but a slot frees as soon as one ends
+
+
+def _credentials(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request carries a token (a bearer header or the viewer's cookie)."""
+    for name, value in headers:
+        if name == b"authorization" or (name == b"cookie" and SESSION_COOKIE.encode() in value):
+            return True
+    return False
 
 
 def is_upload(method: str, path: str) -> bool:
@@ -32,10 +45,12 @@ def is_upload(method: str, path: str) -> bool:
 
 
 class LimitsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_uploads: int, max_json_bytes: int,
-                 max_headers: int, max_header_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, auth_failures: FailureWindow,
+                 max_uploads: int, max_json_bytes: int, max_headers: int,
+                 max_header_bytes: int) -> None:
         self.app = app
         self.metrics = metrics
+        self.auth_failures = auth_failures
         self.max_uploads = max_uploads
         self.max_json_bytes = max_json_bytes
         self.max_headers = max_headers
@@ -56,6 +71,17 @@ class LimitsMiddleware:
             await self._refuse(send, "headers", 431,
                                f"the request headers are over {self.max_header_bytes} bytes")
             return
+        if _credentials(headers):
+            client = scope.get("client")
+            address = client[0] if client else "-"
+            wait = self.auth_failures.retry_after(address, time.monotonic())
+            if wait > 0:
+                # Before routing, the token lookup and the audit trail: a flood of bad
+                # tokens from a refused address costs next to nothing.
+                await self._refuse(
+                    send, "auth", 429, f"too many failed authentications from {address}; "
+                    f"try again in {math.ceil(wait)} s", {"retry-after": str(math.ceil(wait))})
+                return
         method, path = scope["method"], scope["path"]
         if is_upload(method, path):
             if self.uploads >= self.max_uploads:
