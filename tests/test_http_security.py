@@ -196,6 +196,20 @@ def test_failed_bearer_attempts_are_limited_per_address(api: RunningAPI) -> None
     assert metric(api, "vna_http_limited_total", limit="auth") == limited + 4
 
 
+def test_client_address_behind_a_trusted_proxy(api: RunningAPI) -> None:
+    """X-Forwarded-For counts from VNA_HTTP_FORWARDED_ALLOW_IPS (127.0.0.1) only: the
+    audit trail and the failure limit see the proxy's client, not the proxy."""
+    r = api.client("vna_wrong").get(PROBE, headers={"X-Forwarded-For": "203.0.113.9"})
+    assert r.status_code == 401
+    assert audited_from(api, "203.0.113.9") == [401]
+    # From an address that is no trusted proxy the header is ignored.
+    r = from_address(api, "127.0.0.9", "vna_wrong").get(
+        PROBE, headers={"X-Forwarded-For": "203.0.113.10"})
+    assert r.status_code == 401
+    assert audited_from(api, "203.0.113.10") == []
+    assert audited_from(api, "127.0.0.9") == [401]
+
+
 # -- request limits ---------------------------------------------------------------------------
 
 def test_too_many_or_too_large_headers(api: RunningAPI) -> None:
