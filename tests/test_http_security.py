@@ -398,3 +398,35 @@ def test_settings_documented() -> None:
         assert name in readme, name
         assert name in security, name
 
+
+
+# -- the plain rules ---------------------------------------------------------------------------
+
+def test_failure_window_rules() -> None:
+    from vna.ratelimit import FailureWindow
+
+    w = FailureWindow(limit=3, window=10, max_keys=4)
+    for t in (0.0, 1.0, 2.0):
+        assert w.retry_after("a", t) == 0
+        w.failed("a", t)
+    assert w.retry_after("a", 2.5) == pytest.approx(7.5)  # until the first leaves the window
+    assert w.retry_after("b", 2.5) == 0
+    assert w.retry_after("a", 10.0) == 0  # the first aged out: 2 in the window
+    w.failed("a", 10.0)
+    assert w.retry_after("a", 10.5) == pytest.approx(0.5)
+    for i in range(10):  # many addresses: the table stays bounded
+        w.failed(f"x{i}", 20.0 + i)
+    assert len(w._failures) <= 4
+
+
+def test_parse_expiry() -> None:
+    from vna.access import InvalidToken, parse_expiry
+
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    assert parse_expiry("90d", now) == now + timedelta(days=90)
+    assert parse_expiry("12h", now) == now + timedelta(hours=12)
+    assert parse_expiry("2w", now) == now + timedelta(weeks=2)
+    assert parse_expiry("2027-01-01T00:00:00+01:00", now).year == 2027
+    for bad in ("0m", "soon", "2027-01-01T00:00:00", "2020-01-01T00:00:00Z", "-5d"):
+        with pytest.raises(InvalidToken):
+            parse_expiry(bad, now)
