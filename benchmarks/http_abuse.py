@@ -3,7 +3,8 @@ bad bearer tokens against the same `vna api` (files + SQLite, one process).
 
 The normal client uploads a document (`POST /api/v1/documents`, a `--size` PDF) and
 downloads it again (`GET .../content`, hash checked), over and over, for `--seconds`; its
-rate is upload+download pairs per second. Under abuse, at the same time:
+rate is upload+download pairs per second. Under abuse, at the same time and from a process
+of their own (an attacker does not share the normal client's interpreter):
 
 - `--slowloris` connections each send one byte of a request head per second and open again
   when the server closes them (VNA_HTTP_HEADER_TIMEOUT_SECONDS, `--header-timeout` here);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import secrets
 import selectors
@@ -34,6 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -150,25 +153,43 @@ def flood(url: str, rate: float, stop: threading.Event, abuse: Abuse) -> None:
             time.sleep(max(0.0, next_at - time.monotonic()))
 
 
+def abuser(port: int, url: str, slow: int, rate: float, stop: Any, results: Any) -> None:
+    """The abusive clients, in a process of their own (not sharing the normal client's
+    interpreter lock), until `stop` is set; what they saw goes into `results`."""
+    abuse = Abuse()
+    done = threading.Event()
+    threads = []
+    if slow:
+        threads.append(threading.Thread(target=slowloris, args=(port, slow, done, abuse)))
+    if rate:
+        threads.append(threading.Thread(target=flood, args=(url, rate, done, abuse)))
+    for t in threads:
+        t.start()
+    stop.wait()
+    done.set()
+    for t in threads:
+        t.join(30)
+    results.put(abuse.__dict__)
+
+
 def measure(target: VnaApiTarget, body: bytes, args: argparse.Namespace,
             abused: bool) -> tuple[float, Normal, Abuse]:
     abuse = Abuse()
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
+    ctx = multiprocessing.get_context("fork")
+    stop, results = ctx.Event(), ctx.Queue()
+    proc = None
     if abused:
-        threads = [threading.Thread(target=slowloris,
-                                    args=(target.http_port, args.slowloris, stop, abuse)),
-                   threading.Thread(target=flood, args=(target.url, args.flood_rate, stop,
-                                                         abuse))]
-        for t in threads:
-            t.start()
+        proc = ctx.Process(target=abuser, args=(target.http_port, target.url, args.slowloris,
+                                                args.flood_rate, stop, results))
+        proc.start()
         time.sleep(1.0)  # the abusers are in place before the normal client starts
     started = time.monotonic()
     normal = normal_client(target.url, target.token, body, args.seconds)
     elapsed = time.monotonic() - started
-    stop.set()
-    for t in threads:
-        t.join(30)
+    if proc is not None:
+        stop.set()
+        abuse = Abuse(**results.get(timeout=60))
+        proc.join(30)
     return normal.pairs / elapsed, normal, abuse
 
 
@@ -178,9 +199,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seconds", type=float, default=20, help="length of one round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of each: alone, abused")
     ap.add_argument("--size", type=int, default=256 << 10, help="document size, bytes")
-    ap.add_argument("--slowloris", type=int, default=200, help="slow-loris connections")
+    ap.add_argument("--slowloris", type=int, default=200, help="slow-loris connections (0: none)")
     ap.add_argument("--flood-rate", type=float, default=200,
-                    help="bad-token requests per second")
+                    help="bad-token requests per second (0: none)")
     ap.add_argument("--header-timeout", type=float, default=10,
                     help="VNA_HTTP_HEADER_TIMEOUT_SECONDS of the server")
     ap.add_argument("--quick", action="store_true", help="1 round of 4 s, 30 slow clients")
