@@ -5,6 +5,7 @@ slow-loris client dropped; HTTPS with a self-made CA."""
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import subprocess
@@ -25,7 +26,8 @@ AUTH_FAILURES = 5
 LIMITS = {"VNA_HTTP_AUTH_FAILURES": str(AUTH_FAILURES), "VNA_HTTP_AUTH_WINDOW_SECONDS": "30",
           "VNA_HTTP_MAX_UPLOADS": "1", "VNA_HTTP_MAX_JSON_BYTES": "4096",
           "VNA_HTTP_MAX_HEADERS": "40", "VNA_HTTP_MAX_HEADER_BYTES": "8192",
-          "VNA_HTTP_HEADER_TIMEOUT_SECONDS": "2", "VNA_HTTP_KEEPALIVE_SECONDS": "2"}
+          "VNA_HTTP_HEADER_TIMEOUT_SECONDS": "2", "VNA_HTTP_KEEPALIVE_SECONDS": "2",
+          "VNA_HTTP_BODY_TIMEOUT_SECONDS": "4"}
 
 PROBE = "/api/v1/documents?patientId=191212121212"  # a viewer may; an uploader may not
 
@@ -286,6 +288,36 @@ def test_concurrent_uploads_beyond_the_limit_get_503(api: RunningAPI) -> None:
     assert r.status_code != 503
 
 
+def test_a_stalled_upload_body_is_ended_with_408(api: RunningAPI) -> None:
+    """A body that stops sending holds the only upload slot (VNA_HTTP_MAX_UPLOADS=1 here)
+    for VNA_HTTP_BODY_TIMEOUT_SECONDS (4), then gets 408; nothing is stored."""
+    from tests.api_client import archive_state
+
+    before = archive_state(api.backend)
+    meta = json.dumps({"patientId": "191212121212", "classCode": "report",
+                       "practiceSettingCode": "lung"}).encode()
+    head = (b"--b\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\r\n" + meta
+            + b"\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
+              b"filename=\"r.pdf\"\r\nContent-Type: application/pdf\r\n\r\n%PDF-1.4\n"
+            + b"x" * 20_000)
+    with socket.create_connection(("127.0.0.1", api.port)) as s:
+        s.sendall(b"POST /api/v1/documents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  + ADMIN_TOKEN.encode() + b"\r\nContent-Type: multipart/form-data; "
+                  b"boundary=b\r\nContent-Length: 10000000\r\n\r\n" + head)
+        started = time.monotonic()
+        s.settimeout(15)
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"no bytes of the request body for 4 s" in answer
+    assert 3.5 < waited < 10, waited
+    assert wait_for(lambda: archive_state(api.backend) == before, 10)
+    r = upload(api.client(), b"not a pdf", "{")  # the slot is free again
+    assert r.status_code != 503
+
+
 def test_slow_loris_is_dropped_and_others_are_served(api: RunningAPI) -> None:
     """One header byte every half second: the connection is closed once the head has taken
     VNA_HTTP_HEADER_TIMEOUT_SECONDS (2 here), while other clients are served meanwhile."""
@@ -316,7 +348,10 @@ def test_slow_loris_is_dropped_and_others_are_served(api: RunningAPI) -> None:
     s = socket.create_connection(("127.0.0.1", api.port))
     s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     s.settimeout(10)
-    assert b"200" in s.recv(4096)
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):  # the whole JSON answer
+        answer += s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200")
     started = time.monotonic()
     assert s.recv(4096) == b""
     assert time.monotonic() - started < 5

@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     http_header_timeout_seconds: float = Field(default=10.0, gt=0, description=(
         "a request head not complete this long after its connection opened, or after the "
         "previous response, is dropped (slow-loris)"))
+    http_body_timeout_seconds: float = Field(default=60.0, gt=0, description=(
+        "an upload (document, STOW-RS) whose body sends nothing for this long is ended "
+        "with 408: a slow body cannot hold an upload slot"))
     token_last_used_seconds: int = Field(default=60, ge=1, description=(
         "a token's lastUsedAt is written at most this often (not a write per request)"))
 

@@ -85,7 +85,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                        auth_failures=context.auth_failures,
                        max_uploads=cfg.http_max_uploads, max_json_bytes=cfg.http_max_json_bytes,
                        max_headers=cfg.http_max_headers,
-                       max_header_bytes=cfg.http_max_header_bytes)
+                       max_header_bytes=cfg.http_max_header_bytes,
+                       body_timeout=cfg.http_body_timeout_seconds)
     origins = runtime.settings.allowed_cors_origins
     if origins:  # outermost: a preflight is answered before anything asks for a token
         app.add_middleware(

@@ -5,10 +5,12 @@ write): a token from an address with too many failed authentications (429 with
 Retry-After; the failures are counted where tokens are checked, `security.authorize`), too
 many header fields or header bytes (431), a JSON or form body over VNA_HTTP_MAX_JSON_BYTES
 (413, read no further), more concurrent uploads (documents and STOW-RS) than
-VNA_HTTP_MAX_UPLOADS (503 with Retry-After, before a byte of the body is read). Upload
-bodies have their own limit (VNA_MAX_UPLOAD_BYTES, in the receivers). A head arriving in
-pieces and slow heads are uvicorn's side (`services/xds_api/serve.py`). Each refusal is
-counted in /metrics (`vna_http_limited_total{limit}`).
+VNA_HTTP_MAX_UPLOADS (503 with Retry-After, before a byte of the body is read), an upload
+body that stalls for VNA_HTTP_BODY_TIMEOUT_SECONDS (408, nothing of the part in progress
+stored). Upload bodies have their own size limit (VNA_MAX_UPLOAD_BYTES, in the
+receivers). A head arriving in pieces and slow heads are uvicorn's side
+(`services/xds_api/serve.py`). Each refusal is counted in /metrics
+(`vna_http_limited_total{limit}`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import math
 import time
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.xds_api.metrics import Metrics
@@ -47,7 +50,7 @@ def is_upload(method: str, path: str) -> bool:
 class LimitsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics, auth_failures: FailureWindow,
                  max_uploads: int, max_json_bytes: int, max_headers: int,
-                 max_header_bytes: int) -> None:
+                 max_header_bytes: int, body_timeout: float) -> None:
         self.app = app
         self.metrics = metrics
         self.auth_failures = auth_failures
@@ -55,6 +58,7 @@ class LimitsMiddleware:
         self.max_json_bytes = max_json_bytes
         self.max_headers = max_headers
         self.max_header_bytes = max_header_bytes
+        self.body_timeout = body_timeout
         self.uploads = 0  # on the event loop only: no lock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -92,7 +96,7 @@ class LimitsMiddleware:
                 return
             self.uploads += 1
             try:
-                await self.app(scope, receive, send)
+                await self._upload(scope, receive, send)
             finally:
                 self.uploads -= 1
             return
@@ -114,6 +118,34 @@ class LimitsMiddleware:
             return await receive()  # http.disconnect, when the client goes
 
         await self.app(scope, replay, send)
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An upload whose body stalls for `body_timeout` seconds is ended as if the client
+        had gone (the receivers then store nothing of the part in progress) and answered
+        408: a slow body cannot hold an upload slot for ever."""
+        stalled = body_done = False
+
+        async def guarded_receive() -> Message:
+            nonlocal stalled, body_done
+            if body_done:  # the body is in: waiting for a disconnect is no stall
+                return await receive()
+            with anyio.move_on_after(self.body_timeout):
+                message = await receive()
+                body_done = message["type"] != "http.request" or \
+                    not message.get("more_body", False)
+                return message
+            stalled = True
+            return {"type": "http.disconnect"}
+
+        async def guarded_send(message: Message) -> None:
+            if not stalled:
+                await send(message)
+            elif message["type"] == "http.response.start":  # the app's answer: ours instead
+                await self._refuse(send, "body_timeout", 408,
+                                   f"no bytes of the request body for {self.body_timeout:g} s;"
+                                   " nothing of the part in progress was stored")
+
+        await self.app(scope, guarded_receive, guarded_send)
 
     async def _small_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body, or None once it is over the limit (by Content-Length or as
@@ -147,7 +179,7 @@ class LimitsMiddleware:
         raw = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]
         raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-        if status in (413, 431):  # the rest of the request is not read: do not reuse
+        if status in (408, 413, 431):  # the rest of the request is not read: do not reuse
             raw.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body})
