@@ -198,6 +198,35 @@ def test_failed_bearer_attempts_are_limited_per_address(api: RunningAPI) -> None
     assert metric(api, "vna_http_limited_total", limit="auth") == limited + 4
 
 
+def test_sign_in_forms_count_as_failed_attempts(api: RunningAPI) -> None:
+    """The viewer's sign-in form carries its token in a form field, not a header: its
+    failures count, and the address is refused there too."""
+    c = from_address(api, "127.0.0.11", None)
+    for _ in range(AUTH_FAILURES):
+        r = c.post("/api/v1/session", data={"token": "vna_guess", "next": "/viewer"})
+        assert r.status_code == 401 and "unknown or revoked" in r.text
+    r = c.post("/api/v1/session", data={"token": "vna_guess", "next": "/viewer"})
+    assert r.status_code == 429 and "too many failed" in r.json()["detail"]
+    assert "set-cookie" not in r.headers
+
+
+def test_an_expired_token_is_401_everywhere(api: RunningAPI) -> None:
+    at = datetime.now(UTC) + timedelta(seconds=2)
+    token = api.client().post("/api/v1/tokens", json={
+        "role": "viewer", "expiresAt": at.isoformat()}).json()["token"]
+    time.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()) + 0.2)
+    c = from_address(api, "127.0.0.12", token)
+    r = c.post("/api/v1/session")  # bearer sign-in
+    assert r.status_code == 401, r.text
+    r = from_address(api, "127.0.0.12", None).post("/api/v1/session", data={"token": token})
+    assert r.status_code == 401 and "expired" in r.text
+    r = c.get("/dicomweb/studies", cookies={"vna_session": token})
+    assert r.status_code == 401
+    r = from_address(api, "127.0.0.12", None).delete("/api/v1/session",
+                                                      cookies={"vna_session": token})
+    assert r.status_code == 204
+
+
 def test_client_address_behind_a_trusted_proxy(api: RunningAPI) -> None:
     """X-Forwarded-For counts from VNA_HTTP_FORWARDED_ALLOW_IPS (127.0.0.1) only: the
     audit trail and the failure limit see the proxy's client, not the proxy."""

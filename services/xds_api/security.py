@@ -19,7 +19,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.xds_api.deps import TokensDep, context
-from storage.index.tokens import TokenExpired
+from storage.index.tokens import TokenExpired, Tokens
 from vna.access import Action, Principal
 from vna.documents.entry import PATIENT_ID_PATTERN, UNIQUE_ID_PATTERN
 from vna.settings import Settings
@@ -97,26 +97,44 @@ def authorize(action: Action) -> Any:
             raise HTTPException(401, "a bearer token is required",
                                 headers={"WWW-Authenticate": "Bearer"})
         # An address with too many failures is refused before this (LimitsMiddleware).
-        address = request.client.host if request.client else "-"
-        try:
-            principal = tokens.authenticate(secret)
-        except TokenExpired as exc:
-            api.auth_failures.failed(address, time.monotonic())
-            api.metrics.auth_failures.labels("expired").inc()
-            raise HTTPException(401, f"{exc}; ask an administrator to rotate it",
-                                headers={"WWW-Authenticate": 'Bearer error="invalid_token", '
-                                         'error_description="the token expired"'}) from None
+        principal, refusal = authenticate(request, tokens, secret)
         if principal is None:
-            api.auth_failures.failed(address, time.monotonic())
-            api.metrics.auth_failures.labels("unknown").inc()
-            raise HTTPException(401, "the token is unknown or revoked",
-                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise HTTPException(401, refusal, headers={"WWW-Authenticate": (
+                'Bearer error="invalid_token", error_description="the token expired"'
+                if "expired" in refusal else 'Bearer error="invalid_token"')})
         ctx.principal = principal
         if not principal.may(action):
             raise HTTPException(403, f"role {principal.role.value} may not {action.value}")
         return principal
 
     return Depends(dependency)
+
+
+def authenticate(request: Request, tokens: Tokens, secret: str,
+                 ) -> tuple[Principal, str] | tuple[None, str]:
+    """The principal of a token, or None and why not (a sentence for the 401). A failure
+    (unknown, revoked, expired) counts against the client's address (429 after
+    VNA_HTTP_AUTH_FAILURES) and in /metrics. Every place that takes a token asks here."""
+    api = context(request)
+    address = request.client.host if request.client else "-"
+    try:
+        principal = tokens.authenticate(secret)
+    except TokenExpired as exc:
+        api.auth_failures.failed(address, time.monotonic())
+        api.metrics.auth_failures.labels("expired").inc()
+        return None, f"{exc}; ask an administrator to rotate it"
+    if principal is None:
+        api.auth_failures.failed(address, time.monotonic())
+        api.metrics.auth_failures.labels("unknown").inc()
+        return None, "the token is unknown or revoked"
+    return principal, ""
+
+
+def address_refused(request: Request) -> float:
+    """Seconds the client's address must wait (too many failed authentications), or 0:
+    for a token that LimitsMiddleware cannot see (a sign-in form's field)."""
+    address = request.client.host if request.client else "-"
+    return context(request).auth_failures.retry_after(address, time.monotonic())
 
 
 def require_department(principal: Principal, code: str | None) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import os
 import threading
 from pathlib import Path
@@ -33,10 +34,15 @@ from pydantic import BaseModel
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
 from services.xds_api.deps import SettingsDep, TokensDep
-from services.xds_api.security import SESSION_COOKIE, AuditContext
+from services.xds_api.security import (
+    SESSION_COOKIE,
+    AuditContext,
+    address_refused,
+    authenticate,
+)
 from storage.index.tokens import Tokens
 from vna import ohif
-from vna.access import Action, Principal, Role
+from vna.access import Action, Role
 
 log = logging.getLogger("vna.http")
 
@@ -98,10 +104,17 @@ async def create_session(
         secret = credentials.credentials if credentials is not None and \
             credentials.scheme.lower() == "bearer" else ""
         next_url = ""
-    principal = await run_in_threadpool(tokens.authenticate, secret) if secret else None
+    wait = address_refused(request)
+    if wait > 0:  # a sign-in form's token is not seen by LimitsMiddleware
+        request.state.audit = None
+        raise HTTPException(429, "too many failed authentications from this address; try "
+                                 f"again in {math.ceil(wait)} s",
+                            headers={"Retry-After": str(math.ceil(wait))})
+    principal, refusal = await run_in_threadpool(authenticate, request, tokens, secret) \
+        if secret else (None, "")
     if principal is None:
         if form_post:
-            return signin_page(next_url, "That token is unknown or revoked.", 401)
+            return signin_page(next_url, f"That token cannot sign in: {refusal}.", 401)
         raise HTTPException(401, "a valid bearer token is required to sign in",
                             headers={"WWW-Authenticate": "Bearer"})
     ctx.principal = principal
@@ -128,7 +141,7 @@ def end_session(request: Request, tokens: TokensDep) -> Response:
     ctx = AuditContext(Action.SESSION_END, "/api/v1/session")
     request.state.audit = ctx
     secret = request.cookies.get(SESSION_COOKIE)
-    ctx.principal = tokens.authenticate(secret) if secret else None
+    ctx.principal = authenticate(request, tokens, secret)[0] if secret else None
     response = Response(status_code=204, headers={"Cache-Control": "no-store"})
     response.delete_cookie(SESSION_COOKIE, path="/", secure=request.url.scheme == "https",
                            httponly=True, samesite="strict")
@@ -262,7 +275,7 @@ def _app(request: Request, build: ViewerBuild, tokens: Tokens) -> Response:
     next_url = _next_url(str(request.url.path) + (f"?{request.url.query}"
                                                   if request.url.query else ""))
     secret = request.cookies.get(SESSION_COOKIE)
-    principal: Principal | None = tokens.authenticate(secret) if secret else None
+    principal = authenticate(request, tokens, secret)[0] if secret else None
     if principal is None:
         return signin_page(next_url, "Your session has ended: sign in again." if secret
                            else "")
