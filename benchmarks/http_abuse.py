@@ -94,6 +94,8 @@ class Abuse:
     slow_dropped: int = 0  # closed by the server
     flood_sent: int = 0
     flood_status: dict[int, int] = field(default_factory=dict)
+    server_cpu: float = 0.0  # CPU seconds of `vna api` during the normal client's round
+    attacker_cpu: float = 0.0  # CPU seconds of the abusers' own process (same machine)
 
 
 def slowloris(port: int, n: int, stop: threading.Event, abuse: Abuse) -> None:
@@ -163,13 +165,21 @@ def abuser(port: int, url: str, slow: int, rate: float, stop: Any, results: Any)
         threads.append(threading.Thread(target=slowloris, args=(port, slow, done, abuse)))
     if rate:
         threads.append(threading.Thread(target=flood, args=(url, rate, done, abuse)))
+    cpu = time.process_time()
     for t in threads:
         t.start()
     stop.wait()
     done.set()
     for t in threads:
         t.join(30)
+    abuse.attacker_cpu = time.process_time() - cpu
     results.put(abuse.__dict__)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (the server), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(target: VnaApiTarget, body: bytes, args: argparse.Namespace,
@@ -183,12 +193,15 @@ def measure(target: VnaApiTarget, body: bytes, args: argparse.Namespace,
                                                 args.flood_rate, stop, results))
         proc.start()
         time.sleep(1.0)  # the abusers are in place before the normal client starts
-    started = time.monotonic()
+    started, cpu = time.monotonic(), cpu_seconds(target.pid)
     normal = normal_client(target.url, target.token, body, args.seconds)
     elapsed = time.monotonic() - started
+    abuse.server_cpu = cpu_seconds(target.pid) - cpu
     if proc is not None:
         stop.set()
+        server_cpu = abuse.server_cpu
         abuse = Abuse(**results.get(timeout=60))
+        abuse.server_cpu = server_cpu
         proc.join(30)
     return normal.pairs / elapsed, normal, abuse
 
@@ -237,8 +250,11 @@ def main(argv: list[str] | None = None) -> int:
                     if is_abused:
                         abuses.append(abuse)
                     print(f"  round {i + 1} {'abused' if is_abused else 'alone '}: "
-                          f"{rate:6.1f} pairs/s ({rate * 2 * len(body) / 1e6:.1f} MB/s)"
-                          + (f"; slow-loris {abuse.slow_connections} opened, "
+                          f"{rate:6.1f} pairs/s ({rate * 2 * len(body) / 1e6:.1f} MB/s), "
+                          f"server CPU {abuse.server_cpu / args.seconds:.2f} cores, "
+                          f"{abuse.server_cpu * 1000 / max(1, normal.pairs):.1f} ms a pair"
+                          + (f"; attacker CPU {abuse.attacker_cpu / args.seconds:.2f} cores"
+                             f"; slow-loris {abuse.slow_connections} opened, "
                              f"{abuse.slow_dropped} dropped; flood {abuse.flood_sent} sent "
                              f"{dict(sorted(abuse.flood_status.items()))}"
                              if is_abused else ""), file=sys.stderr)
