@@ -22,13 +22,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select
 
 from storage.groupcommit import GroupCommit
 from storage.index.db import Index
-from storage.index.ingest import IndexWriter, InstanceRow
+from storage.index.ingest import IndexWriter, InstanceRow, Written
 from storage.index.models import Instance, Patient, Series, Study
 from storage.keys import dicom_object_key
 from storage.objectstore import ObjectStore
@@ -51,6 +51,9 @@ from vna.dicom.part10 import (
     read_header,
     read_transfer_syntax,
 )
+
+if TYPE_CHECKING:
+    from storage.audit import AssociationAudit
 
 log = logging.getLogger(__name__)
 
@@ -151,27 +154,49 @@ class Archive:
 
     def store_file(self, source: Path | ReceivedFile, *, source_aet: str | None,
                    move: bool = False,
-                   expected_sop_instance_uid: str | None = None) -> StoreResult:
+                   expected_sop_instance_uid: str | None = None,
+                   audit: AssociationAudit | None = None) -> StoreResult:
         """Archive one Part 10 file durably; the result says what happened. With `move`
-        the file is consumed whatever happens: archived, or removed."""
+        the file is consumed whatever happens: archived, or removed. With `audit` (a DICOM
+        association's), the first instance of each study writes the study's audit record
+        in its own transaction, and every result is counted."""
         try:
-            return self._store_file(source, source_aet, move, expected_sop_instance_uid)
+            return self._store_file(source, source_aet, move, expected_sop_instance_uid,
+                                    audit)
         finally:
             if move:  # gone already when it was moved into place
                 with contextlib.suppress(OSError):
                     os.unlink(source.path if isinstance(source, ReceivedFile) else source)
 
     def _store_file(self, source: Path | ReceivedFile, source_aet: str | None, move: bool,
-                    expected_sop_instance_uid: str | None) -> StoreResult:
+                    expected_sop_instance_uid: str | None,
+                    audit: AssociationAudit | None) -> StoreResult:
         try:
             if isinstance(source, ReceivedFile):
                 prepared = prepare_received(source)
             else:
                 prepared = prepare(source)
         except InvalidInstance as exc:
+            if audit is not None:
+                audit.refused_unreadable()
             return _refused(exc)
+        if audit is None:
+            return self._store_prepared(prepared, source_aet, move, expected_sop_instance_uid,
+                                        None)
+        result = self._store_prepared(prepared, source_aet, move, expected_sop_instance_uid,
+                                      audit)
+        study = prepared.header.study_instance_uid
+        if audit.needs_record(study):  # nothing written: a duplicate or an early refusal
+            audit.ensure(prepared.header)
+        audit.counted(study, result.ok, 0 if result.ok else 0xC000)
+        return result
+
+    def _store_prepared(self, prepared: PreparedInstance, source_aet: str | None, move: bool,
+                        expected_sop_instance_uid: str | None,
+                        audit: AssociationAudit | None) -> StoreResult:
         path = prepared.path
         uid = prepared.header.sop_instance_uid
+        sent = (prepared, source_aet, audit)
         if expected_sop_instance_uid and uid != expected_sop_instance_uid:
             return StoreResult("refused", uid, "SOPInstanceUID differs from the C-STORE request")
         # Fast path: no object at the key means a new instance, no index lookup needed.
@@ -182,13 +207,13 @@ class Archive:
                 # The key holds an object the index does not know. Our very bytes (a re-send
                 # after a crash, a store of the same instance right now): take it as ours.
                 if self.store.claim_identical(prepared.key, path, prepared.sha256):
-                    return _raise_if_failed(self._group.submit((prepared, source_aet)))
+                    return _raise_if_failed(self._group.submit(sent))
                 dup = self._wait_for_index_row(prepared)
             if dup is not None:
                 self._record_conflicts([(dup, source_aet)])
                 return dup
             self.store.put_file(prepared.key, path, move=move)
-        return _raise_if_failed(self._group.submit((prepared, source_aet)))
+        return _raise_if_failed(self._group.submit(sent))
 
     IN_FLIGHT_SECONDS = 5.0
 
@@ -233,7 +258,7 @@ class Archive:
                 todo.append((i, p))
         if todo:
             self.store.make_durable(p.key for _, p in todo)
-            committed = self._commit([(p, source_aet) for _, p in todo])
+            committed = self._commit([(p, source_aet, None) for _, p in todo])
             for (i, _), res in zip(todo, committed, strict=True):
                 results[i] = _raise_if_failed(res)  # the database is down: so is the import
         return [r for r in results if r is not None]
@@ -313,10 +338,22 @@ class Archive:
         group commit) fails alone: its object is removed and its result is the error.
         A refused instance's object is removed too."""
         rows = [InstanceRow(p.header, p.transfer_syntax_uid, p.size, p.sha256,
-                            p.dataset_offset, p.key, source_aet) for p, source_aet in batch]
+                            p.dataset_offset, p.key, source_aet) for p, source_aet, _ in batch]
         now = datetime.now(UTC)
+        audited: list[tuple[AssociationAudit, str, int]] = []
+
+        def work(cursor: Any) -> Written:
+            audited.clear()  # a transaction run again writes them again
+            written = self.writer.write(cursor, rows, now)
+            for p, _, audit in batch:
+                study = p.header.study_instance_uid
+                if audit is not None and audit.needs_record(study) and \
+                        not any(a is audit and s == study for a, s, _ in audited):
+                    audited.append((audit, study, audit.write(cursor, p.header)))
+            return written
+
         try:
-            written = self.index.run_write(lambda cursor: self.writer.write(cursor, rows, now))
+            written = self.index.run_write(work)
         except self.index.integrity_error:
             self.writer.forget()  # a cached parent may have been deleted meanwhile
             if not retried:
@@ -331,13 +368,15 @@ class Archive:
             self._discard(batch[0][0])
             return [exc]
         except BaseException:
-            for p, _ in batch:
+            for p, _, _ in batch:
                 with contextlib.suppress(Exception):
                     self._discard(p)
             raise
         self.writer.committed(written)
+        for audit, study, row_id in audited:
+            audit.written(study, row_id)
         results: list[StoreResult | Exception] = []
-        for i, (p, _) in enumerate(batch):
+        for i, (p, _, _) in enumerate(batch):
             if i in written.rejected:
                 self._discard(p)
                 results.append(StoreResult.refused_for(written.conflicts[i], p.size))
@@ -345,7 +384,8 @@ class Archive:
                 results.append(StoreResult("stored", p.header.sop_instance_uid, size=p.size))
         return results
 
-    def _archived_meanwhile(self, p: PreparedInstance, source_aet: str | None) -> StoreResult:
+    def _archived_meanwhile(self, p: PreparedInstance, source_aet: str | None,
+                            _audit: AssociationAudit | None = None) -> StoreResult:
         """The result for an instance whose row another writer committed first. Our object
         goes unless it is the one that row names."""
         result = self._duplicate_check([p], in_store=True).get(p.header.sop_instance_uid)
@@ -372,7 +412,8 @@ class Archive:
             self.store.delete(p.key)
 
 
-Sent = tuple[PreparedInstance, str | None]  # an instance and the AE title that sent it
+# an instance, the AE title that sent it and its association's audit
+Sent = tuple[PreparedInstance, str | None, "AssociationAudit | None"]
 
 
 def _raise_if_failed(result: StoreResult | Exception) -> StoreResult:

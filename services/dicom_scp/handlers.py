@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelMove,
 )
 
+from services.dicom_scp.audit import DicomAudit, per_patient, who
 from services.dicom_scp.commitment import CommitmentService
 from services.dicom_scp.metrics import ScpMetrics
 from services.dicom_scp.mpps import MppsService
@@ -24,8 +26,11 @@ from services.dicom_scp.pynetdicom_compat import partial_receive_file, receive_f
 from services.dicom_scp.retrieve import ArchivedInstance, contexts_for
 from services.dicom_scp.worklist import WorklistService
 from storage.archive import Archive
+from storage.audit import AssociationAudit
 from storage.errors import FailureLog
 from storage.index.query import FindQuery, find, retrieve_instances
+from storage.index.tokens import AuditRecord, AuditTrail
+from vna.atna import DicomAction
 from vna.dicom.attributes import UNIQUE_KEY, Level
 from vna.dicom.dimse import (
     ARCHIVE_UNAVAILABLE,
@@ -87,7 +92,8 @@ class DicomService:
         self.peers = settings.peers
         self.metrics = ScpMetrics()
         self.failures = FailureLog(log)
-        self.worklist = WorklistService(settings, archive)
+        self.audit = DicomAudit(AuditTrail(archive.index))
+        self.worklist = WorklistService(settings, archive, self.audit)
         self.mpps = MppsService(settings, archive)
         self.commitment = CommitmentService(settings, archive)
 
@@ -98,9 +104,9 @@ class DicomService:
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_GET, self.on_get),
             (evt.EVT_C_MOVE, self.on_move),
-            (evt.EVT_N_CREATE, self.mpps.create),  # MPPS is the only N-CREATE served
-            (evt.EVT_N_SET, self.mpps.set),
-            (evt.EVT_N_ACTION, self.commitment.action),  # Storage Commitment's request
+            (evt.EVT_N_CREATE, self.on_n_create),  # MPPS is the only N-CREATE served
+            (evt.EVT_N_SET, self.on_n_set),
+            (evt.EVT_N_ACTION, self.on_n_action),  # Storage Commitment's request
             (evt.EVT_REJECTED, self.on_rejected),
             # a C-STORE cut short leaves its partly received file: never acknowledged. The
             # association may stop its DUL before that handles the closed connection, so
@@ -110,23 +116,69 @@ class DicomService:
             (evt.EVT_RELEASED, self.drop_partial),
         ]
 
-    def on_accepted(self, _event: Any) -> None:
-        self.association_accepted()
+    def on_accepted(self, event: Any) -> None:
+        event.assoc._vna_audit = self.association_accepted(who(event.assoc))
 
-    def association_accepted(self) -> None:
+    def association_accepted(self, base: AuditRecord) -> AssociationAudit:
+        """An association was accepted: its audit (written when it ends)."""
         self.metrics.associations.inc()
+        return self.audit.association(base)
+
+    def association_ended(self, audit: AssociationAudit | None, outcome: str) -> None:
+        self.audit.ended(audit, outcome)
 
     def drop_partial(self, event: Any) -> None:
         """Remove the file of a C-STORE whose dataset had not arrived when the association
-        ended (released, aborted, connection lost), as pynetdicom keeps it."""
+        ended (released, aborted, connection lost), as pynetdicom keeps it; and write the
+        association's audit record (once, whichever event comes first)."""
         partial = partial_receive_file(event.assoc)
         if partial is not None:
             partial.discard()
+        audit = getattr(event.assoc, "_vna_audit", None)
+        if audit is not None:
+            event.assoc._vna_audit = None
+            self.association_ended(audit, "aborted" if event.event is evt.EVT_ABORTED
+                                   else "success")
 
     def on_rejected(self, event: Any) -> None:
         log.warning("association from %s (%s) rejected (calling AE title not allowed, "
                     "or too many associations)", event.assoc.requestor.ae_title,
                     event.assoc.requestor.address)
+        self.audit.rejected(who(event.assoc), "calling AE title not allowed, or too many "
+                            "associations")
+
+    # -- MPPS, Storage Commitment: recorded before their response ------------------------
+
+    def on_n_create(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
+        return self._recorded(event, "N-CREATE", DicomAction.MPPS, self.mpps.create(event))
+
+    def on_n_set(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
+        return self._recorded(event, "N-SET", DicomAction.MPPS, self.mpps.set(event))
+
+    def on_n_action(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
+        return self._recorded(event, "N-ACTION", DicomAction.COMMITMENT,
+                              self.commitment.action(event))
+
+    def _recorded(self, event: Any, method: str, action: DicomAction,
+                  answer: tuple[int | Dataset, Dataset | None]) -> tuple[int | Dataset,
+                                                                      Dataset | None]:
+        status = answer[0] if isinstance(answer[0], int) else int(answer[0].Status)
+        patient = None
+        with contextlib.suppress(Exception):
+            patient = str(event.attribute_list.get("PatientID", "") or "") or None
+        uid = event.request.AffectedSOPInstanceUID if method == "N-CREATE" \
+            else getattr(event.request, "RequestedSOPInstanceUID", None)
+        touched = [(patient, None)] if patient else []
+        try:
+            self.audit.request(per_patient(
+                who(event.assoc), action, method, str(event.request.get(
+                    "AffectedSOPClassUID" if method == "N-CREATE" else "RequestedSOPClassUID",
+                    "")), touched, status=status, outcome=_outcome(status),
+                resource=str(uid or "")[:128] or None))
+        except Exception as exc:
+            self.failures.failed(f"audit of {method} from {event.assoc.requestor.ae_title}",
+                                 exc)
+        return answer
 
     # -- C-STORE --------------------------------------------------------------------------
 
@@ -139,17 +191,20 @@ class DicomService:
             self.metrics.stored("failed", 0.0)
             return status_dataset(STATUS_OUT_OF_RESOURCES, ARCHIVE_UNAVAILABLE)
         status, comment = self.store(event.dataset_path, calling_aet,
-                                     str(event.request.AffectedSOPInstanceUID))
+                                     str(event.request.AffectedSOPInstanceUID),
+                                     getattr(event.assoc, "_vna_audit", None))
         return status_dataset(status, comment) if comment else status
 
     def store(self, received: Path | ReceivedFile, calling_aet: str,
-              sop_instance_uid: str) -> tuple[int, str | None]:
+              sop_instance_uid: str,
+              audit: AssociationAudit | None = None) -> tuple[int, str | None]:
         """Archive one received instance: the C-STORE status and error comment to answer
         (both receive paths, pynetdicom's and `storage_association`, come here)."""
         started = time.perf_counter()
         try:
             result = self.archive.store_file(received, source_aet=calling_aet, move=True,
-                                             expected_sop_instance_uid=sop_instance_uid)
+                                             expected_sop_instance_uid=sop_instance_uid,
+                                             audit=audit)
         except Exception as exc:
             self.failures.failed(f"C-STORE from {calling_aet}", exc)
             self.metrics.stored("failed", time.perf_counter() - started)
@@ -172,10 +227,16 @@ class DicomService:
         if level is None:
             yield status_dataset(STATUS_IDENTIFIER_MISMATCH, INVALID_QUERY_LEVEL), None
             return
+        touched: set[tuple[str, str | None]] = set()
+        model = str(event.request.AffectedSOPClassUID)
         try:
             q = FindQuery.from_identifier(level, _items(ident))
             with self.archive.index.read_session() as s:
-                matches = find(s, q)
+                matches = find(s, q, touched=touched)
+            # committed before the first match goes out
+            self.audit.request(per_patient(
+                who(event.assoc), DicomAction.FIND, "C-FIND", model, touched,
+                resource=_query_keys(level, q), instances=len(matches)))
         except InvalidQuery as exc:
             yield status_dataset(STATUS_UNABLE_TO_PROCESS, str(exc)), None
             return
@@ -219,7 +280,8 @@ class DicomService:
         with self.archive.index.read_session() as s:
             stored = retrieve_instances(s, q)
         return [ArchivedInstance(self.archive.store, i.storage_key, i.sop_class_uid,
-                                 i.sop_instance_uid, i.transfer_syntax_uid, self.receive_dir)
+                                 i.sop_instance_uid, i.transfer_syntax_uid, self.receive_dir,
+                                 patient_id=i.patient_id, study_uid=i.study_instance_uid)
                 for i in stored]
 
     def _retrieve(self, event: Any) -> tuple[list[ArchivedInstance] | None, Dataset | None]:
@@ -231,9 +293,25 @@ class DicomService:
         except InvalidQuery as exc:
             return None, status_dataset(STATUS_IDENTIFIER_MISMATCH, str(exc))
 
+    def _record_retrieve(self, event: Any, action: DicomAction, method: str,
+                         instances: list[ArchivedInstance]) -> Dataset | None:
+        """Commit the retrieval's records before its first sub-operation; a failure
+        status if they cannot be."""
+        touched = [(i._vna_patient, i._vna_study) for i in instances]
+        try:
+            self.audit.request(per_patient(
+                who(event.assoc), action, method, str(event.request.AffectedSOPClassUID),
+                touched, instances=len(instances)))
+        except Exception as exc:
+            self.failures.failed(method, exc)
+            return status_dataset(STATUS_OUT_OF_RESOURCES, ARCHIVE_UNAVAILABLE)
+        return None
+
     def on_get(self, event: Any) -> Iterator[Any]:
         instances, error = self._retrieve(event)
-        if instances is None:
+        if instances is not None:
+            error = self._record_retrieve(event, DicomAction.GET, "C-GET", instances)
+        if instances is None or error is not None:
             yield 1
             yield error, None
             return
@@ -248,7 +326,9 @@ class DicomService:
             yield None, None
             return
         instances, error = self._retrieve(event)
-        if instances is None:
+        if instances is not None:
+            error = self._record_retrieve(event, DicomAction.MOVE, "C-MOVE", instances)
+        if instances is None or error is not None:
             yield peer.host, peer.port
             yield 1
             yield error, None
@@ -257,6 +337,18 @@ class DicomService:
         yield peer.host, peer.port, {"contexts": contexts_for(pairs),
                                      "ae_title": peer.ae_title}
         yield from _sub_operations(event, instances)
+
+
+def _query_keys(level: Level, q: FindQuery) -> str:
+    """What a query matched on: its level and the keys with a value, never the values."""
+    keys = sorted(k for k, m in q.matchers.items() if not isinstance(m, Universal))
+    return f"{level.value} {','.join(keys)}"[:128]
+
+
+def _outcome(status: int) -> str:
+    if status == STATUS_SUCCESS or 0xB000 <= status <= 0xBFFF:
+        return "success"
+    return "refused" if 0xA000 <= status < 0xC000 or status < 0x0200 else "error"
 
 
 def _sub_operations(event: Any, instances: list[ArchivedInstance]) -> Iterator[Any]:

@@ -27,7 +27,8 @@ class ArchivedInstance(Dataset):
 
     def __init__(self, store: ObjectStore, key: str, sop_class_uid: str,
                  sop_instance_uid: str, transfer_syntax_uid: str,
-                 scratch: Path | None = None) -> None:
+                 scratch: Path | None = None, *, patient_id: str = "",
+                 study_uid: str = "") -> None:
         super().__init__()
         self.SOPClassUID = sop_class_uid
         self.SOPInstanceUID = sop_instance_uid
@@ -35,6 +36,8 @@ class ArchivedInstance(Dataset):
         object.__setattr__(self, "_vna_key", key)
         object.__setattr__(self, "_vna_ts", transfer_syntax_uid)
         object.__setattr__(self, "_vna_scratch", scratch)  # where an S3 object is copied
+        object.__setattr__(self, "_vna_patient", patient_id)  # for the audit trail
+        object.__setattr__(self, "_vna_study", study_uid)
 
     @contextmanager
     def for_sending(self, accepted: Iterable[PresentationContext]) -> Iterator[Path | Dataset]:

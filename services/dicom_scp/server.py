@@ -72,6 +72,7 @@ from services.dicom_scp.admission import (
     reject_pdu,
     tls_handshake,
 )
+from services.dicom_scp.audit import DicomAudit, base_record
 from services.dicom_scp.handlers import DicomService
 from services.dicom_scp.storage_association import StorageAcceptor
 from services.runtime import open_archive
@@ -131,6 +132,7 @@ class ReusePortServer(ThreadedAssociationServer):
     request_queue_size = 512
     storage: StorageAcceptor | None = None
     admission: Admission | None = None
+    audit: DicomAudit | None = None  # records the associations refused here
     tls_context: ssl.SSLContext | None = None  # set: this is the TLS port
     artim: float = 10.0
 
@@ -165,16 +167,24 @@ class ReusePortServer(ThreadedAssociationServer):
                         "certificate subject (VNA_DICOM_TLS_AET_SUBJECTS)",
                         aet, client_address[0])
             _reject(sock, REJECT_CALLING_AET)
+            self._audit_rejected(aet, client_address, sock, "AE title bound to another "
+                                 "certificate subject")
             return
         with self.admission.hold(aet) as admitted:
             if not admitted:
                 _reject(sock, REJECT_LOCAL_LIMIT)
+                self._audit_rejected(aet, client_address, sock, "local limit exceeded")
                 return
             if self.storage is not None and self.storage.serve(sock, pdu, consumed=consumed):
                 return
             if consumed:  # pynetdicom reads the request again
                 sock = cast(socket.socket, ReplaySocket(cast(ssl.SSLSocket, sock), pdu))
             super().finish_request(sock, client_address)
+
+    def _audit_rejected(self, aet: str, client_address: Any, sock: Any, reason: str) -> None:
+        if self.audit is not None:
+            self.audit.rejected(base_record(aet, client_address[0], tls.socket_identity(sock)),
+                                reason)
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -292,6 +302,7 @@ def run_server_process(settings: Settings, ready: Any = None,
         pynetdicom_compat.share_contexts(server)
         server.storage = StorageAcceptor(ae, server.contexts, service, incoming)
         server.admission = admission
+        server.audit = service.audit
         server.tls_context = context
         server.artim = settings.dicom_artim_timeout
         servers.append(server)

@@ -48,8 +48,11 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from pynetdicom.sop_class import Verification
 
 from services.dicom_scp.admission import timeval
+from services.dicom_scp.audit import DicomAudit, base_record
 from services.dicom_scp.pynetdicom_compat import received_file_meta
 from services.dicom_scp.tls import socket_identity
+from storage.audit import AssociationAudit
+from storage.index.tokens import AuditRecord
 from vna.dicom.attributes import is_valid_uid
 from vna.dicom.dimse import (
     A_ABORT_PDU,
@@ -218,11 +221,17 @@ class IncomingFile:
 class StorageService(Protocol):
     """What the loop serves through: `DicomService` in the SCP."""
 
-    def store(self, received: ReceivedFile, calling_aet: str,
-              sop_instance_uid: str) -> tuple[int, str | None]:
+    def store(self, received: ReceivedFile, calling_aet: str, sop_instance_uid: str,
+              audit: AssociationAudit | None = None) -> tuple[int, str | None]:
         """Archive a received instance: the C-STORE status and error comment."""
 
-    def association_accepted(self) -> None: ...
+    def association_accepted(self, base: AuditRecord) -> AssociationAudit | None:
+        """The association's audit (written when it ends)."""
+
+    def association_ended(self, audit: AssociationAudit | None, outcome: str) -> None: ...
+
+    @property
+    def audit(self) -> DicomAudit: ...
 
 
 class StorageAssociation:
@@ -251,6 +260,8 @@ class StorageAssociation:
         self._command_cx: int | None = None
         self._receiving: IncomingFile | None = None
         self._pending: tuple[Command, int] | None = None  # a C-STORE-RQ whose dataset comes
+        self.audit: AssociationAudit | None = None
+        self._released = False
 
     # -- association setup and release --------------------------------------------------
 
@@ -318,6 +329,8 @@ class StorageAssociation:
                 self._receiving.discard()
             with contextlib.suppress(OSError):
                 self.sock.close()
+            self.service.association_ended(self.audit,
+                                           "success" if self._released else "aborted")
 
     def _serve(self) -> None:
         pdus = PDUReader(self.sock, max(self.max_pdu, 16 << 10) + (64 << 10))
@@ -330,6 +343,7 @@ class StorageAssociation:
                     raise ProtocolError("release requested in the middle of a message",
                                         UNEXPECTED_PDU)
                 self.sock.sendall(struct.pack(">BxI4x", A_RELEASE_RP_PDU, 4))
+                self._released = True
                 return
             elif pdu_type == A_ABORT_PDU:
                 return
@@ -407,7 +421,7 @@ class StorageAssociation:
             receiving.discard()
         else:
             status, comment = self.service.store(receiving.finish(), self.calling_aet,
-                                                 command.sop_instance_uid)
+                                                 command.sop_instance_uid, self.audit)
         self._respond(context_id, C_STORE_RSP, command.message_id, status,
                       sop_class_uid=_uid_or_none(command.sop_class_uid),
                       sop_instance_uid=_uid_or_none(command.sop_instance_uid),
@@ -417,6 +431,13 @@ class StorageAssociation:
                  **fields: Any) -> None:
         encoded = encode_response_command(command_field, message_id, status, **fields)
         self.sock.sendall(pdata_pdus(context_id, True, encoded, self.peer_max_pdu))
+
+
+def _peer_address(sock: socket.socket) -> str | None:
+    try:
+        return str(sock.getpeername()[0])
+    except (OSError, IndexError):
+        return None
 
 
 def _uid_or_none(uid: str) -> str | None:
@@ -447,12 +468,14 @@ class StorageAcceptor:
             return False
         if not consumed:
             sock.recv(len(pdu), socket.MSG_WAITALL)  # now ours
+        who = base_record(str(rq.calling_ae_title).strip(), _peer_address(sock),
+                          socket_identity(sock))
         assoc = StorageAssociation(
             sock, rq, contexts=self.contexts, service=self.service,
             incoming=self.incoming, max_pdu=int(self.ae.maximum_pdu_size),
             implementation_uid=str(self.ae.implementation_class_uid),
             implementation_version=str(self.ae.implementation_version_name or ""),
             timeout=float(self.ae.network_timeout or 120))
-        self.service.association_accepted()
+        assoc.audit = self.service.association_accepted(who)
         assoc.run()
         return True

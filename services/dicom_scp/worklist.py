@@ -10,9 +10,11 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from services.dicom_scp.audit import DicomAudit, per_patient, who
 from storage.archive import Archive
 from storage.errors import FailureLog
 from storage.index import worklist
+from vna.atna import DicomAction
 from vna.dicom.dimse import (
     QUERY_FAILED,
     STATUS_CANCEL,
@@ -31,10 +33,12 @@ log = logging.getLogger("vna.scp")
 class WorklistService:
     """The MWL C-FIND handler of one SCP process."""
 
-    def __init__(self, settings: Settings, archive: Archive) -> None:
+    def __init__(self, settings: Settings, archive: Archive,
+                 audit: DicomAudit | None = None) -> None:
         self.settings = settings
         self.archive = archive
         self.failures = FailureLog(log)
+        self.audit = audit
 
     def find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         try:
@@ -51,8 +55,20 @@ class WorklistService:
             self.failures.failed("MWL C-FIND", exc)
             yield status_dataset(STATUS_UNABLE_TO_PROCESS, QUERY_FAILED), None
             return
-        for entry in entries:
+        responses = [q.response(entry) for entry in entries]
+        if self.audit is not None:
+            touched = [(str(r.get("PatientID", "") or ""), None) for r in responses]
+            try:  # committed before the first item goes out
+                self.audit.request(per_patient(
+                    who(event.assoc), DicomAction.WORKLIST, "C-FIND",
+                    str(event.request.AffectedSOPClassUID), touched,
+                    instances=len(responses)))
+            except Exception as exc:
+                self.failures.failed("MWL C-FIND", exc)
+                yield status_dataset(STATUS_UNABLE_TO_PROCESS, QUERY_FAILED), None
+                return
+        for response in responses:
             if event.is_cancelled:
                 yield STATUS_CANCEL, None
                 return
-            yield STATUS_PENDING, q.response(entry)
+            yield STATUS_PENDING, response

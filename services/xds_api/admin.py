@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
@@ -14,6 +14,7 @@ from services.xds_api.security import audit_context, authorize
 from storage.index.models import ApiToken
 from storage.index.tokens import BOOTSTRAP_TOKEN_ID, TokenNotRotatable
 from vna.access import Action, InvalidToken, Principal, Role
+from vna.atna import DicomAction
 from vna.documents.entry import CODE_PATTERN, PATIENT_ID_PATTERN, Source
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])
@@ -117,15 +118,19 @@ def list_audit(
     _: Annotated[Principal, authorize(Action.AUDIT_LIST)],
     tokenId: str | None = None,
     patientId: Annotated[str | None, Query(pattern=PATIENT_ID_PATTERN)] = None,
-    action: Action | None = None,
+    action: Action | DicomAction | None = None,
+    protocol: Literal["http", "dicom"] | None = None,
+    callingAet: Annotated[str | None, Query(max_length=16)] = None,
     since: Annotated[datetime | None, Query(alias="from")] = None,
     until: Annotated[datetime | None, Query(alias="to")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: PageOffset = 0,
 ) -> AuditPage:
-    """Who read or wrote which patient's data, when, and how it ended; newest first."""
+    """Who read or wrote which patient's data, when, and how it ended, over HTTP and DICOM
+    (`protocol`, `callingAet`); newest first."""
     audit_context(request).patient_id = patientId
     events = trail.list(
         token_id=tokenId, patient_id=patientId, action=action and action.value,
+        protocol=protocol, calling_aet=callingAet and callingAet.strip(),
         since=since, until=until, limit=limit, offset=offset)
     return AuditPage(limit=limit, offset=offset, events=[AuditEventOut.of(e) for e in events])

@@ -194,12 +194,21 @@ class AuditEventOut(BaseModel):
     status: int
     outcome: str
     client: str | None
+    protocol: str = "http"
+    callingAet: str | None = None
+    tlsIdentity: str | None = None
+    studies: list[str] | None = None
+    instances: int | None = None
+    exportedAt: datetime | None = None
 
     @classmethod
     def of(cls, r: AuditEvent) -> AuditEventOut:
         return cls(id=r.id, at=r.at, tokenId=r.token_id, role=r.role, action=r.action,
                    method=r.method, route=r.route, patientId=r.patient_id,
-                   resource=r.resource, status=r.status, outcome=r.outcome, client=r.client)
+                   resource=r.resource, status=r.status, outcome=r.outcome, client=r.client,
+                   protocol=r.protocol, callingAet=r.calling_aet,
+                   tlsIdentity=r.tls_identity, studies=r.studies, instances=r.instances,
+                   exportedAt=r.exported_at)
 
 
 class AuditPage(BaseModel):

@@ -262,7 +262,7 @@ class AuditEvent(Base):
     route: Mapped[str] = mapped_column(String(128))
     patient_id: Mapped[str | None] = mapped_column(String(128), index=True)
     resource: Mapped[str | None] = mapped_column(String(128))
-    status: Mapped[int] = mapped_column(SmallInteger)
+    status: Mapped[int] = mapped_column(Integer)  # HTTP status, or DIMSE status
     outcome: Mapped[str] = mapped_column(String(16))
     client: Mapped[str | None] = mapped_column(String(64))
     protocol: Mapped[str] = mapped_column(String(8), server_default="http")  # http | dicom

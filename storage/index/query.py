@@ -185,9 +185,11 @@ def build_select(q: FindQuery) -> Select[Any]:
 
 
 def find(session: Session, q: FindQuery, *, limit: int | None = None,
-         offset: int = 0) -> list[dict[str, Any]]:
+         offset: int = 0,
+         touched: set[tuple[str, str | None]] | None = None) -> list[dict[str, Any]]:
     """Run a C-FIND query: one dict (keyword -> value) per match, return keys only; at most
-    `limit` matches after skipping `offset` (in the order of the index)."""
+    `limit` matches after skipping `offset` (in the order of the index). `touched` gets
+    the (PatientID, StudyInstanceUID) pairs of the matches, for the audit trail."""
     stmt = build_select(q)
     if limit:
         stmt = stmt.limit(limit)
@@ -201,6 +203,10 @@ def find(session: Session, q: FindQuery, *, limit: int | None = None,
     results = []
     for row in rows:
         objs = {m: getattr(row, MODELS[m].__name__) for m in MODELS if m.depth <= q.level.depth}
+        if touched is not None:
+            study = objs.get(Level.STUDY)
+            touched.add((objs[Level.PATIENT].patient_id,
+                         study.study_instance_uid if study is not None else None))
         out: dict[str, Any] = {}
         for key in q.return_keys:
             attr = BY_KEYWORD.get(key)
@@ -221,6 +227,8 @@ class StoredInstance(NamedTuple):
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
+    patient_id: str = ""  # for the audit trail
+    study_instance_uid: str = ""
 
 
 def retrieve_instances(session: Session, q: FindQuery) -> list[StoredInstance]:
@@ -228,7 +236,7 @@ def retrieve_instances(session: Session, q: FindQuery) -> list[StoredInstance]:
     matchers of `q` match, whatever its level."""
     stmt = build_select(replace(q, level=Level.IMAGE)).with_only_columns(
         Instance.storage_key, Instance.sop_class_uid, Instance.sop_instance_uid,
-        Instance.transfer_syntax_uid)
+        Instance.transfer_syntax_uid, Patient.patient_id, Study.study_instance_uid)
     return [StoredInstance(*row) for row in session.execute(stmt).all()]
 
 

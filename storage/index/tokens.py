@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, or_, select, update
 
 from storage.groupcommit import GroupCommit
 from storage.index.db import CompiledStatement, Index
@@ -171,7 +172,9 @@ class Tokens:
 
 @dataclass
 class AuditRecord:
-    """One HTTP access to patient data, as the audit middleware saw it."""
+    """One access to patient data: an HTTP request as the audit middleware saw it, or a
+    DICOM association or DIMSE request (`protocol` "dicom", `method` the DIMSE service,
+    `status` its DIMSE status, `outcome` given)."""
 
     action: str
     method: str
@@ -181,9 +184,17 @@ class AuditRecord:
     patient_id: str | None = None
     resource: str | None = None
     client: str | None = None
+    protocol: str = "http"
+    calling_aet: str | None = None
+    tls_identity: str | None = None
+    studies: list[str] | None = None
+    instances: int | None = None
+    given_outcome: str | None = None
 
     @property
     def outcome(self) -> str:
+        if self.given_outcome is not None:
+            return self.given_outcome
         if self.status < 400:
             return "success"
         if self.status in (401, 403):
@@ -192,37 +203,91 @@ class AuditRecord:
             return "aborted"
         return "refused" if self.status < 500 else "error"
 
+    def row(self, at: datetime | None = None) -> dict[str, object]:
+        """The `audit_event` row."""
+        p = self.principal
+        return {
+            "at": at or datetime.now(UTC), "token_id": p.token_id if p else None,
+            "role": p.role.value if p else None, "action": self.action, "method": self.method,
+            "route": self.route[:128], "patient_id": self.patient_id,
+            "resource": self.resource, "status": self.status, "outcome": self.outcome,
+            "client": self.client, "protocol": self.protocol,
+            "calling_aet": self.calling_aet, "tls_identity": self.tls_identity,
+            "studies": self.studies, "instances": self.instances}
+
 
 _AUDIT_COLUMNS = ("at", "token_id", "role", "action", "method", "route", "patient_id",
-                  "resource", "status", "outcome", "client")
+                  "resource", "status", "outcome", "client", "protocol", "calling_aet",
+                  "tls_identity", "studies", "instances")
+_AUDIT = cast(Table, AuditEvent.__table__)
+
+# A C-STORE record is written when its association first stores an instance of its study
+# and gets its count when the association ends; one whose association never ended (a
+# killed process) is exported without a count after this long.
+OPEN_STORE_RECORD_SECONDS = 3600
 
 
 class AuditTrail:
     """The audit trail: each record is committed before its request's answer is complete.
     Records of concurrent requests share a transaction (`GroupCommit`), written by a
     statement compiled once on the index's kept write connection: an audit record used to
-    cost more than serving a WADO-RS frame."""
+    cost more than serving a WADO-RS frame. A C-STORE's record goes into the ingest
+    transaction itself (`insert`), so it commits atomically with the instance."""
 
     def __init__(self, index: Index) -> None:
         self.index = index
-        self._insert = CompiledStatement(insert(cast(Table, AuditEvent.__table__)),
-                                         index.engine.dialect, _AUDIT_COLUMNS)
-        self._group: GroupCommit[dict[str, object], None] = GroupCommit(self._write)
+        dialect = index.engine.dialect
+        self._insert = CompiledStatement(insert(_AUDIT), dialect, _AUDIT_COLUMNS)
+        self._insert_returning = CompiledStatement(insert(_AUDIT).returning(_AUDIT.c.id),
+                                                   dialect, _AUDIT_COLUMNS)
+        self._count = CompiledStatement(
+            update(_AUDIT).where(_AUDIT.c.id == bindparam("row_id")).values(
+                instances=bindparam("instances"), outcome=bindparam("outcome"),
+                status=bindparam("status")), dialect)
+        self._group: GroupCommit[list[dict[str, object]], None] = GroupCommit(self._write)
 
     def record(self, rec: AuditRecord) -> None:
-        p = rec.principal
-        self._group.submit({
-            "at": datetime.now(UTC), "token_id": p.token_id if p else None,
-            "role": p.role.value if p else None, "action": rec.action, "method": rec.method,
-            "route": rec.route, "patient_id": rec.patient_id, "resource": rec.resource,
-            "status": rec.status, "outcome": rec.outcome, "client": rec.client})
+        self._group.submit([rec.row()])
 
-    def _write(self, rows: list[dict[str, object]]) -> list[None]:
+    def record_all(self, recs: Iterable[AuditRecord]) -> None:
+        """Several records of one request, committed together before it returns."""
+        at = datetime.now(UTC)
+        rows = [rec.row(at) for rec in recs]
+        if rows:
+            self._group.submit(rows)
+
+    def insert(self, cursor: Any, rec: AuditRecord) -> int:
+        """Write `rec` in the caller's transaction (`Index.run_write`): its id."""
+        return int(self._insert_returning.scalar(cursor, rec.row()))
+
+    def insert_in(self, conn: Connection, rec: AuditRecord) -> None:
+        """Write `rec` in the caller's SQLAlchemy transaction."""
+        conn.execute(insert(_AUDIT).values(**rec.row()))
+
+    def close_association(self, rec: AuditRecord | None,
+                          counts: Sequence[tuple[int, int, str, int]]) -> None:
+        """At the end of an association: its own record and the final counts of its
+        C-STORE records (row id, instances, outcome, status), in one transaction."""
+        if rec is None and not counts:
+            return
+
+        def work(cursor: Any) -> None:
+            if rec is not None:
+                self._insert.execute(cursor, rec.row())
+            for row_id, n, outcome, status in counts:
+                self._count.execute(cursor, {"row_id": row_id, "instances": n,
+                                             "outcome": outcome, "status": status})
+
+        self.index.run_write(work)
+
+    def _write(self, batches: list[list[dict[str, object]]]) -> list[None]:
+        rows = [row for batch in batches for row in batch]
         self.index.run_write(lambda cursor: self._insert.executemany(cursor, rows))
-        return [None] * len(rows)
+        return [None] * len(batches)
 
     def list(self, *, token_id: str | None = None, patient_id: str | None = None,
-             action: str | None = None, since: datetime | None = None,
+             action: str | None = None, protocol: str | None = None,
+             calling_aet: str | None = None, since: datetime | None = None,
              until: datetime | None = None, limit: int = 100,
              offset: int = 0) -> list[AuditEvent]:
         """Matching records, newest first."""
@@ -233,6 +298,10 @@ class AuditTrail:
             stmt = stmt.where(AuditEvent.patient_id == patient_id)
         if action:
             stmt = stmt.where(AuditEvent.action == action)
+        if protocol:
+            stmt = stmt.where(AuditEvent.protocol == protocol)
+        if calling_aet:
+            stmt = stmt.where(AuditEvent.calling_aet == calling_aet)
         if since:
             stmt = stmt.where(AuditEvent.at >= since)
         if until:
@@ -240,3 +309,25 @@ class AuditTrail:
         stmt = stmt.order_by(AuditEvent.id.desc()).limit(limit).offset(offset)
         with self.index.read_session() as s:
             return list(s.scalars(stmt))
+
+    # -- the ATNA export queue ------------------------------------------------------------------
+
+    def unexported(self, limit: int = 200,
+                   now: datetime | None = None) -> builtins.list[AuditEvent]:
+        """The oldest records not sent to the ATNA collector yet (`ix_audit_event_unexported`),
+        leaving out the C-STORE records of associations still open."""
+        now = now or datetime.now(UTC)
+        open_until = now - timedelta(seconds=OPEN_STORE_RECORD_SECONDS)
+        stmt = select(AuditEvent).where(
+            AuditEvent.exported_at.is_(None),
+            or_(AuditEvent.instances.is_not(None), AuditEvent.action != "dicom.store",
+                AuditEvent.at < open_until)).order_by(AuditEvent.id).limit(limit)
+        with self.index.read_session() as s:
+            return list(s.scalars(stmt))
+
+    def mark_exported(self, ids: Sequence[int], at: datetime | None = None) -> None:
+        if not ids:
+            return
+        with self.index.begin() as conn:
+            conn.execute(update(AuditEvent).where(AuditEvent.id.in_(list(ids))).values(
+                exported_at=at or datetime.now(UTC)))

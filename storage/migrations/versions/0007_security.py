@@ -35,6 +35,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('instances', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('exported_at', sa.DateTime(timezone=True),
                                       nullable=True))
+        # a DIMSE status (0xC001...) does not fit a SMALLINT
+        batch_op.alter_column('status', existing_type=sa.SmallInteger(), type_=sa.Integer(),
+                              existing_nullable=False)
         batch_op.create_index('ix_audit_event_unexported', ['id'], unique=False,
                               sqlite_where=sa.text(UNEXPORTED),
                               postgresql_where=sa.text(UNEXPORTED))
@@ -46,6 +49,8 @@ def downgrade() -> None:
         for column in ('exported_at', 'instances', 'studies', 'tls_identity', 'calling_aet',
                        'protocol'):
             batch_op.drop_column(column)
+        batch_op.alter_column('status', existing_type=sa.Integer(), type_=sa.SmallInteger(),
+                              existing_nullable=False)
     with op.batch_alter_table('api_token', schema=None) as batch_op:
         for column in ('replaced_by', 'last_used_at', 'expires_at'):
             batch_op.drop_column(column)
