@@ -275,6 +275,32 @@ def octet_counted(msg: bytes) -> bytes:
     return str(len(msg)).encode("ascii") + b" " + msg
 
 
+@dataclass(frozen=True)
+class SyslogTarget:
+    """Where the messages go: `VNA_AUDIT_SYSLOG` parsed."""
+
+    transport: str  # "tcp+tls" | "tcp" | "udp"
+    host: str
+    port: int
+
+    DEFAULT_PORTS = {"tcp+tls": 6514, "tcp": 601, "udp": 514}
+
+    @classmethod
+    def parse(cls, url: str) -> SyslogTarget:
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in cls.DEFAULT_PORTS:
+            raise ValueError(f"{url!r}: expected tcp+tls://host:port, udp://host:port or "
+                             "tcp://host:port")
+        rest = rest.rstrip("/")
+        host, colon, port = rest.rpartition(":") if not rest.endswith("]") else (rest, "", "")
+        if not colon:
+            host, port = rest, str(cls.DEFAULT_PORTS[scheme])
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{url!r}: a host and a port from 1 to 65535 are needed")
+        return cls(scheme, host, int(port))
+
+
 def _field(value: str, limit: int) -> str:
     """A header field: printable US-ASCII without spaces, or the nil value."""
     cleaned = "".join(c for c in value if 33 <= ord(c) <= 126)[:limit]

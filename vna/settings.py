@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vna.atna import SyslogTarget
 from vna.dicom.identity import ConflictPolicy
 
 
@@ -187,6 +188,21 @@ class Settings(BaseSettings):
 
     fsync: bool = True
     admin_token: str | None = None
+    # -- the audit trail's export to an IHE ATNA audit record repository (vna/atna.py) --
+    audit_syslog: str = Field(default="", description=(
+        "where audit messages (DICOM PS3.15 A.5) go: tcp+tls://host:6514 (RFC 5425), "
+        "udp://host:514 (RFC 5426) or tcp://host:port; empty: not exported"))
+    audit_syslog_ca: str | None = Field(default=None, description=(
+        "CA file that verifies the collector's certificate (tcp+tls; default: the system's)"))
+    audit_syslog_cert: str | None = Field(default=None, description=(
+        "our client certificate for the collector (tcp+tls, IHE ATNA node authentication)"))
+    audit_syslog_key: str | None = Field(default=None, description=(
+        "the private key of VNA_AUDIT_SYSLOG_CERT"))
+    audit_export_seconds: float = Field(default=5.0, gt=0, description=(
+        "how often the worker sends the audit records not exported yet (and retries a "
+        "collector that was down)"))
+    audit_site_id: str | None = Field(default=None, description=(
+        "AuditEnterpriseSiteID in the audit messages (the archive's site)"))
     max_upload_bytes: int = Field(default=20 << 30, gt=0,
                                   description="largest document accepted, bytes (413 above)")
     document_mime_types: str = Field(
@@ -199,6 +215,13 @@ class Settings(BaseSettings):
     port_wait_seconds: float = Field(default=15.0, ge=0, description=(
         "how long a starting service waits for its port to be free (a killed parent's "
         "children on their way out) before it gives up"))
+
+    @field_validator("audit_syslog")
+    @classmethod
+    def _check_audit_syslog(cls, v: str) -> str:
+        if v.strip():
+            SyslogTarget.parse(v.strip())  # raises ValueError with the reason
+        return v.strip()
 
     @field_validator("dicom_aet")
     @classmethod

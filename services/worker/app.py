@@ -98,6 +98,23 @@ def _stop_commitment_reports(**_: object) -> None:
     stop_reporter()
 
 
+@signals.worker_ready.connect
+def _start_atna_export(**_: object) -> None:
+    """The worker's main process sends the audit trail to VNA_AUDIT_SYSLOG from a thread of
+    its own (services/worker/atna.py)."""
+    from services.runtime import open_runtime
+    from services.worker.atna import start_exporter
+
+    start_exporter(get_settings(), open_runtime().index)
+
+
+@signals.worker_shutdown.connect
+def _stop_atna_export(**_: object) -> None:
+    from services.worker.atna import stop_exporter
+
+    stop_exporter()
+
+
 def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     # services.worker.commitment registers the remote-control command that wakes its reporter

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import hmac
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from storage.groupcommit import GroupCommit
 from storage.index.db import CompiledStatement, Index
@@ -225,6 +236,7 @@ _AUDIT = cast(Table, AuditEvent.__table__)
 # and gets its count when the association ends; one whose association never ended (a
 # killed process) is exported without a count after this long.
 OPEN_STORE_RECORD_SECONDS = 3600
+_EXPORT_LOCK = 0x564E4141544E41  # "VNAATNA": one ATNA exporter at a time
 
 
 class AuditTrail:
@@ -324,6 +336,22 @@ class AuditTrail:
                 AuditEvent.at < open_until)).order_by(AuditEvent.id).limit(limit)
         with self.index.read_session() as s:
             return list(s.scalars(stmt))
+
+    @contextlib.contextmanager
+    def exporting(self) -> Iterator[bool]:
+        """Whether the caller exports now: with PostgreSQL, only the one worker that holds
+        the export's advisory lock; SQLite has one worker."""
+        if self.index.dialect != "postgresql":
+            yield True
+            return
+        with self.index.engine.connect() as conn:
+            mine = bool(conn.execute(select(func.pg_try_advisory_lock(_EXPORT_LOCK))).scalar())
+            try:
+                yield mine
+            finally:
+                if mine:
+                    conn.execute(select(func.pg_advisory_unlock(_EXPORT_LOCK)))
+                conn.commit()
 
     def mark_exported(self, ids: Sequence[int], at: datetime | None = None) -> None:
         if not ids:
