@@ -422,7 +422,7 @@ def test_store_in_flight_is_not_overwritten(archive: Archive, tmp_path: Path) ->
     second.start()
     second.join(0.3)
     assert second.is_alive()  # waiting for the first store's row
-    assert archive._commit([(first, "FIRST")])[0].ok  # type: ignore[union-attr]
+    assert archive._commit([(first, "FIRST", None)])[0].ok  # type: ignore[union-attr]
     second.join(10)
     assert results[0].outcome == "conflict"
     assert archive.store.read(first.key) == a_bytes
@@ -524,7 +524,7 @@ def test_one_bad_instance_fails_alone_in_a_shared_commit(archive: Archive, tmp_p
         f = write(make_instance(), tmp_path / f"{i}.dcm")
         p = prepare(f)
         archive.store.put_file(p.key, f)
-        sent.append((p, f"AE{i}"))
+        sent.append((p, f"AE{i}", None))
     bad = sent[1][0].header.sop_instance_uid
     real = archive.writer._insert_instance.execute
 

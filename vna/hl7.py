@@ -17,6 +17,7 @@ dcm4chee-arc's default (docs/hl7.md lists them).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -521,7 +522,13 @@ def ack(message: hl7.Message | None, ack_code: str, error: Hl7Error | None = Non
     severity, ERR-8 the reason) when `error` is given. A block that was no HL7 message
     gets an ACK with an empty MSH."""
     source = message if message is not None else hl7.parse(_FALLBACK_MSH)
-    answer = source.create_ack(ack_code, application=application, facility=facility)
+    try:
+        answer = source.create_ack(ack_code, application=application, facility=facility)
+    except Exception:  # an MSH python-hl7 cannot mirror (e.g. MSH-9 without components)
+        answer = hl7.parse(_FALLBACK_MSH).create_ack(ack_code, application=application,
+                                                     facility=facility)
+        with contextlib.suppress(Exception):  # MSA-2: the sender's control ID if readable
+            answer.segment("MSA").assign_field(str(source.segment("MSH")(10)), 2)
     if error is None:
         return answer
     msa = answer.segment("MSA")

@@ -290,7 +290,11 @@ def header_from_elements(elements: dict[int, tuple[bytes | None, bytes]], *,
             encodings = convert_encodings([n.strip() for n in names] if names else None)
         raw = RawDataElement(tag, (vr or attr.vr.encode()).decode(), len(data), data, 0,
                              implicit_vr, little_endian)
-        return convert_raw_data_element(raw, encoding=encodings).value
+        try:
+            return convert_raw_data_element(raw, encoding=encodings).value
+        except Exception as exc:  # e.g. a US value of odd length: pydicom refuses it
+            raise UnreadableInstance(f"{attr.keyword} cannot be read "
+                                     f"({exc.__class__.__name__})") from None
 
     return _header(value)
 
