@@ -965,7 +965,9 @@ def storescu(files: Sequence[Path], endpoint: Endpoint | Sequence[Endpoint],
             for i, (lst, out) in enumerate(zip(lists, handles, strict=True)):
                 to = targets[i % len(targets)]
                 procs.append(subprocess.Popen(
-                    [dcmtk("storescu"), "-aet", "BENCHSCU", "-aec", to.aet, to.host,
+                    [dcmtk("storescu"), "-aet", "BENCHSCU", "-aec", to.aet,
+                     # e.g. "-xf cfg profile": contexts beyond storage (pynetdicom's path)
+                     *os.environ.get("VNA_BENCH_STORESCU_ARGS", "").split(), to.host,
                      str(to.port), f"@{lst}"],
                     env=dcmtk_env(), stdout=out, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, start_new_session=True))
