@@ -240,8 +240,12 @@ def test_tls_collector_down_then_up(archive: Archive, backend: Backend, tmp_path
         env["VNA_BROKER_URL"] = broker
     with running_scp(backend) as scp, running_worker(backend, env):
         _accesses(scp.port, tmp_path, "ATNA-1")
-        rows = _wait(lambda: [e for e in _trail(archive) if e.instances is not None
-                              or e.action != DicomAction.STORE], 20)
+        def complete() -> list[AuditEvent] | None:  # the store association's counts too
+            done = [e for e in _trail(archive)
+                    if e.instances is not None or e.action != DicomAction.STORE]
+            return done if len(done) >= 4 else None
+
+        rows = _wait(complete, 20)
         time.sleep(3)  # the collector is down: several rounds fail
         assert all(e.exported_at is None for e in _trail(archive))
         listener = SyslogListener("tcp+tls", port, cert, key)

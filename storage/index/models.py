@@ -258,7 +258,7 @@ class AuditEvent(Base):
     token_id: Mapped[str | None] = mapped_column(String(32), index=True)
     role: Mapped[str | None] = mapped_column(String(16))
     action: Mapped[str] = mapped_column(String(32))
-    method: Mapped[str] = mapped_column(String(8))
+    method: Mapped[str] = mapped_column(String(16))  # HTTP method, or DIMSE / A-ASSOCIATE
     route: Mapped[str] = mapped_column(String(128))
     patient_id: Mapped[str | None] = mapped_column(String(128), index=True)
     resource: Mapped[str | None] = mapped_column(String(128))

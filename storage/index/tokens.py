@@ -219,12 +219,18 @@ class AuditRecord:
         p = self.principal
         return {
             "at": at or datetime.now(UTC), "token_id": p.token_id if p else None,
-            "role": p.role.value if p else None, "action": self.action, "method": self.method,
-            "route": self.route[:128], "patient_id": self.patient_id,
-            "resource": self.resource, "status": self.status, "outcome": self.outcome,
-            "client": self.client, "protocol": self.protocol,
-            "calling_aet": self.calling_aet, "tls_identity": self.tls_identity,
+            "role": p.role.value if p else None, "action": self.action,
+            "method": self.method[:16], "route": self.route[:128],
+            "patient_id": _cut(self.patient_id, 128), "resource": _cut(self.resource, 128),
+            "status": self.status, "outcome": self.outcome, "client": _cut(self.client, 64),
+            "protocol": self.protocol, "calling_aet": _cut(self.calling_aet, 16),
+            "tls_identity": _cut(self.tls_identity, 256),
             "studies": self.studies, "instances": self.instances}
+
+
+def _cut(value: str | None, n: int) -> str | None:
+    """A value cut to its column (a peer's long TLS subject must not lose the record)."""
+    return value[:n] if value else value
 
 
 _AUDIT_COLUMNS = ("at", "token_id", "role", "action", "method", "route", "patient_id",

@@ -35,7 +35,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('instances', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('exported_at', sa.DateTime(timezone=True),
                                       nullable=True))
-        # a DIMSE status (0xC001...) does not fit a SMALLINT
+        # a DIMSE status (0xC001...) does not fit a SMALLINT; "A-ASSOCIATE-RJ" not 8 characters
+        batch_op.alter_column('method', existing_type=sa.String(length=8),
+                              type_=sa.String(length=16), existing_nullable=False)
         batch_op.alter_column('status', existing_type=sa.SmallInteger(), type_=sa.Integer(),
                               existing_nullable=False)
         batch_op.create_index('ix_audit_event_unexported', ['id'], unique=False,
@@ -51,6 +53,8 @@ def downgrade() -> None:
             batch_op.drop_column(column)
         batch_op.alter_column('status', existing_type=sa.Integer(), type_=sa.SmallInteger(),
                               existing_nullable=False)
+        batch_op.alter_column('method', existing_type=sa.String(length=16),
+                              type_=sa.String(length=8), existing_nullable=False)
     with op.batch_alter_table('api_token', schema=None) as batch_op:
         for column in ('replaced_by', 'last_used_at', 'expires_at'):
             batch_op.drop_column(column)
