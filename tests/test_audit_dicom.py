@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from tests.api_client import RunningAPI, start_api, stop_api, wait_for
@@ -131,3 +132,38 @@ def test_refused_instance_is_counted(node: tuple[RunningSCP, RunningAPI],
     assert refused[0]["outcome"] == "refused" and refused[0]["instances"] == 0
     status, matches = find(scp.port, "STUDY", {"StudyInstanceUID": study, "PatientID": ""})
     assert [m.PatientID for m in matches] == ["AUD-X"]
+
+
+def test_mpps_and_worklist_are_audited(node: tuple[RunningSCP, RunningAPI]) -> None:
+    """An unscheduled MPPS N-CREATE and a Modality Worklist C-FIND: recorded with the
+    calling AE title and the patient."""
+    from pynetdicom.sop_class import (
+        ModalityPerformedProcedureStep,
+        ModalityWorklistInformationFind,
+    )
+
+    from tests.dicom_client import _cx, associate
+    from tests.test_mpps import in_progress
+
+    scp, api = node
+    assoc = associate(scp.port, [_cx(ModalityPerformedProcedureStep, ["1.2.840.10008.1.2"]),
+                                 _cx(ModalityWorklistInformationFind, ["1.2.840.10008.1.2"])],
+                      calling="MODALITY")
+    assert assoc.is_established
+    try:
+        status, _ = assoc.send_n_create(in_progress(None, None),
+                                        ModalityPerformedProcedureStep, generate_uid())
+        assert status.Status == 0
+        query = Dataset()
+        query.PatientID = "P-MPPS"
+        query.ScheduledProcedureStepSequence = []
+        answers = list(assoc.send_c_find(query, ModalityWorklistInformationFind))
+        assert answers[-1][0].Status == 0
+    finally:
+        assoc.release()
+    mpps = _events(api, action="dicom.mpps")
+    assert [(e["method"], e["patientId"], e["callingAet"], e["outcome"]) for e in mpps] == [
+        ("N-CREATE", "P-MPPS", "MODALITY", "success")]
+    assert mpps[0]["route"] == str(ModalityPerformedProcedureStep)
+    worklist = _events(api, action="dicom.worklist")
+    assert len(worklist) == 1 and worklist[0]["instances"] == 0

@@ -171,9 +171,10 @@ class DicomService:
         touched = [(patient, None)] if patient else []
         try:
             self.audit.request(per_patient(
-                who(event.assoc), action, method, str(event.request.get(
-                    "AffectedSOPClassUID" if method == "N-CREATE" else "RequestedSOPClassUID",
-                    "")), touched, status=status, outcome=_outcome(status),
+                who(event.assoc), action, method, str(getattr(
+                    event.request, "AffectedSOPClassUID" if method == "N-CREATE"
+                    else "RequestedSOPClassUID", "") or ""), touched, status=status,
+                outcome=_outcome(status),
                 resource=str(uid or "")[:128] or None))
         except Exception as exc:
             self.failures.failed(f"audit of {method} from {event.assoc.requestor.ae_title}",
