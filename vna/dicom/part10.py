@@ -114,6 +114,8 @@ def parse_file_meta(data: bytes) -> tuple[str, int] | None:
         group, elem = struct.unpack_from("<HH", data, pos)
         vr = data[pos + 4:pos + 6]
         if vr in LONG_VRS:
+            if pos + 12 > len(data):  # the group ends inside this element's header
+                return None
             (length,) = _UL_LE.unpack_from(data, pos + 8)
             pos += 12
         else:
