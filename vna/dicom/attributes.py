@@ -287,7 +287,11 @@ def header_from_elements(elements: dict[int, tuple[bytes | None, bytes]], *,
             charset = elements.get(_SPECIFIC_CHARACTER_SET)
             names = charset[1].decode("ascii", "replace").strip("\x00 ").split("\\") \
                 if charset else None
-            encodings = convert_encodings([n.strip() for n in names] if names else None)
+            try:
+                encodings = convert_encodings([n.strip() for n in names] if names else None)
+            except Exception as exc:  # e.g. a NUL inside a character set's name
+                raise UnreadableInstance("SpecificCharacterSet cannot be read "
+                                         f"({exc.__class__.__name__})") from None
         raw = RawDataElement(tag, (vr or attr.vr.encode()).decode(), len(data), data, 0,
                              implicit_vr, little_endian)
         try:
