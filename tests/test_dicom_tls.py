@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
@@ -196,6 +197,21 @@ def test_pynetdicom_over_tls_every_path(embedded: Backend, pki: PKI, tmp_path: P
             if status and status.Status in (0xFF00, 0xFF01)]
         assoc.release()
         assert len(matches) == 1 and int(matches[0].NumberOfStudyRelatedInstances) == 4
+        # every record of these accesses names the client's certificate, on both paths
+        engine = sa.create_engine(f"sqlite:///{embedded.data_dir / 'index.sqlite3'}")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text(
+                    "SELECT method, tls_identity FROM audit_event WHERE protocol = 'dicom' "
+                    "AND calling_aet = 'TESTSCU'")).all()
+            if sum(1 for method, _ in rows if method == "A-ASSOCIATE") >= 2:
+                break
+            time.sleep(0.2)
+        engine.dispose()
+    methods = {method for method, _ in rows}
+    assert {"C-STORE", "C-FIND", "A-ASSOCIATE"} <= methods, rows
+    assert all(identity and f"CN={CLIENT_CN}" in identity for _, identity in rows), rows
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
