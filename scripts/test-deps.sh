@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite talks to: DCMTK (the independent DICOM peer),
-# libmagic (MIME sniffing), Chromium (the dashboard and OHIF viewer tests), npm (fetches the
+# libmagic (MIME sniffing), openssl (test certificates), Chromium (the dashboard and OHIF viewer tests), npm (fetches the
 # OHIF build those tests open), PostgreSQL and Redis. Safe to run again; does nothing that is already done.
 set -euo pipefail
 
@@ -12,6 +12,8 @@ ldconfig -p 2>/dev/null | grep 'libmagic\.so\.1' >/dev/null || need_apt+=(libmag
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # npm fetches the prebuilt OHIF viewer (@ohif/app) for the viewer test, as `make viewer` does
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# the openssl CLI makes the throwaway PKI of the DICOM TLS, HTTPS and ATNA tests
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
