@@ -19,6 +19,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from services.dicom_scp.mpps import InTransaction
 from storage.archive import Archive
 from storage.errors import FailureLog
 from storage.index import workflow
@@ -80,7 +81,9 @@ class CommitmentService:
         self.failures = FailureLog(log)
         self.wake_workers = WorkerWakeup(settings)
 
-    def action(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
+    def action(self, event: Any, audited: InTransaction = None,
+               ) -> tuple[int | Dataset, Dataset | None]:
+        """`audited(conn)` writes the request's audit record in the request's transaction."""
         calling = event.assoc.requestor.ae_title
         try:
             transaction, references = commitment.parse_request(
@@ -100,6 +103,8 @@ class CommitmentService:
                 workflow.record_commitment(conn, transaction_uid=transaction,
                                            requester_aet=calling, referenced=references,
                                            result=result, now=utc_now())
+                if audited is not None:
+                    audited(conn)
         except Exception as exc:
             self.failures.failed(f"Storage Commitment from {calling}", exc)
             return status_dataset(STATUS_PROCESSING_FAILURE, ARCHIVE_UNAVAILABLE), None

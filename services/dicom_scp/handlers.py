@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,12 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
 )
+from sqlalchemy.engine import Connection
 
 from services.dicom_scp.audit import DicomAudit, per_patient, who
 from services.dicom_scp.commitment import CommitmentService
 from services.dicom_scp.metrics import ScpMetrics
-from services.dicom_scp.mpps import MppsService
+from services.dicom_scp.mpps import InTransaction, MppsService
 from services.dicom_scp.pynetdicom_compat import partial_receive_file, receive_failed
 from services.dicom_scp.retrieve import ArchivedInstance, contexts_for
 from services.dicom_scp.worklist import WorklistService
@@ -147,38 +148,48 @@ class DicomService:
         self.audit.rejected(who(event.assoc), "calling AE title not allowed, or too many "
                             "associations")
 
-    # -- MPPS, Storage Commitment: recorded before their response ------------------------
+    # -- MPPS, Storage Commitment: recorded in their own transaction ---------------------
 
     def on_n_create(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
-        return self._recorded(event, "N-CREATE", DicomAction.MPPS, self.mpps.create(event))
+        return self._recorded(event, "N-CREATE", DicomAction.MPPS, self.mpps.create)
 
     def on_n_set(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
-        return self._recorded(event, "N-SET", DicomAction.MPPS, self.mpps.set(event))
+        return self._recorded(event, "N-SET", DicomAction.MPPS, self.mpps.set)
 
     def on_n_action(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
         return self._recorded(event, "N-ACTION", DicomAction.COMMITMENT,
-                              self.commitment.action(event))
+                              self.commitment.action)
 
     def _recorded(self, event: Any, method: str, action: DicomAction,
-                  answer: tuple[int | Dataset, Dataset | None]) -> tuple[int | Dataset,
-                                                                      Dataset | None]:
+                  serve: Callable[[Any, InTransaction], tuple[int | Dataset, Dataset | None]],
+                  ) -> tuple[int | Dataset, Dataset | None]:
+        """Serve an N-CREATE/N-SET/N-ACTION with its audit record: written in the
+        transaction of what it changes (no change without its record), or, for a request
+        refused with nothing changed, on its own before the response."""
+        def records(status: int) -> list[AuditRecord]:
+            patient = None
+            with contextlib.suppress(Exception):
+                patient = str(event.attribute_list.get("PatientID", "") or "") or None
+            uid = event.request.AffectedSOPInstanceUID if method == "N-CREATE" \
+                else getattr(event.request, "RequestedSOPInstanceUID", None)
+            sop_class = getattr(event.request, "AffectedSOPClassUID" if method == "N-CREATE"
+                                else "RequestedSOPClassUID", "")
+            return per_patient(who(event.assoc), action, method, str(sop_class or ""),
+                               [(patient, None)] if patient else [], status=status,
+                               outcome=_outcome(status), resource=str(uid or "")[:128] or None)
+
+        def in_transaction(conn: Connection) -> None:
+            for rec in records(STATUS_SUCCESS):
+                self.audit.trail.insert_in(conn, rec)
+
+        answer = serve(event, in_transaction)
         status = answer[0] if isinstance(answer[0], int) else int(answer[0].Status)
-        patient = None
-        with contextlib.suppress(Exception):
-            patient = str(event.attribute_list.get("PatientID", "") or "") or None
-        uid = event.request.AffectedSOPInstanceUID if method == "N-CREATE" \
-            else getattr(event.request, "RequestedSOPInstanceUID", None)
-        touched = [(patient, None)] if patient else []
-        try:
-            self.audit.request(per_patient(
-                who(event.assoc), action, method, str(getattr(
-                    event.request, "AffectedSOPClassUID" if method == "N-CREATE"
-                    else "RequestedSOPClassUID", "") or ""), touched, status=status,
-                outcome=_outcome(status),
-                resource=str(uid or "")[:128] or None))
-        except Exception as exc:
-            self.failures.failed(f"audit of {method} from {event.assoc.requestor.ae_title}",
-                                 exc)
+        if status != STATUS_SUCCESS:
+            try:
+                self.audit.request(records(status))
+            except Exception as exc:
+                self.failures.failed(
+                    f"audit of {method} from {event.assoc.requestor.ae_title}", exc)
         return answer
 
     # -- C-STORE --------------------------------------------------------------------------

@@ -7,9 +7,11 @@ index transaction, committed before the response goes out."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from storage.archive import Archive
@@ -26,6 +28,9 @@ from vna.orders import new_uid, utc_now
 from vna.settings import Settings
 
 log = logging.getLogger("vna.scp.mpps")
+
+# What else the request's transaction writes (its audit record), given the connection.
+InTransaction = Callable[[Connection], None] | None
 
 
 def _refused(request: str, uid: str, calling: str, exc: mpps.MppsRefused,
@@ -50,7 +55,9 @@ class MppsService:
         self.archive = archive
         self.failures = FailureLog(log)
 
-    def create(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
+    def create(self, event: Any, audited: InTransaction = None,
+               ) -> tuple[int | Dataset, Dataset | None]:
+        """`audited(conn)` writes the request's audit record in the step's transaction."""
         calling = event.assoc.requestor.ae_title
         # the SCU may leave the UID to us (PS3.4 F.7.2.1.1); pynetdicom then answers it
         given = event.request.AffectedSOPInstanceUID
@@ -59,6 +66,8 @@ class MppsService:
             step = mpps.created(uid, event.attribute_list, self.settings.timezone)
             with self.archive.index.begin() as conn:
                 order = workflow.create_step(conn, step, station_aet=calling, now=utc_now())
+                if audited is not None:
+                    audited(conn)
         except IntegrityError:  # the same UID created by another association meanwhile
             return _refused("N-CREATE", uid, calling, mpps.duplicate(uid))
         except mpps.MppsRefused as exc:
@@ -72,7 +81,8 @@ class MppsService:
             reply.AffectedSOPInstanceUID = uid
         return STATUS_SUCCESS, reply
 
-    def set(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
+    def set(self, event: Any, audited: InTransaction = None,
+            ) -> tuple[int | Dataset, Dataset | None]:
         calling = event.assoc.requestor.ae_title
         uid = str(event.request.RequestedSOPInstanceUID or "")
         try:
@@ -84,6 +94,8 @@ class MppsService:
                 step = mpps.updated(uid, mpps.from_json(current), modification,
                                     self.settings.timezone)
                 order = workflow.update_step(conn, step, now=utc_now())
+                if audited is not None:
+                    audited(conn)
         except mpps.MppsRefused as exc:
             return _refused("N-SET", uid, calling, exc)
         except Exception as exc:
