@@ -200,9 +200,20 @@ class ReusePortServer(ThreadedAssociationServer):
         return sock, addr
 
 
+# How long a rejected requestor has to read the A-ASSOCIATE-RJ and close its end.
+REJECT_LINGER = 2.0
+
+
 def _reject(sock: socket.socket, reason: tuple[int, int, int]) -> None:
-    with contextlib.suppress(OSError):
+    """Send the A-ASSOCIATE-RJ, then wait (briefly) for the requestor to close the
+    connection, as the upper layer's Sta13 does: closing first can reset the connection
+    before the requestor has read why it was rejected."""
+    with contextlib.suppress(OSError, ValueError):
         sock.sendall(reject_pdu(*reason))
+        sock.settimeout(REJECT_LINGER)
+        deadline = time.monotonic() + REJECT_LINGER
+        while sock.recv(4096) and time.monotonic() < deadline:
+            pass
     _close(sock)
 
 
