@@ -180,15 +180,13 @@ class Archive:
             if audit is not None:
                 audit.refused_unreadable()
             return _refused(exc)
-        if audit is None:
-            return self._store_prepared(prepared, source_aet, move, expected_sop_instance_uid,
-                                        None)
         result = self._store_prepared(prepared, source_aet, move, expected_sop_instance_uid,
                                       audit)
-        study = prepared.header.study_instance_uid
-        if audit.needs_record(study):  # nothing written: a duplicate or an early refusal
-            audit.ensure(prepared.header)
-        audit.counted(study, result.ok, 0 if result.ok else 0xC000)
+        if audit is not None:
+            study = prepared.header.study_instance_uid
+            if audit.needs_record(study):  # nothing written: a duplicate or an early refusal
+                audit.ensure(prepared.header)
+            audit.counted(study, result.ok, 0 if result.ok else 0xC000)
         return result
 
     def _store_prepared(self, prepared: PreparedInstance, source_aet: str | None, move: bool,
@@ -361,7 +359,8 @@ class Archive:
             if len(batch) > 1:  # someone else archived one of them meanwhile: go one by one
                 return [r for sent in batch for r in self._commit([sent], retried=True)]
             # Another association archived this SOP Instance UID while we wrote it.
-            return [self._archived_meanwhile(*batch[0])]
+            p, source_aet, _ = batch[0]
+            return [self._archived_meanwhile(p, source_aet)]
         except Exception as exc:
             if len(batch) > 1:
                 return [r for sent in batch for r in self._commit([sent], retried=retried)]
@@ -384,8 +383,7 @@ class Archive:
                 results.append(StoreResult("stored", p.header.sop_instance_uid, size=p.size))
         return results
 
-    def _archived_meanwhile(self, p: PreparedInstance, source_aet: str | None,
-                            _audit: AssociationAudit | None = None) -> StoreResult:
+    def _archived_meanwhile(self, p: PreparedInstance, source_aet: str | None) -> StoreResult:
         """The result for an instance whose row another writer committed first. Our object
         goes unless it is the one that row names."""
         result = self._duplicate_check([p], in_store=True).get(p.header.sop_instance_uid)

@@ -16,8 +16,6 @@ import contextlib
 import enum
 import hashlib
 import logging
-import threading
-from collections import deque
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,6 +34,7 @@ from services.multipart import (
     boundary_of,
     read_parts,
 )
+from services.pipe import BoundedPipe
 from services.xds_api.threads import in_own_thread
 from storage.errors import FailureLog, is_storage_full
 from storage.index.documents import StoredObject
@@ -83,7 +82,7 @@ class _Aborted(Exception):
     """Raised to the writer thread: the upload was refused or cut off."""
 
 
-class ChunkPipe:
+class ChunkPipe(BoundedPipe[bytes]):
     """Bytes from the event loop to one reader thread, at most `high_water` in between.
 
     `send` awaits room without blocking the loop; `read` blocks the reader thread until a
@@ -91,47 +90,19 @@ class ChunkPipe:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, high_water: int = 4 << 20) -> None:
-        self._loop = loop
-        self._high = high_water
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
-        self._closed = False
+        super().__init__(loop, high_water, len)
         self._aborted = False
-        self._cond = threading.Condition()
-        self._room = asyncio.Event()
-        self._room.set()
-        self.reader_gone = False
 
     async def send(self, data: bytes) -> None:
-        while True:
-            with self._cond:
-                if self.reader_gone:
-                    return  # the writer failed; its exception is reported by the caller
-                if self._size < self._high:
-                    self._chunks.append(data)
-                    self._size += len(data)
-                    self._cond.notify()
-                    return
-                self._room.clear()
-            await self._room.wait()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
+        # a reader that stopped failed; its exception is reported by the caller
+        await self.put(data)
 
     def abort(self) -> None:
         with self._cond:
             self._aborted = True
-            self._chunks.clear()
+            self._items.clear()
             self._size = 0
             self._cond.notify()
-
-    def reader_done(self) -> None:
-        """The reader thread stopped (done or failed): never wait for room again."""
-        with self._cond:
-            self.reader_gone = True
-        self._loop.call_soon_threadsafe(self._room.set)
 
     def read(self, n: int = -1) -> bytes:
         want = self._high if n < 0 else n
@@ -143,17 +114,14 @@ class ChunkPipe:
                 raise _Aborted("upload aborted")
             out: list[bytes] = []
             got = 0
-            while self._chunks and got < want:
-                chunk = self._chunks.popleft()
+            while self._items and got < want:
+                chunk = self._items.popleft()
                 if got + len(chunk) > want:
-                    self._chunks.appendleft(chunk[want - got:])
+                    self._items.appendleft(chunk[want - got:])
                     chunk = chunk[:want - got]
                 out.append(chunk)
                 got += len(chunk)
-            self._size -= got
-            wake = self._size < self._high
-        if wake:
-            self._loop.call_soon_threadsafe(self._room.set)
+            self._taken(got)
         return b"".join(out)
 
 

@@ -38,9 +38,7 @@ import contextlib
 import logging
 import os
 import shutil
-import threading
 import uuid
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -61,6 +59,7 @@ from services.multipart import (
     TruncatedBody,
     read_parts,
 )
+from services.pipe import BoundedPipe
 from services.xds_api.deps import ArchiveDep, SettingsDep
 from services.xds_api.dicomweb.common import (
     DICOM_JSON,
@@ -146,72 +145,29 @@ _END = _End()
 _Op = _Begin | bytes | _End | FailedInstance
 
 
-class _PartPipe:
+class _PartPipe(BoundedPipe[_Op]):
     """What the event loop read, in order, to the part thread: at most `high_water` bytes
-    of part data in between. `put` awaits room without blocking the loop; `get` blocks the
-    thread; `close` ends the stream after what was put, `cut` after the last complete part
-    (what was put of the part being received is dropped)."""
+    of part data in between (markers weigh nothing). `close` ends the stream after what
+    was put, `cut` after the last complete part (what was put of the part being received
+    is dropped)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, high_water: int = PIPE_BYTES) -> None:
-        self._loop = loop
-        self._high = high_water
-        self._ops: deque[_Op] = deque()
-        self._size = 0
-        self._closed = False
-        self._reader_gone = False
-        self._cond = threading.Condition()
-        self._room = asyncio.Event()
-        self._room.set()
+        super().__init__(loop, high_water, _weight)
 
-    async def put(self, op: _Op) -> None:
-        size = len(op) if isinstance(op, bytes) else 0
-        while True:
-            with self._cond:
-                if self._reader_gone:
-                    raise RuntimeError("the part thread stopped")
-                if self._size < self._high:
-                    self._ops.append(op)
-                    self._size += size
-                    self._cond.notify()
-                    return
-                self._room.clear()
-            await self._room.wait()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
+    async def send(self, op: _Op) -> None:
+        if not await self.put(op):
+            raise RuntimeError("the part thread stopped")
 
     def cut(self) -> None:
         with self._cond:
-            while self._ops and isinstance(self._ops[-1], bytes | _Begin):
-                op = self._ops.pop()
-                if isinstance(op, bytes):
-                    self._size -= len(op)
+            while self._items and isinstance(self._items[-1], bytes | _Begin):
+                self._size -= _weight(self._items.pop())
             self._closed = True
             self._cond.notify()
 
-    def reader_done(self) -> None:
-        with self._cond:
-            self._reader_gone = True
-        self._loop.call_soon_threadsafe(self._room.set)
 
-    def get(self) -> _Op | None:
-        """The next op; None once closed and drained."""
-        with self._cond:
-            while not self._ops and not self._closed:
-                self._cond.wait()
-            if not self._ops:
-                return None
-            op = self._ops.popleft()
-            if isinstance(op, bytes):
-                self._size -= len(op)
-                wake = self._size < self._high
-            else:
-                wake = False
-        if wake:
-            self._loop.call_soon_threadsafe(self._room.set)
-        return op
+def _weight(op: _Op) -> int:
+    return len(op) if isinstance(op, bytes) else 0
 
 
 # -- the part reader -------------------------------------------------------------------------
@@ -299,7 +255,7 @@ class StowReceiver:
                 async for event in events:
                     if isinstance(event, PartData):  # by far the most frequent
                         if writing:
-                            await pipe.put(event.data)
+                            await pipe.send(event.data)
                     elif isinstance(event, PartStart):
                         parts += 1
                         if parts > self.max_parts:
@@ -307,12 +263,12 @@ class StowReceiver:
                                                  f"one request: send them in several")
                         content_type = event.content_type
                         writing = stow.is_dicom_part(content_type)
-                        await pipe.put(_Begin(str(self.folder / f"{uuid.uuid4().hex}.part"))
+                        await pipe.send(_Begin(str(self.folder / f"{uuid.uuid4().hex}.part"))
                                        if writing else stow.not_dicom_part(str(content_type)))
                     else:
                         assert isinstance(event, PartEnd)
                         if writing:
-                            await pipe.put(_END)
+                            await pipe.send(_END)
                         writing = False
         except ClientDisconnect:
             raise StowError(400, "the client disconnected before the body was complete"
