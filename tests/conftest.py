@@ -241,6 +241,19 @@ def vna_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="module")
+def api(module_backend: Backend) -> Iterator[Any]:
+    """`vna api` on the module's backend (`tests.api_client.RunningAPI`); modules that
+    need it configured otherwise define their own."""
+    from tests.api_client import start_api, stop_api
+
+    running = start_api(module_backend)
+    try:
+        yield running
+    finally:
+        stop_api(running)
+
+
 # -- a running DICOM service ---------------------------------------------------------------
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,20 @@ def dataset_bytes(path: Path) -> bytes:
 
     _, offset = split_dataset(path)
     return path.read_bytes()[offset:]
+
+
+def store_study(archive: Any, folder: Path, n: int, tag: str = "") -> list[str]:
+    """A study of `n` small CT instances archived through `Archive.store_file` (as a
+    C-STORE from AE T): their SOP Instance UIDs, in order."""
+    study = f"2.25.{uuid.uuid4().int}"  # room below 64 characters for the suffixes
+    uids = []
+    for i in range(n):
+        uid = f"{study}.1.{i}"
+        ds = make_instance(study_uid=study, series_uid=study + ".1", sop_uid=uid,
+                           instance_number=i)
+        assert archive.store_file(write(ds, folder / f"{tag}{uid}.dcm"), source_aet="T").ok
+        uids.append(uid)
+    return uids
 
 
 def store_document(archive: Any, content: bytes, mime_type: str) -> str:

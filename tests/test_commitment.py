@@ -28,9 +28,10 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from storage.archive import Archive
+from tests.api_client import wait_for
 from tests.conftest import VNA, Backend, RunningSCP, free_port, start_scp, stop_process, vna_env
 from tests.dicom_client import _cx, associate
-from tests.factory import make_instance, write
+from tests.factory import store_study
 from vna.commitment import PUSH_MODEL_INSTANCE
 from vna.orders import new_uid
 
@@ -123,18 +124,6 @@ def archive_scp(archive: Archive, backend: Backend, modality: Modality
         stop_process(scp.proc)
 
 
-def store(archive: Archive, tmp: Path, n: int) -> list[str]:
-    study = new_uid()
-    uids = []
-    for i in range(n):
-        uid = f"{study}.{i + 1}"
-        ds = make_instance(study_uid=study, series_uid=study + ".0", sop_uid=uid,
-                           instance_number=i)
-        assert archive.store_file(write(ds, tmp / f"{uid}.dcm"), source_aet="T").ok
-        uids.append(uid)
-    return uids
-
-
 def request(port: int, references: list[tuple[str, str]], *, calling: str = MODALITY,
             transaction: str | None = None, action_type: int = 1) -> tuple[int, str]:
     """An N-ACTION from `calling`: the status answered and the Transaction UID."""
@@ -179,17 +168,10 @@ def references_of(seq: Any) -> list[tuple[str, str]]:
     return [(str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID)) for i in seq]
 
 
-def wait_for(condition: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_commitment_reported_with_failures(archive: Archive, backend: Backend,
                                            modality: Modality, archive_scp: RunningSCP,
                                            tmp_path: Path) -> None:
-    stored = store(archive, tmp_path, 5)
+    stored = store_study(archive, tmp_path, 5)
     unknown = [new_uid(), new_uid()]
     refs = [(CT, u) for u in stored[:4]] + [(MR, stored[4])] + [(CT, u) for u in unknown]
     modality.start()
@@ -226,7 +208,7 @@ def test_requester_and_worker_down_then_up(archive: Archive, backend: Backend,
     """The request is kept with no worker running; a worker retries while the requester
     does not answer (with back-off) and is killed (-9); the next worker reports once,
     when the requester is back."""
-    stored = store(archive, tmp_path, 3)
+    stored = store_study(archive, tmp_path, 3)
     status, transaction = request(archive_scp.port, [(CT, u) for u in stored])
     assert status == 0x0000
     time.sleep(1)
@@ -236,8 +218,8 @@ def test_requester_and_worker_down_then_up(archive: Archive, backend: Backend,
     with running_worker(backend, env) as worker:
         # two attempts made and the second one over (not under its claim's lease, which
         # a worker killed mid-attempt leaves for LEASE before another worker may retry)
-        wait_for(lambda: commitments(archive)[0]["attempts"] >= 2
-                 and not claimed(commitments(archive)[0]), 60)
+        assert wait_for(lambda: commitments(archive)[0]["attempts"] >= 2
+                        and not claimed(commitments(archive)[0]), 60)
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
     row = commitments(archive)[0]
@@ -249,7 +231,7 @@ def test_requester_and_worker_down_then_up(archive: Archive, backend: Backend,
         assert report.event_type == 1 and report.information.TransactionUID == transaction
         assert references_of(report.information.ReferencedSOPSequence) == \
             [(CT, u) for u in stored]
-        wait_for(lambda: commitments(archive)[0]["reported_at"] is not None, 10)
+        assert wait_for(lambda: commitments(archive)[0]["reported_at"] is not None, 10)
         time.sleep(3)  # several retry periods: nothing is sent again
     assert modality.reports.empty()
     (row,) = commitments(archive)
@@ -276,7 +258,7 @@ def test_unknown_uids_are_failed_never_committed(archive: Archive, backend: Back
 def test_requests_that_cannot_be_taken_change_nothing(archive: Archive,
                                                       archive_scp: RunningSCP,
                                                       tmp_path: Path) -> None:
-    stored = store(archive, tmp_path, 1)
+    stored = store_study(archive, tmp_path, 1)
     refs = [(CT, stored[0])]
     # a requester not in VNA_DICOM_PEERS could never get its report: refused, as
     # dcm4chee-arc refuses it (0x0110 "Unknown Calling AET")

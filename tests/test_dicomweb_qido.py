@@ -5,7 +5,6 @@ instances archived through the C-STORE ingest path."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +12,11 @@ import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
-from tests.api_client import ADMIN_TOKEN, RunningAPI, start_api, stop_api
+from tests.api_client import ADMIN_TOKEN, RunningAPI
 from tests.conftest import Backend
 from tests.factory import make_instance, write
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def api(module_backend: Backend) -> Iterator[RunningAPI]:
-    running = start_api(module_backend)
-    try:
-        yield running
-    finally:
-        stop_api(running)
 
 
 @pytest.fixture(scope="module")

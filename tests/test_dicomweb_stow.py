@@ -36,15 +36,6 @@ CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 @pytest.fixture(scope="module")
-def api(module_backend: Backend) -> Iterator[RunningAPI]:
-    running = start_api(module_backend)
-    try:
-        yield running
-    finally:
-        stop_api(running)
-
-
-@pytest.fixture(scope="module")
 def scp(module_backend: Backend, api: RunningAPI) -> Iterator[RunningSCP]:
     running = start_scp(module_backend, VNA_DICOM_PROCESSES="1")  # after the API migrated
     try:

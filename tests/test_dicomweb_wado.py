@@ -11,7 +11,6 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, encapsulate_extended, get_frame
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
 
-from tests.api_client import ADMIN_TOKEN, RunningAPI, start_api, stop_api
+from tests.api_client import ADMIN_TOKEN, RunningAPI
 from tests.conftest import Backend, running_scp
 from tests.factory import PYDICOM_TEST_FILES, dataset_bytes, make_instance, write
 
@@ -61,15 +60,6 @@ CORPUS = {
     "examples_overlay.dcm": "Pixel Data in a sequence (Icon Image) and at the top",
     "JPGExtended.dcm": "12-bit JPEG, which no decoder installed here decodes",
 }
-
-
-@pytest.fixture(scope="module")
-def api(module_backend: Backend) -> Iterator[RunningAPI]:
-    running = start_api(module_backend)
-    try:
-        yield running
-    finally:
-        stop_api(running)
 
 
 def _reuid(ds: Dataset, study: str, patient: str, department: str = "Radiology") -> Dataset:

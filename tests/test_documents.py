@@ -32,15 +32,6 @@ from tests.factory import make_instance, write
 from tests.media import form_body, make_jpeg, make_mp4, make_pdf, make_wav
 
 
-@pytest.fixture(scope="module")
-def api(module_backend: Backend) -> Iterator[RunningAPI]:
-    running = start_api(module_backend)
-    try:
-        yield running
-    finally:
-        stop_api(running)
-
-
 @pytest.fixture
 def patient() -> str:
     """A patient of this test only (tests share the module's archive)."""

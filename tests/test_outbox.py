@@ -20,20 +20,8 @@ from storage.archive import Archive
 from storage.derive import Deriver
 from storage.outbox import lag, pending
 from tests.conftest import VNA, Backend, stop_process, vna_env
-from tests.factory import make_instance, store_document, write
+from tests.factory import make_instance, store_document, store_study, write
 from tests.media import make_mp4, make_pdf
-
-
-def store_instances(archive: Archive, tmp: Path, n: int, tag: str) -> list[str]:
-    study = f"1.2.826.0.1.3680043.8.498.{random.randint(10**8, 10**9)}"
-    uids = []
-    for i in range(n):
-        uid = f"{study}.1.{i}"
-        ds = make_instance(study_uid=study, series_uid=study + ".1", sop_uid=uid,
-                           instance_number=i)
-        assert archive.store_file(write(ds, tmp / f"{tag}-{i}.dcm"), source_aet="T").ok
-        uids.append(uid)
-    return uids
 
 
 def count(archive: Archive, table: str, where: str = "") -> int:
@@ -42,7 +30,7 @@ def count(archive: Archive, table: str, where: str = "") -> int:
 
 
 def test_events_are_written_with_the_index_entries(archive: Archive, tmp_path: Path) -> None:
-    uids = store_instances(archive, tmp_path, 3, "a")
+    uids = store_study(archive, tmp_path, 3, "a")
     # a re-sent instance and a refused one add no work
     assert archive.store_file(write(make_instance(sop_uid=uids[0]), tmp_path / "x.dcm"),
                               source_aet="T").outcome in ("duplicate", "conflict")
@@ -60,7 +48,7 @@ def test_events_are_written_with_the_index_entries(archive: Archive, tmp_path: P
 
 
 def test_deriver_is_idempotent(archive: Archive, tmp_path: Path) -> None:
-    uids = store_instances(archive, tmp_path, 2, "i")
+    uids = store_study(archive, tmp_path, 2, "i")
     video = store_document(archive, make_mp4(), "video/mp4")
     deriver = Deriver(archive.index, archive.store)
     events = pending(archive.index)
@@ -122,7 +110,7 @@ def test_worker_outage_then_everything_processed_once(archive: Archive, backend:
                                                       tmp_path: Path) -> None:
     """Stores succeed with no worker running; a worker that comes later does it all, once;
     a worker killed with -9 mid-way loses nothing."""
-    uids = store_instances(archive, tmp_path, 40, "o")
+    uids = store_study(archive, tmp_path, 40, "o")
     doc = store_document(archive, make_pdf(pages=3), "application/pdf")
     assert lag(archive.index)[0] == 41  # waiting in the database, not in a broker
     broker = broker_for(backend)
@@ -132,7 +120,7 @@ def test_worker_outage_then_everything_processed_once(archive: Archive, backend:
             time.sleep(0.2)
         os.killpg(worker.pid, signal.SIGKILL)  # mid-way (or just after): must not matter
         worker.wait()
-    uids += store_instances(archive, tmp_path, 10, "p")
+    uids += store_study(archive, tmp_path, 10, "p")
     with running_worker(backend, broker):
         assert wait_drained(archive), lag(archive.index)
     assert count(archive, "instance_metadata") == len(uids) == 50

@@ -15,7 +15,6 @@ import queue
 import random
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from pynetdicom.sop_class import (
     StorageCommitmentPushModel,
 )
 
-from tests.api_client import ADMIN_TOKEN
+from tests.api_client import ADMIN_TOKEN, wait_for
 from tests.conftest import VNA, Backend, free_port, stop_process, vna_env, wait_port
 from tests.factory import make_instance
 from vna.commitment import PUSH_MODEL_INSTANCE
@@ -217,16 +216,6 @@ def worklist_query(day: Day) -> list[Dataset]:
     return found
 
 
-def until(what: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"not within {timeout} s")
-
-
 def test_an_exams_day_from_order_to_report(day: Day) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     referral = now - timedelta(days=2, hours=3)
@@ -313,7 +302,8 @@ def test_an_exams_day_from_order_to_report(day: Day) -> None:
             body: dict[str, Any] = r.json()
             return body if body["examEndToArchive"]["n"] == 1 else None
 
-        lead = until(chain)  # once the workers have derived the study's facts
+        lead = wait_for(chain, 60)  # once the workers have derived the study's facts
+        assert lead, "the lead times did not come within 60 s"
     expected = {
         "referralToScheduled": (scheduled - referral).total_seconds(),
         "referralToExam": (started - referral).total_seconds(),
