@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from corpus import DEFAULT_WORKDIR  # noqa: E402
 from documents import ApiServer  # noqa: E402
 from servers import REPO, cleanup_on_exit, create_database, make_tempdir  # noqa: E402
-from stats import Client  # noqa: E402
+from stats import Client, Timing  # noqa: E402
 
 TZ = ZoneInfo("Europe/Stockholm")
 TARGET_MS = 1000.0  # leadtimes, PostgreSQL, the whole year
@@ -202,18 +201,6 @@ def load(url: str, n_orders: int, end: datetime) -> Generated:
     gen.orders = gen.tables.get("imaging_order", 0)
     gen.seconds = time.perf_counter() - t0
     return gen
-
-
-@dataclass
-class Timing:
-    endpoint: str
-    days: int
-    ms: list[float] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.ms) if self.ms and not self.error else None
 
 
 def measure(server: ApiServer, end: date, runs: int, gen: Generated
