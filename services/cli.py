@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,6 +22,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vna.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from storage.index.tokens import Tokens
 
 app = typer.Typer(help="vna: one archive for all images and documents of a region.",
                   no_args_is_help=True, add_completion=False)
@@ -72,6 +77,18 @@ def _expiry(text: str | None) -> datetime | None:
         raise typer.Exit(2) from None
 
 
+@contextmanager
+def _tokens() -> Iterator[Tokens]:
+    """The API tokens of this data dir's index, for one command."""
+    from services.runtime import open_runtime
+    from storage.index.tokens import Tokens
+
+    settings = get_settings()
+    _prepare_data_dir(settings)
+    with open_runtime(settings) as rt:
+        yield Tokens(rt.index)
+
+
 _EXPIRES_HELP = ("when the token stops working: a lifetime (90d, 12h, 30m, 2w) or an ISO "
                  "8601 time with its zone; default never")
 
@@ -100,15 +117,9 @@ def token_create(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     expires_at = _expiry(expires)
-    settings = get_settings()
-    _prepare_data_dir(settings)
-    from services.runtime import open_runtime
-    from storage.index.tokens import Tokens
-
-    with open_runtime(settings) as rt:
-        secret, row = Tokens(rt.index).create(the_role, departments, source=the_source,
-                                              label=label, created_by="cli",
-                                              expires_at=expires_at)
+    with _tokens() as tokens:
+        secret, row = tokens.create(the_role, departments, source=the_source, label=label,
+                                    created_by="cli", expires_at=expires_at)
     console.print(f"token {row.id}: role {row.role}, departments "
                   f"{', '.join(row.departments) or 'all'}"
                   f"{f', expires {expires_at.isoformat()}' if expires_at else ''}")
@@ -124,16 +135,12 @@ def token_rotate(
 ) -> None:
     """Replace a token by a new one for the same role, departments and source; the old one
     is revoked at once. Prints the new token (once)."""
-    expires_at = _expiry(expires)
-    settings = get_settings()
-    _prepare_data_dir(settings)
-    from services.runtime import open_runtime
-    from storage.index.tokens import TokenNotRotatable, Tokens
+    from storage.index.tokens import TokenNotRotatable
 
-    with open_runtime(settings) as rt:
+    expires_at = _expiry(expires)
+    with _tokens() as tokens:
         try:
-            secret, row = Tokens(rt.index).rotate(token_id, created_by="cli",
-                                                  expires_at=expires_at)
+            secret, row = tokens.rotate(token_id, created_by="cli", expires_at=expires_at)
         except TokenNotRotatable as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
@@ -146,13 +153,8 @@ def token_rotate(
 @token_app.command("list")
 def token_list() -> None:
     """The tokens, with their expiry, last use (to within a minute) and rotation."""
-    settings = get_settings()
-    _prepare_data_dir(settings)
-    from services.runtime import open_runtime
-    from storage.index.tokens import Tokens
-
-    with open_runtime(settings) as rt:
-        rows = Tokens(rt.index).list()
+    with _tokens() as tokens:
+        rows = tokens.list()
     table = Table(title="API tokens")
     for col in ("id", "role", "departments", "label", "created", "expires", "last used",
                 "revoked", "replaced by"):
