@@ -41,6 +41,7 @@ from vna.dicom.attributes import (
     extract_header,
     header_from_elements,
 )
+from vna.dicom.dimse import refusal_status
 from vna.dicom.identity import ConflictPolicy, IdentityConflict, PatientIdentity
 from vna.dicom.part10 import (
     HEADER_BYTES,
@@ -183,10 +184,9 @@ class Archive:
         result = self._store_prepared(prepared, source_aet, move, expected_sop_instance_uid,
                                       audit)
         if audit is not None:
-            study = prepared.header.study_instance_uid
-            if audit.needs_record(study):  # nothing written: a duplicate or an early refusal
-                audit.ensure(prepared.header)
-            audit.counted(study, result.ok, 0 if result.ok else 0xC000)
+            audit.ensure(prepared.header)  # nothing written: a duplicate or an early refusal
+            audit.counted(prepared.header.study_instance_uid, result.ok,
+                          0 if result.ok else refusal_status(result.outcome, result.unreadable))
         return result
 
     def _store_prepared(self, prepared: PreparedInstance, source_aet: str | None, move: bool,
@@ -338,16 +338,16 @@ class Archive:
         rows = [InstanceRow(p.header, p.transfer_syntax_uid, p.size, p.sha256,
                             p.dataset_offset, p.key, source_aet) for p, source_aet, _ in batch]
         now = datetime.now(UTC)
-        audited: list[tuple[AssociationAudit, str, int]] = []
+        audited: dict[tuple[int, str], tuple[AssociationAudit, int]] = {}
 
         def work(cursor: Any) -> Written:
             audited.clear()  # a transaction run again writes them again
             written = self.writer.write(cursor, rows, now)
             for p, _, audit in batch:
                 study = p.header.study_instance_uid
-                if audit is not None and audit.needs_record(study) and \
-                        not any(a is audit and s == study for a, s, _ in audited):
-                    audited.append((audit, study, audit.write(cursor, p.header)))
+                if audit is not None and (id(audit), study) not in audited and \
+                        audit.needs_record(study):
+                    audited[id(audit), study] = (audit, audit.write(cursor, p.header))
             return written
 
         try:
@@ -372,7 +372,7 @@ class Archive:
                     self._discard(p)
             raise
         self.writer.committed(written)
-        for audit, study, row_id in audited:
+        for (_, study), (audit, row_id) in audited.items():
             audit.written(study, row_id)
         results: list[StoreResult | Exception] = []
         for i, (p, _, _) in enumerate(batch):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,7 +28,7 @@ from typing import Literal, TypeVar
 
 from sqlalchemy import insert, select
 
-from storage.index.db import Index
+from storage.index.db import Index, batches
 from storage.index.models import Document, FixityCheck, Instance
 from storage.keys import subject_of_key
 from storage.objectstore import (
@@ -96,22 +96,11 @@ def _indexed_keys(index: Index, page: list[ObjectInfo]) -> set[str]:
     return keys
 
 
-def _chunks(items: Iterable[T], n: int) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def orphans(index: Index, store: ObjectStore, report: CheckReport, *,
             older_than: datetime) -> Iterator[ObjectInfo]:
     """Objects no index row names, last written before `older_than`."""
     for prefix in PREFIXES:
-        for page in _chunks(store.list_objects(prefix), _PAGE):
+        for page in batches(store.list_objects(prefix), _PAGE):
             report.objects += len(page)
             known = _indexed_keys(index, page)
             yield from (info for info in page
@@ -166,7 +155,7 @@ def _row_findings(index: Index, store: ObjectStore, report: CheckReport,
                   hashes: bool) -> Iterator[tuple[Finding, str, str, str | None]]:
     """Findings about rows, with what fixity keeps of them (kind, expected, found)."""
     with ThreadPoolExecutor(_THREADS, thread_name_prefix="vna-check") as pool:
-        for batch in _chunks(_rows(index), _PAGE):
+        for batch in batches(_rows(index), _PAGE):
             report.rows += len(batch)
             found = pool.map(lambda r: _found_sha256(store, r[2], hashes), batch)
             for (kind, subject, key, expected), sha in zip(batch, found, strict=True):

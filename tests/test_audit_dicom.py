@@ -130,6 +130,7 @@ def test_refused_instance_is_counted(node: tuple[RunningSCP, RunningAPI],
 
     refused = wait_for(done, 20)
     assert refused[0]["outcome"] == "refused" and refused[0]["instances"] == 0
+    assert refused[0]["status"] == 0xA778  # the status the sender was answered
     status, matches = find(scp.port, "STUDY", {"StudyInstanceUID": study, "PatientID": ""})
     assert [m.PatientID for m in matches] == ["AUD-X"]
 

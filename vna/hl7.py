@@ -170,10 +170,6 @@ def parse(text: str) -> hl7.Message:
     return message
 
 
-def header(message: hl7.Message, zone: str) -> Header:
-    return _header(_Reader(message), zone)
-
-
 def _header(message: _Reader, zone: str) -> Header:
     def get(field: int, component: int = 1) -> str:
         return _value(message, "MSH", field, component)
@@ -186,31 +182,47 @@ def _header(message: _Reader, zone: str) -> Header:
                   trigger=get(9, 2), control_id=get(10), sent_at=sent_at, charset=get(18))
 
 
-def patient_id_of(message: hl7.Message) -> str | None:
-    """PID-3's first ID, as the message log keeps it (None without one)."""
-    value = _value(_Reader(message), "PID", 3)
-    return value if value and value != '""' else None
+@dataclass(frozen=True)
+class Opened:
+    """A message's header and PID-3 (what its log row keeps), its segments found once;
+    `read()` gives the rest."""
+
+    header: Header
+    patient_id: str | None  # PID-3's first ID, None without one
+    reader: _Reader
+    zone: str
+
+    def read(self) -> Parsed:
+        """The domain object of a supported message; `Hl7Error` for anything else."""
+        head, reader = self.header, self.reader
+        if head.code not in SUPPORTED:
+            raise Hl7Error("MSH-9", ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
+                           f"message type {head.code!r} is not supported", ack_code="AR")
+        if head.trigger not in SUPPORTED[head.code]:
+            raise Hl7Error("MSH-9", ErrorCode.UNSUPPORTED_EVENT_CODE,
+                           f"{head.code} event {head.trigger!r} is not supported",
+                           ack_code="AR")
+        try:
+            if head.code == "ADT":
+                return _adt(reader, head.trigger)
+            if head.code == "ORU":
+                return _report(reader, head, self.zone)
+            return _order(reader, head.code, self.zone)
+        except InvalidOrder as exc:
+            raise error_of(exc, head.code) from None
+
+
+def open_message(message: hl7.Message, zone: str) -> Opened:
+    """`message` opened for reading; `zone` is the region's time zone, for HL7 times
+    without an offset."""
+    reader = _Reader(message)
+    pid = _value(reader, "PID", 3)
+    return Opened(_header(reader, zone), pid if pid and pid != '""' else None, reader, zone)
 
 
 def read(message: hl7.Message, zone: str) -> Parsed:
-    """The domain object of a supported message; `Hl7Error` for anything else. `zone` is
-    the region's time zone, for HL7 times without an offset."""
-    reader = _Reader(message)
-    head = _header(reader, zone)
-    if head.code not in SUPPORTED:
-        raise Hl7Error("MSH-9", ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
-                       f"message type {head.code!r} is not supported", ack_code="AR")
-    if head.trigger not in SUPPORTED[head.code]:
-        raise Hl7Error("MSH-9", ErrorCode.UNSUPPORTED_EVENT_CODE,
-                       f"{head.code} event {head.trigger!r} is not supported", ack_code="AR")
-    try:
-        if head.code == "ADT":
-            return _adt(reader, head.trigger)
-        if head.code == "ORU":
-            return _report(reader, head, zone)
-        return _order(reader, head.code, zone)
-    except InvalidOrder as exc:
-        raise error_of(exc, head.code) from None
+    """The domain object of a supported message (`open_message(...).read()`)."""
+    return open_message(message, zone).read()
 
 
 def error_of(exc: InvalidOrder, code: str, *,

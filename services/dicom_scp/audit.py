@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from services.dicom_scp import pynetdicom_compat
@@ -48,25 +49,21 @@ def per_patient(base: AuditRecord, action: DicomAction, method: str, route: str,
     studies: dict[str, set[str]] = defaultdict(set)
     for patient, study in touched:
         studies[patient or ""].update([study] if study else [])
-    common = dict(action=action.value, method=method, route=route, status=status,
-                  given_outcome=outcome, resource=resource)
+    def record(**fields: Any) -> AuditRecord:
+        return replace(base, action=action.value, method=method, route=route, status=status,
+                       given_outcome=outcome, resource=resource, **fields)
+
     if not studies:
-        return [AuditRecord(**common, **_who(base), instances=instances or 0)]  # type: ignore[arg-type]
+        return [record(instances=instances or 0)]
     patients = sorted(studies)
-    out = [AuditRecord(**common, **_who(base), patient_id=p or None,  # type: ignore[arg-type]
-                       studies=sorted(studies[p])[:MAX_STUDIES_PER_RECORD] or None,
-                       instances=instances if len(patients) == 1 else None)
+    out = [record(patient_id=p or None,
+                  studies=sorted(studies[p])[:MAX_STUDIES_PER_RECORD] or None,
+                  instances=instances if len(patients) == 1 else None)
            for p in patients[:MAX_PATIENT_RECORDS]]
     if len(patients) > MAX_PATIENT_RECORDS:
-        rest = len(patients) - MAX_PATIENT_RECORDS
-        out.append(AuditRecord(**{**common, "resource": f"{rest} more patients"},  # type: ignore[arg-type]
-                               **_who(base)))
+        out.append(replace(record(), resource=f"{len(patients) - MAX_PATIENT_RECORDS} more "
+                                              "patients"))
     return out
-
-
-def _who(base: AuditRecord) -> dict[str, Any]:
-    return {"protocol": "dicom", "calling_aet": base.calling_aet, "client": base.client,
-            "tls_identity": base.tls_identity}
 
 
 class DicomAudit:
@@ -90,9 +87,8 @@ class DicomAudit:
                       audit.base.calling_aet, exc.__class__.__name__)
 
     def rejected(self, base: AuditRecord, reason: str) -> None:
-        rec = AuditRecord(action=DicomAction.ASSOCIATION.value, method="A-ASSOCIATE-RJ",
-                          route="", status=0, given_outcome="denied", resource=reason[:128],
-                          **_who(base))
+        rec = replace(base, action=DicomAction.ASSOCIATION.value, method="A-ASSOCIATE-RJ",
+                      given_outcome="denied", resource=reason[:128])
         try:
             self.trail.record(rec)
         except Exception as exc:

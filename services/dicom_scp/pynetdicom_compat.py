@@ -116,7 +116,7 @@ together with other contexts.
 **TLS identity** (for the audit trail): `tls_identity(assoc)` is the subject of the
 verified client certificate of a pynetdicom association (RFC 4514, e.g.
 `CN=ct1.example,O=Radiology`), None over plain TCP or without VNA_DICOM_TLS_CA; it reads
-`assoc.dul.socket.socket`. vna's storage loop has it as `StorageAssociation.tls_identity`.
+`assoc.dul.socket.socket`. vna's storage loop reads it from its socket at admission.
 
 **Private attributes read** (`PRIVATE_READS`, checked by `install`)
 

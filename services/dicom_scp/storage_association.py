@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pynetdicom import AE, AllStoragePresentationContexts
-from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     ImplementationClassUIDNotification,
@@ -48,7 +48,7 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 from pynetdicom.sop_class import Verification
 
 from services.dicom_scp.admission import timeval
-from services.dicom_scp.audit import DicomAudit, base_record
+from services.dicom_scp.audit import base_record
 from services.dicom_scp.pynetdicom_compat import received_file_meta
 from services.dicom_scp.tls import socket_identity
 from storage.audit import AssociationAudit
@@ -230,9 +230,6 @@ class StorageService(Protocol):
 
     def association_ended(self, audit: AssociationAudit | None, outcome: str) -> None: ...
 
-    @property
-    def audit(self) -> DicomAudit: ...
-
 
 class StorageAssociation:
     """One accepted storage association, served until release, abort or disconnect."""
@@ -246,7 +243,6 @@ class StorageAssociation:
         self.incoming = incoming
         self.max_pdu = max_pdu
         self.calling_aet = str(rq.calling_ae_title).strip()
-        self.tls_identity = socket_identity(sock)  # the client certificate's subject, if any
         self.timeout = timeout
         self.peer_max_pdu = next((int(i.maximum_length_received or 0) for i in rq.user_information
                                   if isinstance(i, MaximumLengthNotification)), 0)
@@ -284,17 +280,6 @@ class StorageAssociation:
         pdu = A_ASSOCIATE_AC()
         pdu.from_primitive(ac)
         self.sock.sendall(pdu.encode())
-
-    @staticmethod
-    def reject_pdu(rq: A_ASSOCIATE, result: int, source: int, diagnostic: int) -> bytes:
-        rj = A_ASSOCIATE()
-        rj.application_context_name = rq.application_context_name
-        rj.calling_ae_title = rq.calling_ae_title
-        rj.called_ae_title = rq.called_ae_title
-        rj.result, rj.result_source, rj.diagnostic = result, source, diagnostic
-        pdu = A_ASSOCIATE_RJ()
-        pdu.from_primitive(rj)
-        return pdu.encode()
 
     def _abort(self, reason: int) -> None:
         pdu = A_ABORT_RQ()

@@ -59,14 +59,14 @@ class MessageHandler:
         message: hl7.Message | None = None
         try:
             message = messages.parse(text)
-            head = messages.header(message, self.zone)
+            opened = messages.open_message(message, self.zone)
+            head = opened.header
             received = Received(
                 received_at=received.received_at, peer=peer, message=text,
                 sending_application=head.sending_application,
                 sending_facility=head.sending_facility, message_type=head.message_type,
-                control_id=head.control_id,
-                patient_id=messages.patient_id_of(message))
-            parsed = messages.read(message, self.zone)
+                control_id=head.control_id, patient_id=opened.patient_id)
+            parsed = opened.read()
             self.inbox.apply(parsed, received, code=head.code)
         except Hl7Error as error:
             return self._refuse(message, received, error, encoding)

@@ -21,6 +21,7 @@ doubled per attempt, at most an hour.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,10 +56,12 @@ class ReportFailed(Exception):
     """The requester could not be told (unknown, unreachable, refused the association)."""
 
 
-def send_report(settings: Settings, peer: DicomPeer, due: workflow.DueReport) -> int:
+def send_report(settings: Settings, peer: DicomPeer, due: workflow.DueReport,
+                tls_context: ssl.SSLContext | None = None) -> int:
     """Send one N-EVENT-REPORT to `peer` on a new association, proposing the Storage
     Commitment context with the SCP role for us (the requester is the SCU that now
-    receives); the status the requester answered."""
+    receives); the status the requester answered. `tls_context`: the reporter's, made
+    once (else one is made for a `/tls` peer)."""
     ae = AE(ae_title=settings.dicom_aet)
     ae.connection_timeout = ae.acse_timeout = TIMEOUT_SECONDS
     ae.dimse_timeout = ae.network_timeout = TIMEOUT_SECONDS
@@ -66,7 +69,7 @@ def send_report(settings: Settings, peer: DicomPeer, due: workflow.DueReport) ->
                              [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     role = build_role(StorageCommitmentPushModel, scu_role=False, scp_role=True)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role],
-                         tls_args=tls.peer_tls_args(settings, peer))  # `/tls` peers
+                         tls_args=tls.peer_tls_args(settings, peer, tls_context))
     if not assoc.is_established:
         raise ReportFailed(f"association with {peer!r} "
                            f"{'rejected' if assoc.is_rejected else 'not established'}")
@@ -98,9 +101,12 @@ class CommitmentReporter:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._tls: ssl.SSLContext | None = None  # for `/tls` requesters, made once
 
     def start(self) -> None:
         install_requestor()
+        if any(p.tls for p in self.settings.peers.values()):
+            self._tls = tls.client_context(self.settings)
         # each report would log a dozen association lines at INFO; vna logs its own line
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         self._thread = threading.Thread(target=self._run, name="commitment-reports",
@@ -147,7 +153,7 @@ class CommitmentReporter:
         try:
             if peer is None:
                 raise ReportFailed(f"{due.requester_aet} is not in VNA_DICOM_PEERS")
-            status = send_report(self.settings, peer, due)
+            status = send_report(self.settings, peer, due, self._tls)
         except Exception as exc:  # unreachable, refused, timed out: try again later
             delay = commitment.retry_delay(self.settings.commitment_retry_seconds,
                                            due.attempts)

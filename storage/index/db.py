@@ -268,3 +268,15 @@ class Index:
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+
+
+def batches(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    """`items` in lists of at most `n`: what an `IN (...)` or a page takes at once."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

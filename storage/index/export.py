@@ -52,17 +52,13 @@ def _orders(start: datetime, end: datetime) -> Any:
     pps = PerformedProcedureStep
     rank = func.max(case(*((pps.status == k, v) for k, v in _MPPS_RANK.items()), else_=0))
 
-    def steps(key: Any) -> Any:
+    def steps(key: Any, *where: Any) -> Any:
         return (select(key.label("key"), func.min(pps.started_at).label("started"),
                        func.max(pps.ended_at).label("ended"), rank.label("rank"))
-                .where(key.isnot(None)).group_by(key).subquery())
+                .where(key.isnot(None), *where).group_by(key).subquery())
 
     by_fk = steps(pps.order_fk)
-    by_uid = (select(pps.study_instance_uid.label("key"),
-                     func.min(pps.started_at).label("started"),
-                     func.max(pps.ended_at).label("ended"), rank.label("rank"))
-              .where(pps.order_fk.is_(None), pps.study_instance_uid.isnot(None))
-              .group_by(pps.study_instance_uid).subquery())
+    by_uid = steps(pps.study_instance_uid, pps.order_fk.is_(None))
     o = ImagingOrder
     best = func.coalesce(by_fk.c.rank, by_uid.c.rank)
     status = case(*((best == v, k) for k, v in _MPPS_RANK.items()), else_=None)

@@ -147,18 +147,6 @@ def _apply(conn: Connection, parsed: Parsed, message_fk: int, now: datetime,
 
 # -- patients --------------------------------------------------------------------------------
 
-def _own_row(conn: Connection, identity: PatientIdentity) -> tuple[int, PatientIdentity] | None:
-    """The patient row carrying this identity itself (an empty issuer matches any)."""
-    for row_id, issuer in conn.execute(
-            select(_patient.c.id, _patient.c.issuer_of_patient_id)
-            .where(_patient.c.patient_id == identity.patient_id)
-            .order_by(_patient.c.id)).all():
-        found = PatientIdentity(identity.patient_id, issuer or "")
-        if identity.matches(found):
-            return int(row_id), found
-    return None
-
-
 def _identity_of(conn: Connection, row_id: int) -> PatientIdentity:
     pid, issuer = conn.execute(select(_patient.c.patient_id, _patient.c.issuer_of_patient_id)
                                .where(_patient.c.id == row_id)).one()
@@ -168,7 +156,7 @@ def _identity_of(conn: Connection, row_id: int) -> PatientIdentity:
 def _merge(conn: Connection, merge: Merge, message_fk: int, now: datetime) -> None:
     """A40: everything of the prior patient moves to the survivor; the prior identity
     stays as an alias of the survivor; the prior row goes."""
-    prior = _own_row(conn, merge.prior)
+    prior = patients.own_row(conn, merge.prior)
     if prior is None:
         survivor_fk = patients.find(conn, merge.survivor.identity)
         if survivor_fk is not None and patients.find(conn, merge.prior) == survivor_fk:
@@ -245,16 +233,17 @@ def _rename_elsewhere(conn: Connection, old: PatientIdentity, new: PatientIdenti
 def _change_id(conn: Connection, change: Merge, message_fk: int, now: datetime) -> None:
     """A47: the prior identity's row takes the new identity (its studies stay with it);
     the old identity becomes an alias of the row."""
-    prior = _own_row(conn, change.prior)
+    prior = patients.own_row(conn, change.prior)
     new = change.survivor.identity
     if prior is None:
-        if patients.find(conn, change.prior) is not None and \
-                patients.find(conn, change.prior) == patients.own_row(conn, new):
+        aliased_to = patients.find(conn, change.prior)
+        now_row = patients.own_row(conn, new)
+        if aliased_to is not None and now_row is not None and aliased_to == now_row[0]:
             patients.ensure(conn, change.survivor)  # changed before: a re-sent A47
             return
         raise Hl7Error("MRG-1", ErrorCode.UNKNOWN_KEY, "the prior patient is not known")
     row_fk, old = prior
-    taken = _own_row(conn, new)
+    taken = patients.own_row(conn, new)
     if taken is not None and taken[0] != row_fk:
         raise Hl7Error("PID-3", ErrorCode.DUPLICATE_KEY,
                        "another patient has the new identifier (merge it with A40)")

@@ -37,12 +37,18 @@ def find(conn: Connection, identity: PatientIdentity) -> int | None:
     return None
 
 
-def own_row(conn: Connection, identity: PatientIdentity) -> int | None:
-    """The patient row that carries this identity itself (not through an alias)."""
-    return conn.execute(
-        select(_patient.c.id).where(_patient.c.patient_id == identity.patient_id,
-                                    _patient.c.issuer_of_patient_id == identity.issuer)
-    ).scalar()
+def own_row(conn: Connection, identity: PatientIdentity,
+            ) -> tuple[int, PatientIdentity] | None:
+    """The patient row that carries this identity itself, not through an alias (an empty
+    issuer matches any, as at ingest), with the identity the row has."""
+    for row_id, issuer in conn.execute(
+            select(_patient.c.id, _patient.c.issuer_of_patient_id)
+            .where(_patient.c.patient_id == identity.patient_id)
+            .order_by(_patient.c.id)).all():
+        found = PatientIdentity(identity.patient_id, issuer or "")
+        if identity.matches(found):
+            return int(row_id), found
+    return None
 
 
 def ensure(conn: Connection, record: PatientRecord, *, update_demographics: bool = True,

@@ -5,7 +5,7 @@ workers add to, and what the stats API and /metrics read from it and from the in
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +14,7 @@ from sqlalchemy import Float, and_, case, cast, exists, func, not_, null, or_, s
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, aliased
 
-from storage.index.db import Index, dialect_insert
+from storage.index.db import Index, batches, dialect_insert
 from storage.index.models import (
     LATE_ARRIVAL_SQL,
     STATS_DIMENSIONS,
@@ -382,17 +382,12 @@ def completed_without_images(session: Session, period: Period,
     wanted = {str(s.get("series_instance_uid")) for _, series in candidates
               for s in series or [] if s.get("series_instance_uid")}
     held: set[str] = set()
-    for chunk in _chunks(sorted(wanted), 500):
+    for chunk in batches(sorted(wanted), 500):
         held.update(session.scalars(select(Series.series_instance_uid).where(
             Series.series_instance_uid.in_(chunk))))
     found = [uid for uid, series in candidates
              if not any(s.get("series_instance_uid") in held for s in series or [])]
     return len(found), found[:10]
-
-
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
 
 
 def images_without_mpps(session: Session, period: Period) -> tuple[int, list[str]]:

@@ -18,6 +18,7 @@ from sqlalchemy import Table, and_, delete, select, update
 from sqlalchemy.engine import Connection
 
 from storage.index import orders
+from storage.index.db import batches
 from storage.index.models import Instance, PerformedProcedureStep, StorageCommitment
 from vna.commitment import CommitmentResult, Reference
 from vna.mpps import PerformedStep, PpsStatus, duplicate
@@ -122,10 +123,8 @@ def stored_classes(conn: Connection, uids: Iterable[str]) -> dict[str, str]:
     """SOP Instance UID -> SOP Class UID of the instances the index holds. A row is only
     ever committed after its object was written (and fsynced under VNA_FSYNC), so what is
     found here is on stable storage."""
-    wanted = sorted(set(uids))
     found: dict[str, str] = {}
-    for start in range(0, len(wanted), LOOKUP_CHUNK):
-        chunk = wanted[start:start + LOOKUP_CHUNK]
+    for chunk in batches(sorted(set(uids)), LOOKUP_CHUNK):
         for uid, sop_class in conn.execute(
                 select(_instance.c.sop_instance_uid, _instance.c.sop_class_uid)
                 .where(_instance.c.sop_instance_uid.in_(chunk))):

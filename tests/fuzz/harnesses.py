@@ -188,10 +188,9 @@ def hl7(data: bytes) -> None:
         message = h.parse(text)
     except h.Hl7Error:
         return
-    h.header(message, "Europe/Stockholm")
-    h.patient_id_of(message)
+    opened = h.open_message(message, "Europe/Stockholm")
     with contextlib.suppress(h.Hl7Error, InvalidOrder):
-        h.read(message, "Europe/Stockholm")
+        opened.read()
     h.ack(message, "AA")
 
 
