@@ -153,27 +153,31 @@ class Archive:
 
     # -- ingest ---------------------------------------------------------------------------
 
-    def store_file(self, source: Path | ReceivedFile, *, source_aet: str | None,
-                   move: bool = False,
+    def store_file(self, source: Path | ReceivedFile | PreparedInstance, *,
+                   source_aet: str | None, move: bool = False,
                    expected_sop_instance_uid: str | None = None,
                    audit: AssociationAudit | None = None) -> StoreResult:
-        """Archive one Part 10 file durably; the result says what happened. With `move`
-        the file is consumed whatever happens: archived, or removed. With `audit` (a DICOM
-        association's), the first instance of each study writes the study's audit record
-        in its own transaction, and every result is counted."""
+        """Archive one Part 10 file durably; the result says what happened. `source` may
+        come prepared already (STOW-RS reads the header for its own checks first). With
+        `move` the file is consumed whatever happens: archived, or removed. With `audit` (a
+        DICOM association's), the first instance of each study writes the study's audit
+        record in its own transaction, and every result is counted."""
         try:
             return self._store_file(source, source_aet, move, expected_sop_instance_uid,
                                     audit)
         finally:
             if move:  # gone already when it was moved into place
                 with contextlib.suppress(OSError):
-                    os.unlink(source.path if isinstance(source, ReceivedFile) else source)
+                    os.unlink(source if isinstance(source, Path) else source.path)
 
-    def _store_file(self, source: Path | ReceivedFile, source_aet: str | None, move: bool,
+    def _store_file(self, source: Path | ReceivedFile | PreparedInstance,
+                    source_aet: str | None, move: bool,
                     expected_sop_instance_uid: str | None,
                     audit: AssociationAudit | None) -> StoreResult:
         try:
-            if isinstance(source, ReceivedFile):
+            if isinstance(source, PreparedInstance):
+                prepared = source
+            elif isinstance(source, ReceivedFile):
                 prepared = prepare_received(source)
             else:
                 prepared = prepare(source)

@@ -33,6 +33,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 
+from services.xds_api.content import etag_matches
 from services.xds_api.deps import SettingsDep, TokensDep
 from services.xds_api.security import (
     SESSION_COOKIE,
@@ -210,7 +211,7 @@ class ViewerBuild:
             cache = "public, max-age=31536000, immutable" \
                 if ohif.is_content_hashed(path.name) else "no-cache"
         headers = {**_VIEWER_HEADERS, "ETag": etag, "Cache-Control": cache}
-        if _not_modified(request, etag):
+        if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         media_type = ohif.media_type(path.name)
         if body is None:
@@ -237,14 +238,6 @@ def _build(settings_dir: Path | None) -> ViewerBuild:
     if build is None:
         build = _builds.setdefault(settings_dir, ViewerBuild(settings_dir))
     return build
-
-
-def _not_modified(request: Request, etag: str) -> bool:
-    header = request.headers.get("if-none-match")
-    if not header:
-        return False
-    tags = {t.strip().removeprefix("W/") for t in header.split(",")}
-    return etag in tags or "*" in tags
 
 
 @router.get(ohif.PREFIX, include_in_schema=False)

@@ -27,10 +27,8 @@ from pydicom.filereader import read_dataset
 from pydicom.pixels import get_decoder
 
 from vna.dicom.mediatypes import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, NATIVE_SYNTAXES
-from vna.dicom.part10 import ACCEPTED_TRANSFER_SYNTAXES
+from vna.dicom.part10 import ACCEPTED_TRANSFER_SYNTAXES, PIXEL_TAGS, before_pixels
 
-PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData",
-              0x7FE00009: "DoubleFloatPixelData"}
 _UNDEFINED = 0xFFFFFFFF
 
 
@@ -41,10 +39,6 @@ class FrameError(ValueError):
 class DecodeError(FrameError):
     """A frame none of the installed decoders could decode (a codec that is missing here,
     such as 12-bit JPEG, or data it does not understand)."""
-
-
-def _before_pixels(tag: Any, _vr: Any, _length: int) -> bool:
-    return int(tag) >= 0x7FE00008
 
 
 @dataclass(frozen=True)
@@ -159,7 +153,7 @@ def open_image(stream: BinaryIO, transfer_syntax: str, dataset_offset: int) -> I
     implicit, little = _encoding(transfer_syntax)
     stream.seek(dataset_offset)
     header = read_dataset(stream, is_implicit_VR=implicit, is_little_endian=little,
-                          stop_when=_before_pixels)
+                          stop_when=before_pixels)
     return ImageObject(stream, transfer_syntax, header,
                        _pixel_element(stream, implicit, little))
 

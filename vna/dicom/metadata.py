@@ -27,9 +27,10 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag
 
+from vna.dicom.part10 import PIXEL_TAGS
+
 BULK_THRESHOLD = 1024  # bytes: larger binary values are bulk data, not metadata
 PLACEHOLDER = "bulkdata:"
-PIXEL_DATA_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # Float, Double Float, Pixel Data
 
 
 def header_json(path: Path) -> dict[str, Any]:
@@ -39,7 +40,7 @@ def header_json(path: Path) -> dict[str, Any]:
     pixels: list[tuple[int, str | None, int]] = []
 
     def at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
-        if int(tag) in PIXEL_DATA_TAGS:
+        if int(tag) in PIXEL_TAGS:
             pixels.append((int(tag), vr, length))
             return True
         return False

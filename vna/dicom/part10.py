@@ -172,8 +172,16 @@ def dataset_encoding(transfer_syntax: str) -> tuple[bool, bool] | None:
     return transfer_syntax == ImplicitVRLittleEndian, transfer_syntax != ExplicitVRBigEndian
 
 
-def _before_pixels(tag: Any, _vr: Any, _length: int) -> bool:
-    return int(tag) >= 0x7FE00008  # Float/Double Float/Pixel Data and what follows
+# The pixel data elements (PS3.3 C.7.6.3, C.7.6.24): what a header read stops before and
+# what DICOMweb serves as bulk data or frames.
+PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData",
+              0x7FE00009: "DoubleFloatPixelData"}
+
+
+def before_pixels(tag: Any, _vr: Any, _length: int) -> bool:
+    """pydicom's `stop_when` for a header read: Float/Double Float/Pixel Data and what
+    follows."""
+    return int(tag) >= 0x7FE00008
 
 
 def read_header(path: str | Path, transfer_syntax: str, offset: int) -> Dataset:
@@ -186,7 +194,7 @@ def read_header(path: str | Path, transfer_syntax: str, offset: int) -> Dataset:
     with open(path, "rb") as f:
         f.seek(offset)
         return read_dataset(f, is_implicit_VR=implicit, is_little_endian=little,
-                            stop_when=_before_pixels)
+                            stop_when=before_pixels)
 
 
 class _GiveUp(Exception):

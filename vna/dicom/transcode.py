@@ -31,7 +31,8 @@ from vna.dicom.mediatypes import (
 )
 
 TARGETS = frozenset({EXPLICIT_LE, IMPLICIT_LE})
-_WORD = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+# bytes per word of the VRs whose values are swapped word by word between byte orders
+WORD_SIZE = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
 class TranscodeError(ValueError):
@@ -79,7 +80,7 @@ def _swap_to_little_endian(ds: Dataset) -> None:
             for item in elem.value:
                 _swap_to_little_endian(item)
             continue
-        width = _WORD.get(elem.VR)
+        width = WORD_SIZE.get(elem.VR)
         if width is None or not isinstance(elem.value, bytes | bytearray):
             continue
         if elem.tag == 0x7FE00010 and bits > 8:

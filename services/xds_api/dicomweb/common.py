@@ -20,11 +20,9 @@ from starlette.responses import Response
 
 from services.xds_api.security import audit_context
 from vna.dicom.attributes import is_valid_uid
+from vna.dicom.mediatypes import DICOM_JSON, MediaRange, parse_accept, takes_json
 from vna.documents.entry import PATIENT_ID_PATTERN
 
-DICOM_JSON = "application/dicom+json"
-DICOM = "application/dicom"
-OCTET_STREAM = "application/octet-stream"
 PREFIX = "/dicomweb"
 
 _PATIENT_ID = re.compile(PATIENT_ID_PATTERN)
@@ -51,16 +49,14 @@ class DicomJSONResponse(Response):
         return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def require_json(request: Request) -> None:
-    """406 unless the client takes the DICOM JSON model (or JSON, or anything)."""
-    accept = request.headers.get("accept", "")
-    if not accept:
-        return
-    for item in accept.split(","):
-        media = item.split(";", 1)[0].strip().lower()
-        if media in (DICOM_JSON, "application/json", "application/*", "*/*"):
-            return
-    raise HTTPException(406, f"this resource is {DICOM_JSON}; Accept was {accept!r}")
+def require_json(request: Request) -> list[MediaRange]:
+    """406 unless the client takes the DICOM JSON model (or JSON, or anything); the
+    Accept header's media ranges, most preferred first."""
+    accept = request.headers.get("accept")
+    ranges = parse_accept(accept)
+    if not takes_json(ranges):
+        raise HTTPException(406, f"this resource is {DICOM_JSON}; Accept was {accept!r}")
+    return ranges
 
 
 def dicomweb_base(request: Request) -> str:
@@ -100,6 +96,11 @@ def audit_study(request: Request, study: str) -> None:
 def audit_access(request: Request, study: str, patient_ids: Iterable[str | None]) -> None:
     """Record the study a request reached and its patient (when all it read was one's)."""
     audit_study(request, study)
+    audit_patients(request, patient_ids)
+
+
+def audit_patients(request: Request, patient_ids: Iterable[str | None]) -> None:
+    """Record the patient of what a request read, when all of it was one patient's."""
     patients = set(patient_ids)
     if len(patients) == 1:
         audit_patient(request, patients.pop())

@@ -21,7 +21,7 @@ from services.xds_api.dicomweb.common import (
     DICOM_JSON_SCHEMA,
     PREFIX,
     DicomJSONResponse,
-    audit_patient,
+    audit_patients,
     audit_study,
     check_uid,
     dicomweb_base,
@@ -80,9 +80,7 @@ def search(request: Request, index: IndexDep, principal: Principal, level: Level
         matches = find(s, q, limit=qq.limit + 1, offset=qq.offset)
     more = len(matches) > qq.limit
     matches = matches[:qq.limit]
-    patients = {m.get("PatientID") for m in matches}
-    if len(patients) == 1:
-        audit_patient(request, patients.pop())
+    audit_patients(request, (m.get("PatientID") for m in matches))
     base = dicomweb_base(request)
     body = []
     for match in matches:

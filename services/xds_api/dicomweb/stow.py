@@ -375,17 +375,18 @@ class ArchivePart:
 
     def _archive(self, received: ReceivedFile) -> Outcome:
         try:
-            header = prepare_received(received).header
+            prepared = prepare_received(received)
         except InvalidInstance as exc:  # a syntax it does not take first: why it is unread
             return stow.unsupported_transfer_syntax(received.transfer_syntax_uid) or \
                 FailedInstance(refusal_status("refused", isinstance(exc, UnreadableInstance)),
                                str(exc))
+        header = prepared.header
         refused = stow.refusal(header, received.transfer_syntax_uid, study=self.study,
                                departments=self.departments)
         if refused is not None:
             return refused
         try:
-            result = self.archive.store_file(received, source_aet=SOURCE_AET, move=True)
+            result = self.archive.store_file(prepared, source_aet=SOURCE_AET, move=True)
         except Exception as exc:
             if failure_of(exc) is None:
                 raise  # a bug: 0x0110 with its traceback
@@ -427,11 +428,9 @@ _BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
 
 def _media_type(request: Request) -> str:
     """application/dicom+json, or application/json for a client that asks for that only."""
-    require_json(request)
-    accept = request.headers.get("accept", "").lower()
-    if "application/json" in accept and DICOM_JSON not in accept:
-        return "application/json"
-    return DICOM_JSON
+    types = {r.media_type for r in require_json(request)}
+    return "application/json" if "application/json" in types and DICOM_JSON not in types \
+        else DICOM_JSON
 
 
 async def _store(request: Request, settings: Settings, archive: Archive, principal: Principal,

@@ -24,7 +24,7 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
 from starlette.responses import Response
@@ -61,7 +61,6 @@ from storage.objectstore import STREAM_CHUNK, ObjectStore
 from vna.access import Action, Principal
 from vna.dicom import mediatypes as mt
 from vna.dicom.frames import (
-    PIXEL_TAGS,
     DecodeError,
     FrameError,
     ImageObject,
@@ -82,6 +81,7 @@ from vna.dicom.metadata import (
     metadata_array,
     with_bulkdata_urls,
 )
+from vna.dicom.part10 import PIXEL_TAGS
 from vna.dicom.rendering import (
     THUMBNAIL_SIZE,
     InvalidRenderParameter,
@@ -90,7 +90,7 @@ from vna.dicom.rendering import (
     parse_viewport,
     render,
 )
-from vna.dicom.transcode import TranscodeError, can_transcode, transcode
+from vna.dicom.transcode import WORD_SIZE, TranscodeError, can_transcode, transcode
 
 log = logging.getLogger("vna.dicomweb")
 router = APIRouter(prefix=PREFIX, tags=["dicomweb"])
@@ -120,6 +120,13 @@ _RENDERED: dict[int | str, dict[str, Any]] = {
 
 # -- selecting instances ---------------------------------------------------------------------
 
+class _PatientRow(Protocol):
+    @property
+    def patient_id(self) -> str | None: ...
+
+
+_Row = TypeVar("_Row", bound=_PatientRow)
+
 
 def _select(request: Request, index: Index, principal: Principal, study: str,
             series: str | None = None, instance: str | None = None) -> list[ArchivedInstance]:
@@ -127,6 +134,13 @@ def _select(request: Request, index: Index, principal: Principal, study: str,
     with index.read_session() as s:
         rows = archived_instances(s, study, series, instance,
                                   departments=principal.departments)
+    return _found(request, rows, study, series, instance)
+
+
+def _found(request: Request, rows: list[_Row], study: str, series: str | None,
+           instance: str | None) -> list[_Row]:
+    """The rows a retrieval found: the study audited whatever was found (and the patient
+    when it was one's), 404 when nothing was."""
     audit_study(request, study)
     if not rows:
         raise HTTPException(404, _missing(study, series, instance))
@@ -286,11 +300,9 @@ def _metadata(request: Request, index: Index, store: ObjectStore, principal: Pri
               instance: str | None = None) -> Response:
     _check_uids(study, series, instance)
     with index.read_session() as s:
-        rows = instance_headers(s, study, series, instance, departments=principal.departments)
-    audit_study(request, study)
-    if not rows:
-        raise HTTPException(404, _missing(study, series, instance))
-    audit_access(request, study, (r.patient_id for r in rows))
+        found = instance_headers(s, study, series, instance,
+                                 departments=principal.departments)
+    rows = _found(request, found, study, series, instance)
     accept = request.headers.get("accept")
     if not mt.takes_json(mt.parse_accept(accept)):
         raise _not_acceptable(f"this resource is {mt.DICOM_JSON}", accept)
@@ -393,7 +405,6 @@ def retrieve_frames(request: Request, study: str, series: str, instance: str, fr
 # -- bulk data -------------------------------------------------------------------------------
 
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_WORD = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _RAW = f"{mt.OCTET_STREAM}; transfer-syntax={mt.EXPLICIT_LE}"
 
 
@@ -427,7 +438,7 @@ def retrieve_bulkdata(request: Request, study: str, series: str, instance: str, 
             raise HTTPException(404, f"{where} of instance {instance} is not bulk data")
         value = bytes(elem.value)
         if row.transfer_syntax_uid == mt.EXPLICIT_BE:
-            value = to_little_endian(value, _WORD.get(elem.VR, 1))
+            value = to_little_endian(value, WORD_SIZE.get(elem.VR, 1))
     return multipart_response(mt.OCTET_STREAM, [(_RAW, value)])
 
 
